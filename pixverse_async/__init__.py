@@ -1,0 +1,77 @@
+"""An asyncio-native client for PixVerse V4.5 image-to-video on async job APIs.
+
+async with PixVerseClient() as client:
+    task = await client.submit(ImageToVideo("a cat surfing", Path("cat.png")))
+    result = await client.wait(task)
+    await client.download(result, "cat.mp4")
+"""
+
+from ._client import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, PixVerseClient
+from ._clock import Clock, SystemClock
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    DownloadError,
+    InsufficientBalanceError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    PixVerseError,
+    RateLimitError,
+    ServerError,
+    SubmissionUncertainError,
+    TaskFailedError,
+    TaskTimeoutError,
+    VideoExpiredError,
+)
+from ._http import Timeouts
+from ._models import ImageToVideo, Resolution, Style, Task, TaskResult, TaskStatus, Video
+from ._poller import PollPolicy
+from ._retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "Clock",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DownloadError",
+    "ImageToVideo",
+    "InsufficientBalanceError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PixVerseClient",
+    "PixVerseError",
+    "PollPolicy",
+    "RateLimitError",
+    "Resolution",
+    "RetryPolicy",
+    "ServerError",
+    "Style",
+    "SubmissionUncertainError",
+    "SystemClock",
+    "Task",
+    "TaskFailedError",
+    "TaskResult",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "Timeouts",
+    "Video",
+    "VideoExpiredError",
+    "__version__",
+]

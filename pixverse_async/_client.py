@@ -1,0 +1,394 @@
+"""`PixVerseClient`: submit image-to-video jobs, poll them through one shared poller, download the videos.
+
+Retry rules, because submissions are billed and the API takes no idempotency key:
+- polls and downloads retry on connection errors, timeouts, 429 and 5xx;
+- a submission retries only when the server cannot have created a task (it could not be reached, or it
+  answered 429); when the request went out and the answer was lost (read timeout, reset, 5xx, a garbled
+  200), it raises `SubmissionUncertainError` instead of paying twice;
+- authentication and balance errors are never retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Self, TypeVar, final
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import anyio
+import attrs
+
+from ._clock import Clock, SystemClock
+from ._convert import encode_image, parse_task_result, request_body
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseError,
+    ClientClosedError,
+    DownloadError,
+    InvalidRequestError,
+    PixVerseError,
+    RateLimitError,
+    ServerError,
+    SubmissionUncertainError,
+    TaskFailedError,
+    VideoExpiredError,
+)
+from ._http import AnswerLost, ApiTransport, RequestNotSent, Response, Timeouts
+from ._limiter import RunningTaskLimiter
+from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, read_image_file
+from ._poller import Outcome, Poller, PollPolicy, Waiter
+from ._retry import RetryPolicy
+
+DEFAULT_BASE_URL = "https://api.myrouter.ai"
+DEFAULT_MAX_CONCURRENCY = 64
+SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
+TASK_RESULT_PATH = "/v3/async/task-result"
+_DOWNLOAD_BUFFER_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+
+@final
+@attrs.define
+class _OpenState:
+    """What exists only while the client is open."""
+
+    session: aiohttp.ClientSession
+    transport: ApiTransport
+    poller: Poller
+    stack: contextlib.AsyncExitStack
+
+
+@final
+class PixVerseClient:
+    """An async client for PixVerse V4.5 image-to-video. Use it as `async with PixVerseClient() as client:`.
+
+    `api_key` falls back to `$PIXVERSE_API_KEY`, `base_url` to `$PIXVERSE_BASE_URL`, then
+    `https://api.myrouter.ai`. `max_concurrency` (default 64) bounds the tasks this client has running on the
+    server at once, across every call. An `aiohttp.ClientSession` you pass is used and left open; it must not
+    carry an `Authorization` default header (it would go to the video host too). `clock` is where all waiting
+    happens (tests pass a faster one).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen value
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen value
+        polling: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
+        image_as_data_uri: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY", "")
+        if not isinstance(key, str) or not key.strip():
+            raise InvalidRequestError("api_key", "no API key: pass api_key=... or set PIXVERSE_API_KEY")
+        url = (base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidRequestError("base_url", f"{url!r} is not an http(s):// URL with a host")
+        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
+            raise InvalidRequestError("max_concurrency", f"must be an int >= 1, not {max_concurrency!r}")
+        self._api_key = key.strip()
+        self.base_url = url
+        self.max_concurrency = max_concurrency
+        self.timeouts = timeouts
+        self.retry = retry
+        self.polling = polling
+        self.image_as_data_uri = image_as_data_uri
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._given_session = session
+        self._rng = random.Random()
+        self._limiter = RunningTaskLimiter(max_concurrency)
+        self._open: _OpenState | None = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._open is not None else "closed"
+        return f"<PixVerseClient base_url={self.base_url!r} max_concurrency={self.max_concurrency} {state}>"
+
+    async def __aenter__(self) -> Self:
+        if self._open is not None:
+            raise ClientClosedError("this client is already open")
+        async with contextlib.AsyncExitStack() as stack:
+            session = self._given_session
+            if session is None:
+                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(100, self.max_concurrency)))
+                stack.push_async_callback(session.close)
+            transport = ApiTransport(session, self.base_url, self._api_key, self.timeouts)
+            poller = Poller(
+                self._fetch_task_once,
+                clock=self.clock,
+                policy=self.polling,
+                retry=self.retry,
+                limiter=self._limiter,
+                rng=self._rng,
+            )
+            background = await stack.enter_async_context(anyio.create_task_group())
+            background.start_soon(poller.run, name="pixverse-poller")
+            stack.callback(background.cancel_scope.cancel)
+            self._open = _OpenState(session=session, transport=transport, poller=poller, stack=stack.pop_all())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop polling and close the connections (a session you passed in stays open). Idempotent."""
+        state, self._open = self._open, None
+        if state is not None:
+            await state.stack.aclose()
+
+    @property
+    def pending_tasks(self) -> int:
+        """How many tasks the shared poller is following right now."""
+        return self._open.poller.pending_count if self._open is not None else 0
+
+    def _state(self) -> _OpenState:
+        if self._open is None:
+            raise ClientClosedError("the client is not open: use `async with PixVerseClient(...) as client:`")
+        return self._open
+
+    # -- submit ---------------------------------------------------------------------------------------------
+
+    async def submit(self, request: ImageToVideo) -> Task:
+        """Submit one job (billed once accepted) and return its task; waits while `max_concurrency` run.
+
+        Raises `SubmissionUncertainError` when the request was sent but the answer was lost: it is not
+        retried, because the task may exist and be billed.
+        """
+        if not isinstance(request, ImageToVideo):
+            raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
+        state = self._state()
+        body = request_body(request, await self._image_field(request))
+        task_id = await self._post_submission(state, request, body)
+        state.poller.track(task_id, holds_slot=True)
+        return Task(task_id=task_id, request=request)
+
+    async def _image_field(self, request: ImageToVideo) -> str:
+        image = request.image
+        if isinstance(image, Path):
+            # The file may have changed since the request was built: it is read and checked again here.
+            return await anyio.to_thread.run_sync(
+                lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
+            )
+        if isinstance(image, str) and not image.lower().startswith("data:"):
+            return image
+        return encode_image(bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri)
+
+    async def _post_submission(self, state: _OpenState, request: ImageToVideo, body: object) -> str:
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._limiter.acquire()
+            try:
+                response = await state.transport.send("POST", SUBMIT_PATH, body=body)
+                if response.status == 200:
+                    task_id = _task_id_from(response)
+                    self._limiter.on_accepted()
+                    return task_id  # the slot stays taken until the poller sees the task end
+            except RequestNotSent as failure:
+                self._limiter.release()
+                if attempt >= self.retry.max_attempts:
+                    raise failure.error from None
+                await self.clock.sleep(self.retry.backoff(attempt, self._rng))
+                continue
+            except (AnswerLost, APIResponseError) as failure:
+                self._limiter.release()
+                cause = failure.error if isinstance(failure, AnswerLost) else failure
+                raise SubmissionUncertainError(request, cause) from cause
+            except BaseException:
+                self._limiter.release()
+                raise
+            error = state.transport.status_error(response)
+            if isinstance(error, RateLimitError):
+                self._limiter.on_rate_limited()
+            self._limiter.release()
+            if isinstance(error, ServerError):
+                raise SubmissionUncertainError(request, error) from error
+            if not isinstance(error, RateLimitError):
+                raise error
+            delay = self.retry.delay(attempt, error.retry_after, self._rng)
+            if attempt >= self.retry.max_attempts or delay is None:
+                raise error
+            # When the client is now at the account's cap, waiting for a slot is the backoff.
+            if error.retry_after is not None or not self._limiter.saturated:
+                await self.clock.sleep(delay)
+
+    # -- poll -----------------------------------------------------------------------------------------------
+
+    async def get_task(self, task: Task | TaskResult | str) -> TaskResult:
+        """Poll a task once (retrying transient failures) and return what the server says now."""
+        task_id = _task_id_of(task)
+        self._state()
+        return await self._retrying(lambda: self._fetch_task_once(task_id))
+
+    async def _fetch_task_once(self, task_id: str) -> TaskResult:
+        transport = self._state().transport
+        try:
+            response = await transport.send("GET", TASK_RESULT_PATH, params={"task_id": task_id})
+        except (RequestNotSent, AnswerLost) as failure:
+            raise failure.error from None
+        if response.status != 200:
+            raise transport.status_error(response)
+        result = parse_task_result(response.json())
+        if not result.task_id:
+            result = attrs.evolve(result, task_id=task_id)
+        return result
+
+    async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        """Run an idempotent call, retrying connection errors, timeouts, garbled answers, 429 and 5xx."""
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None
+            error: PixVerseError
+            try:
+                return await attempt_once()
+            except (RateLimitError, ServerError) as status_error:
+                error, retry_after = status_error, status_error.retry_after
+            except (APIConnectionError, APIResponseError) as transient:
+                error, retry_after = transient, None
+            delay = self.retry.delay(attempt, retry_after, self._rng)
+            if attempt >= self.retry.max_attempts or delay is None:
+                raise error
+            await self.clock.sleep(delay)
+
+    async def wait(self, task: Task | TaskResult | str, *, timeout: float | None = None) -> TaskResult:
+        """Wait until the task ends and return its result.
+
+        Raises `TaskFailedError` if it failed, `TaskTimeoutError` if `timeout` seconds pass first (the task
+        keeps running on the server). Polling is shared with every other wait of this client.
+        """
+        task_id = _task_id_of(task)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
+            raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+        state = self._state()
+        outcome = await _await_outcome(state.poller, task_id, self.clock, timeout)
+        if isinstance(outcome, PixVerseError):
+            raise outcome
+        if outcome.status is TaskStatus.FAILED:
+            raise TaskFailedError(task_id, outcome.reason)
+        return outcome
+
+    # -- download -------------------------------------------------------------------------------------------
+
+    async def download(self, video: TaskResult | Video, path: str | os.PathLike[str]) -> Path:
+        """Stream a finished video to `path` (a file, or an existing directory) and return the file's path.
+
+        The file appears whole or not at all (written to a temporary file, then renamed). The API key is
+        never sent to the video host. Raises `VideoExpiredError` when the signed link has expired.
+        """
+        chosen = _video_of(video)
+        destination = Path(path)
+        if await anyio.Path(destination).is_dir():
+            destination = destination / _file_name_for(chosen, video)
+        state = self._state()
+        await self._retrying(lambda: self._download_once(state, chosen, destination))
+        return destination
+
+    async def _download_once(self, state: _OpenState, video: Video, destination: Path) -> None:
+        partial = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.part")
+        try:
+            # No Authorization header: the video host is not the API and must never see the key.
+            async with state.session.get(video.url, timeout=self.timeouts.for_download()) as response:
+                if response.status != 200:
+                    raise _download_error(response.status, video, await response.read())
+                expected = response.content_length
+                written = await _stream_to_file(response, partial)
+            if expected is not None and written != expected:
+                raise DownloadError(f"video download was cut short: got {written} of {expected} bytes")
+            partial.replace(destination)
+        except aiohttp.ClientError as error:
+            raise APIConnectionError(f"video download failed: {error or type(error).__name__}") from None
+        except OSError as error:
+            raise DownloadError(f"cannot write {destination}: {error.strerror or error}") from error
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: float | None) -> Outcome:
+    outcomes: list[Outcome] = []
+    delivered = anyio.Event()
+
+    def deliver(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        delivered.set()
+
+    waiter = Waiter(deliver, deadline=None if timeout is None else clock.now() + timeout, timeout=timeout)
+    poller.watch(task_id, waiter)
+    try:
+        await delivered.wait()
+    finally:
+        if not delivered.is_set():
+            poller.unwatch(task_id, waiter)
+    return outcomes[0]
+
+
+async def _stream_to_file(response: aiohttp.ClientResponse, partial: Path) -> int:
+    written = 0
+    buffer = bytearray()
+    async with await anyio.open_file(partial, "wb") as file:
+        async for chunk in response.content.iter_chunked(1 << 16):
+            buffer += chunk
+            if len(buffer) >= _DOWNLOAD_BUFFER_BYTES:
+                written += await file.write(bytes(buffer))
+                buffer.clear()
+        written += await file.write(bytes(buffer))
+    return written
+
+
+def _download_error(status: int, video: Video, body: bytes) -> PixVerseError:
+    if status in (401, 403, 410):
+        expiry = f" (it expired at {video.expires_at:%Y-%m-%d %H:%M:%S} UTC)" if video.expires_at else ""
+        return VideoExpiredError(
+            f"the video link was refused with {status}{expiry}: it has expired; "
+            "call get_task() on the task for a fresh link"
+        )
+    if status >= 500 or status == 429:
+        return ServerError(status, None, "video host error")
+    return DownloadError(f"the video host answered {status}: {body[:200].decode('utf-8', 'replace')}")
+
+
+def _task_id_from(response: Response) -> str:
+    body = response.json()
+    task_id = body.get("task_id") if isinstance(body, dict) else None
+    if not isinstance(task_id, str) or not task_id:
+        raise APIResponseError("the submission was answered 200 without a task_id")
+    return task_id
+
+
+def _task_id_of(task: Task | TaskResult | str) -> str:
+    task_id = task if isinstance(task, str) else getattr(task, "task_id", None)
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise InvalidRequestError("task", f"must be a Task, a TaskResult or a non-empty task id, not {task!r}")
+    return task_id
+
+
+def _video_of(video: TaskResult | Video) -> Video:
+    if isinstance(video, Video):
+        return video
+    if isinstance(video, TaskResult):
+        if not video.videos:
+            raise DownloadError(f"task {video.task_id} has no video (status {video.status.name})")
+        return video.videos[0]
+    raise InvalidRequestError("video", f"must be a TaskResult or a Video, not {type(video).__name__}")
+
+
+def _file_name_for(video: Video, source: TaskResult | Video) -> str:
+    if isinstance(source, TaskResult) and source.task_id:
+        stem = source.task_id
+    else:
+        stem = PurePosixPath(unquote(urlsplit(video.url).path)).stem or "video"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem).lstrip(".") or "video"
+    return f"{safe}.{video.type or 'mp4'}"

@@ -1,0 +1,77 @@
+"""The one source of time for the client: every sleep (retry backoff, poll intervals, deadlines) goes through it.
+
+Tests swap in a faster clock (`pixverse_async.testing.ScaledClock` to match the simulator's time scale,
+`InstantClock` to make backoff take no time at all) instead of waiting real seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol, final
+
+import anyio
+import attrs
+
+
+class Clock(Protocol):
+    """Where the client reads the time and sleeps. Times are in the API's seconds."""
+
+    def now(self) -> float:
+        """A monotonic reading in seconds."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep `seconds`; must be cancellable, like `anyio.sleep`."""
+        ...
+
+
+@final
+@attrs.frozen
+class SystemClock:
+    """Real time: `time.monotonic()` and `anyio.sleep`. The default."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
+
+@final
+@attrs.frozen
+class ScaledClock:
+    """Time that runs `1 / scale` times faster than real time.
+
+    With the simulator's `time_scale=0.001`, `ScaledClock(0.001)` makes a 60-second poll interval take 60 ms
+    of real time, so client and simulator agree on what a "second" is.
+    """
+
+    scale: float = attrs.field(validator=attrs.validators.gt(0.0))
+
+    def now(self) -> float:
+        return time.monotonic() / self.scale
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds) * self.scale)
+
+
+@final
+@attrs.define
+class InstantClock:
+    """Virtual time that jumps forward on every sleep, and remembers each sleep it was asked for.
+
+    For tests of retry policy against a small local server: backoff costs nothing and `sleeps` shows exactly
+    what the client waited (e.g. that it honoured `Retry-After`).
+    """
+
+    current: float = 0.0
+    sleeps: list[float] = attrs.field(factory=list)
+
+    def now(self) -> float:
+        return self.current
+
+    async def sleep(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.sleeps.append(seconds)
+        self.current += seconds
+        await anyio.lowlevel.checkpoint()

@@ -1,0 +1,163 @@
+"""JSON in and out: the request body the API expects, and a lenient parser for its task-result answers.
+
+One private cattrs `Converter` holds every hook. Parsing never fails on what a server might plausibly send:
+missing fields become None or empty, numbers may arrive as strings, unknown statuses become
+`TaskStatus.UNKNOWN` and unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ._models import ImageToVideo, TaskResult, TaskStatus, Video, decode_data_uri, inspect_image_bytes
+
+_converter = cattrs.Converter()
+
+
+def _lenient_float(value: object, _: object = None) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _lenient_int(value: object, _: object = None) -> int | None:
+    number = _lenient_float(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _lenient_str(value: object, _: object = None) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+_converter.register_structure_hook_func(lambda t: t == float | None, _lenient_float)
+_converter.register_structure_hook_func(lambda t: t == int | None, _lenient_int)
+_converter.register_structure_hook(str, _lenient_str)
+_converter.register_structure_hook(TaskStatus, lambda value, _: TaskStatus.parse(value))
+_VIDEO_FIELDS = {
+    "url": override(rename="video_url"),
+    "ttl": override(rename="video_url_ttl"),
+    "type": override(rename="video_type"),
+    "received_at": override(omit=True),
+}
+_converter.register_structure_hook(Video, make_dict_structure_fn(Video, _converter, **_VIDEO_FIELDS))  # type: ignore[arg-type]
+_converter.register_unstructure_hook(Video, make_dict_unstructure_fn(Video, _converter, **_VIDEO_FIELDS))  # type: ignore[arg-type]
+_structure_flat_task_result = make_dict_structure_fn(TaskResult, _converter)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _structure_task_result(body: object, _: object) -> TaskResult:
+    task = _mapping(_mapping(body).get("task"))
+    raw_videos = _mapping(body).get("videos")
+    videos = [
+        video
+        for video in (raw_videos if isinstance(raw_videos, list) else [])
+        if isinstance(video, Mapping) and isinstance(video.get("video_url"), str) and video["video_url"]
+    ]
+    flat = {
+        "task_id": task.get("task_id"),
+        "status": task.get("status"),
+        "raw_status": task.get("status"),
+        "reason": task.get("reason"),
+        "eta": task.get("eta"),
+        "progress_percent": task.get("progress_percent"),
+        "seed": _mapping(_mapping(body).get("extra")).get("seed"),
+        "videos": videos,
+    }
+    return _structure_flat_task_result(flat, TaskResult)
+
+
+def _unstructure_task_result(result: TaskResult) -> dict[str, Any]:
+    return {
+        "extra": {"seed": "" if result.seed is None else str(result.seed)},
+        "task": {
+            "task_id": result.task_id,
+            "status": result.raw_status or result.status.value,
+            "reason": result.reason,
+            "task_type": "PIXVERSE_V4_5_I2V",
+            "eta": result.eta,
+            "progress_percent": result.progress_percent,
+        },
+        "images": [],
+        "audios": [],
+        "videos": [_converter.unstructure(video) for video in result.videos],
+    }
+
+
+_converter.register_structure_hook(TaskResult, _structure_task_result)
+_converter.register_unstructure_hook(TaskResult, _unstructure_task_result)
+
+
+def parse_task_result(body: object, *, received_at: datetime | None = None) -> TaskResult:
+    """Parse a task-result answer; `received_at` stamps the videos so they know when they expire."""
+    result = _converter.structure(body, TaskResult)
+    stamp = received_at or datetime.now(UTC)
+    videos = tuple(
+        Video(url=video.url, ttl=video.ttl, type=video.type or "mp4", received_at=stamp) for video in result.videos
+    )
+    return TaskResult(
+        task_id=result.task_id,
+        status=result.status,
+        reason=result.reason,
+        eta=result.eta,
+        progress_percent=result.progress_percent,
+        videos=videos,
+        seed=result.seed,
+        raw_status=result.raw_status,
+    )
+
+
+def task_result_to_json(result: TaskResult) -> dict[str, Any]:
+    """The API's JSON shape of a result (for the simulator's answers and for round-trip tests)."""
+    return _converter.unstructure(result)  # type: ignore[no-any-return]
+
+
+def encode_image(image: bytes | str, *, as_data_uri: bool) -> str:
+    """The `image` field for local image bytes or a data URI, as raw base64 or as a data URI."""
+    if isinstance(image, str):
+        if not as_data_uri:
+            data, _ = decode_data_uri(image)
+            return base64.b64encode(data).decode("ascii")
+        return image
+    info = inspect_image_bytes(image, source="image")
+    encoded = base64.b64encode(image).decode("ascii")
+    return f"data:{info.mime_type};base64,{encoded}" if as_data_uri else encoded
+
+
+def request_body(request: ImageToVideo, image_field: str, *, webhook_url: str | None = None) -> dict[str, Any]:
+    """The JSON body of a submission; optional fields are left out when unset."""
+    body: dict[str, Any] = {
+        "prompt": request.prompt,
+        "image": image_field,
+        "resolution": request.resolution,
+        "fast_mode": request.fast_mode,
+    }
+    if request.negative_prompt is not None:
+        body["negative_prompt"] = request.negative_prompt
+    if request.style is not None:
+        body["style"] = request.style
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if webhook_url is not None:
+        body["extra"] = {"webhook": {"url": webhook_url}}
+    return body

@@ -1,0 +1,158 @@
+"""Every error `pixverse_async` raises, in one tree.
+
+    PixVerseError
+    ├── InvalidRequestError (also ValueError)     bad input, found before any request is sent
+    ├── APIError                                  talking to the API went wrong
+    │   ├── APIStatusError                        the API answered with an error status
+    │   │   ├── BadRequestError                   400 (body, image or prompt refused)
+    │   │   ├── AuthenticationError               MISSING_API_KEY, INVALID_API_KEY, BILLING_AUTH_FAILED
+    │   │   ├── InsufficientBalanceError          BILLING_BALANCE_NOT_ENOUGH
+    │   │   ├── PermissionDeniedError             403 (feature or API not allowed)
+    │   │   ├── NotFoundError                     404 (TASK_NOT_FOUND, API_NOT_FOUND)
+    │   │   ├── RateLimitError                    429
+    │   │   └── ServerError                       5xx
+    │   ├── APIConnectionError (also ConnectionError)   no usable answer arrived
+    │   │   └── APITimeoutError (also TimeoutError)
+    │   ├── APIResponseError (also ValueError)    a 200 answer that is not the promised JSON
+    │   └── SubmissionUncertainError              a paid submission was sent but its answer was lost
+    ├── ClientClosedError (also RuntimeError)     the client is not open, or was closed while you waited
+    ├── TaskFailedError                           the task ended TASK_STATUS_FAILED
+    ├── TaskTimeoutError (also TimeoutError)      the task did not finish within the caller's timeout
+    └── DownloadError                             a video could not be downloaded
+        └── VideoExpiredError                     its signed link has expired: poll the task for a new one
+
+Account-wide errors (`AuthenticationError`, `InsufficientBalanceError`) are the ones worth stopping a whole
+batch for. No message, repr or attribute of these errors ever contains the API key: the client redacts
+anything the server echoes before it builds an error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._models import ImageToVideo
+
+
+class PixVerseError(Exception):
+    """Base class of every error this library raises."""
+
+
+class InvalidRequestError(PixVerseError, ValueError):
+    """A request breaks a rule of the API; raised before anything is sent (and nothing is paid)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class APIError(PixVerseError):
+    """Talking to the API failed."""
+
+
+class APIStatusError(APIError):
+    """The API answered with an error status; `reason` is its machine-readable reason, when it gave one."""
+
+    def __init__(
+        self,
+        status_code: int,
+        reason: str | None,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        label = f"{status_code} {reason}" if reason else f"{status_code}"
+        super().__init__(f"{label}: {message}" if message else label)
+        self.status_code = status_code
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+        self.metadata = metadata if metadata is not None else {}
+
+
+class BadRequestError(APIStatusError):
+    """400: the API refused the request body (a rule this library could not check locally, or content)."""
+
+
+class AuthenticationError(APIStatusError):
+    """The API key is missing, wrong, or not allowed to bill. Retrying will not help."""
+
+
+class InsufficientBalanceError(APIStatusError):
+    """The account cannot pay for another task. Retrying will not help until it is topped up."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: this key may not use this feature or API."""
+
+
+class NotFoundError(APIStatusError):
+    """404: no such task (for this key) or no such API path (check `base_url`)."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests or too many running tasks for this key."""
+
+
+class ServerError(APIStatusError):
+    """5xx: the API, or a proxy in front of it, failed."""
+
+
+class APIConnectionError(APIError, ConnectionError):
+    """No usable answer arrived: the connection failed, was reset, or the host could not be reached."""
+
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    """The request did not complete within the client's timeout."""
+
+
+class APIResponseError(APIError, ValueError):
+    """The API answered 200 but the body was not the JSON it promises (truncated, or not JSON at all)."""
+
+
+class SubmissionUncertainError(APIError):
+    """A submission reached the API but its answer was lost, so a task may or may not exist (and be billed).
+
+    The client never retries such a submission by itself: retrying could pay twice. `request` is the very
+    request that was sent; `__cause__` is what went wrong. Resubmit it only if losing the possible task is
+    better for you than paying for it twice.
+    """
+
+    def __init__(self, request: ImageToVideo, cause: BaseException) -> None:
+        super().__init__(
+            f"the submission was sent but its answer was lost ({type(cause).__name__}: {cause}); "
+            "a task may have been created and billed, so it was not retried"
+        )
+        self.request = request
+
+
+class ClientClosedError(PixVerseError, RuntimeError):
+    """The client is not open (use `async with PixVerseClient(...)`), or was closed while a call waited."""
+
+
+class TaskFailedError(PixVerseError):
+    """The task ended with TASK_STATUS_FAILED; `reason` is the server's explanation."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(f"task {task_id} failed: {reason or 'no reason given'}")
+        self.task_id = task_id
+        self.reason = reason
+
+
+class TaskTimeoutError(PixVerseError, TimeoutError):
+    """The task was still running when the caller's timeout ran out. It keeps running (and is paid for)."""
+
+    def __init__(self, task_id: str | None, timeout: float) -> None:
+        subject = f"task {task_id}" if task_id else "job"
+        super().__init__(f"{subject} did not finish within {timeout:g} s")
+        self.task_id = task_id
+        self.timeout = timeout
+
+
+class DownloadError(PixVerseError):
+    """A video could not be downloaded (the link answered an error, or the body was cut short)."""
+
+
+class VideoExpiredError(DownloadError):
+    """The video's signed link has expired; `get_task()` on its task returns a fresh link."""

@@ -1,0 +1,183 @@
+"""One HTTP exchange with the API, and what its failure means: was the request sent, or not?
+
+The difference decides whether a billed submission may be retried. A failure to connect (refused, DNS,
+connect timeout) means the server never saw the request: `RequestNotSent`. Anything after the request went
+out (read timeout, reset, a body cut short) means it may have been acted on: `AnswerLost`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, final
+
+import aiohttp
+import attrs
+from multidict import CIMultiDictProxy
+
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    InsufficientBalanceError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+)
+from ._retry import parse_retry_after
+
+_AUTH_REASONS = frozenset({"MISSING_API_KEY", "INVALID_API_KEY", "BILLING_AUTH_FAILED"})
+_BALANCE_REASONS = frozenset({"BILLING_BALANCE_NOT_ENOUGH"})
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+_HTML_TAG = re.compile(r"<[^>]+>")
+_WHITESPACE = re.compile(r"\s+")
+
+
+@attrs.frozen
+class Timeouts:
+    """Seconds the client waits, per request. `None` waits without limit.
+
+    `connect`: to open a connection (safe to retry: nothing was sent). `read`: between bytes of an answer
+    (on a submission, running out means the answer is lost). `download_read`: the same for video downloads.
+    """
+
+    connect: float | None = attrs.field(default=10.0)
+    read: float | None = attrs.field(default=60.0)
+    download_read: float | None = attrs.field(default=60.0)
+
+    def for_api(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.read)
+
+    def for_download(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.download_read)
+
+
+class RequestNotSent(Exception):
+    """The request never reached the server: retrying cannot duplicate anything."""
+
+    def __init__(self, error: APIConnectionError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class AnswerLost(Exception):
+    """The request was sent but no complete answer came back: the server may have acted on it."""
+
+    def __init__(self, error: APIConnectionError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@attrs.frozen
+class Response:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; `APIResponseError` when a success answer is not JSON (e.g. cut short)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise APIResponseError(
+                f"the API answered {self.status} with a body that is not valid JSON ({len(self.body)} bytes)"
+            ) from None
+
+
+@final
+class ApiTransport:
+    """Sends requests to the API with the key, and turns every failure into this library's errors."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str, timeouts: Timeouts) -> None:
+        self._session = session
+        self._base_url = base_url
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": "pixverse-async",
+        }
+        self._api_key = api_key
+        self._timeout = timeouts.for_api()
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def send(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
+    ) -> Response:
+        url = self._base_url + path
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = self._headers if data is None else {**self._headers, "Content-Type": "application/json"}
+        try:
+            async with self._session.request(
+                method, url, params=params, data=data, headers=headers, timeout=self._timeout
+            ) as response:
+                payload = await response.read()
+                return Response(status=response.status, headers=response.headers, body=payload)
+        except aiohttp.ConnectionTimeoutError:
+            raise RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time")) from None
+        except aiohttp.ClientConnectorError as error:
+            reason = self.redact(str(error.os_error) or type(error.os_error).__name__)
+            raise RequestNotSent(APIConnectionError(f"could not connect to {self._base_url}: {reason}")) from None
+        except (aiohttp.SocketTimeoutError, TimeoutError):
+            raise AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout")) from None
+        except aiohttp.ServerDisconnectedError:
+            raise AnswerLost(APIConnectionError(f"{method} {path}: the server closed the connection")) from None
+        except aiohttp.ClientError as error:
+            detail = self.redact(str(error)) or type(error).__name__
+            raise AnswerLost(APIConnectionError(f"{method} {path}: {detail}")) from None
+
+    def status_error(self, response: Response) -> APIStatusError:
+        """The typed error for a non-2xx answer, whatever its body (JSON, an HTML page, or nothing)."""
+        reason: str | None = None
+        message = ""
+        metadata: dict[str, Any] = {}
+        try:
+            parsed = json.loads(response.body) if response.body else None
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            reason = parsed.get("reason") if isinstance(parsed.get("reason"), str) else None
+            message = str(parsed.get("message") or "")
+            if isinstance(parsed.get("metadata"), dict):
+                metadata = json.loads(self.redact(json.dumps(parsed["metadata"])))
+        else:
+            message = self._describe_non_json(response)
+        error_class = self._error_class(response.status, reason)
+        return error_class(
+            response.status,
+            reason,
+            self.redact(message),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            metadata=metadata,
+        )
+
+    @staticmethod
+    def _describe_non_json(response: Response) -> str:
+        if not response.body:
+            return "empty body"
+        text = response.body[:2048].decode("utf-8", "replace")
+        snippet = _WHITESPACE.sub(" ", _HTML_TAG.sub(" ", text)).strip()[:200]
+        content_type = response.headers.get("Content-Type", "unknown type")
+        return f"non-JSON body ({content_type}): {snippet}"
+
+    @staticmethod
+    def _error_class(status: int, reason: str | None) -> type[APIStatusError]:
+        if reason in _AUTH_REASONS:
+            return AuthenticationError
+        if reason in _BALANCE_REASONS:
+            return InsufficientBalanceError
+        if status >= 500:
+            return ServerError
+        return _STATUS_ERRORS.get(status, APIStatusError)

@@ -1,0 +1,337 @@
+"""One scheduler that polls every pending task of a client, each at the moment its result is likely ready.
+
+A pending task is a small slotted record in a heap ordered by next-poll time, not a coroutine: one loop pops
+the tasks that are due, polls them (bounded in flight and in rate, across the whole client), and files each
+back with its next time, which comes from the server's hints (`eta`, else `progress_percent` and the task's
+age, else the age alone), with jitter, a floor and a cap. A 429 on a poll pauses every poll, not just one
+task's. Nobody is polled after it is known to be terminal. Waiters (`wait()`, `as_completed()`) attach
+callbacks with an optional deadline; a task nobody waits for is still polled until it ends when it holds one
+of the client's running-task slots, so that the slot is given back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import final
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._clock import Clock
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseError,
+    APIStatusError,
+    ClientClosedError,
+    PixVerseError,
+    RateLimitError,
+    ServerError,
+    TaskTimeoutError,
+)
+from ._limiter import RunningTaskLimiter
+from ._models import TaskResult
+from ._retry import RetryPolicy
+
+Outcome = TaskResult | PixVerseError
+FetchTask = Callable[[str], Awaitable[TaskResult]]
+ProgressCallback = Callable[[TaskResult], None]
+
+
+@attrs.frozen
+class PollPolicy:
+    """When the shared poller looks at a task again, in the API's seconds.
+
+    The first poll comes `first_poll_after` a submission. After that, the poller aims `lead` seconds before
+    the finish the server predicts (its `eta`, or an estimate from `progress_percent` and the task's age),
+    then looks every `min_interval` until the task ends, never waiting more than `max_interval`. Without any
+    hint it waits `age_factor` times the task's age. Each interval gets up to `jitter` of it added at random.
+    `max_polls_per_second` bounds the whole client's poll rate; `max_polls_in_flight` its concurrent polls.
+    """
+
+    first_poll_after: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
+    min_interval: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
+    max_interval: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
+    lead: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
+    age_factor: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
+    jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
+    max_polls_per_second: float | None = attrs.field(default=50.0)
+    max_polls_in_flight: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+
+    def next_interval(self, result: TaskResult, age: float, rng: random.Random) -> float:
+        remaining = self._predicted_remaining(result, age)
+        if remaining is None:
+            interval = age * self.age_factor
+        elif remaining > self.lead + self.min_interval:
+            interval = remaining - self.lead
+        else:
+            interval = self.min_interval
+        interval = min(self.max_interval, max(self.min_interval, interval))
+        return interval * (1.0 + self.jitter * rng.random())
+
+    @staticmethod
+    def _predicted_remaining(result: TaskResult, age: float) -> float | None:
+        if result.eta is not None and result.eta >= 0:
+            return result.eta
+        progress = result.progress_percent
+        if progress is not None and 0 < progress < 100 and age > 0:
+            return age * (100 - progress) / progress
+        return None
+
+
+@attrs.define(slots=True, eq=False)
+class Waiter:
+    """Someone waiting for a task: `callback(outcome)` is called once, with the result or an error."""
+
+    callback: Callable[[Outcome], None]
+    deadline: float | None
+    timeout: float | None
+    on_progress: ProgressCallback | None = None
+
+
+@attrs.define(slots=True, eq=False)
+class PendingTask:
+    task_id: str
+    started_at: float
+    holds_slot: bool
+    waiters: tuple[Waiter, ...] = ()
+    due: float = 0.0
+    failures: int = 0
+    in_flight: bool = False
+    done: bool = False
+
+
+@final
+class Poller:
+    """Owns every pending task of one client; `run()` is its single loop."""
+
+    def __init__(
+        self,
+        fetch: FetchTask,
+        *,
+        clock: Clock,
+        policy: PollPolicy,
+        retry: RetryPolicy,
+        limiter: RunningTaskLimiter,
+        rng: random.Random,
+        keep_unclaimed: int = 1024,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._policy = policy
+        self._retry = retry
+        self._limiter = limiter
+        self._rng = rng
+        self._keep_unclaimed = keep_unclaimed
+        self._pending: dict[str, PendingTask] = {}
+        self._heap: list[tuple[float, int, PendingTask]] = []
+        self._sequence = 0
+        self._in_flight = 0
+        self._paused_until = 0.0
+        self._rate_limit_strikes = 0
+        self._tokens = 1.0
+        self._tokens_at = 0.0
+        self._wake_scope: anyio.CancelScope | None = None
+        self._running = False
+        self._closed = False
+        # Terminal results nobody has asked for yet, so a later wait() costs no request.
+        self._unclaimed: OrderedDict[str, TaskResult] = OrderedDict()
+        self.polls_sent = 0
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def track(self, task_id: str, *, holds_slot: bool) -> None:
+        """Start following a task this client just submitted."""
+        now = self._clock.now()
+        pending = PendingTask(task_id=task_id, started_at=now, holds_slot=holds_slot)
+        self._pending[task_id] = pending
+        self._schedule(pending, now + self._policy.first_poll_after)
+
+    def watch(self, task_id: str, waiter: Waiter) -> None:
+        """Call `waiter` when `task_id` ends (or its deadline passes); polls it now if it is not followed yet."""
+        if self._closed:
+            waiter.callback(ClientClosedError("the client is closed"))
+            return
+        finished = self._unclaimed.pop(task_id, None)
+        if finished is not None:
+            waiter.callback(finished)
+            return
+        pending = self._pending.get(task_id)
+        now = self._clock.now()
+        if pending is None:
+            pending = PendingTask(task_id=task_id, started_at=now, holds_slot=False)
+            self._pending[task_id] = pending
+            self._schedule(pending, now)
+        pending.waiters += (waiter,)
+        # A poll in flight reschedules by the new deadline itself when it returns.
+        if waiter.deadline is not None and waiter.deadline < pending.due and not pending.in_flight:
+            self._schedule(pending, waiter.deadline)
+
+    def unwatch(self, task_id: str, waiter: Waiter) -> None:
+        """The waiter left (cancelled); stop polling the task if nobody else needs it."""
+        pending = self._pending.get(task_id)
+        if pending is None:
+            return
+        pending.waiters = tuple(other for other in pending.waiters if other is not waiter)
+        self._drop_if_unneeded(pending)
+
+    async def run(self) -> None:
+        self._running = True
+        try:
+            async with anyio.create_task_group() as polls:
+                while True:
+                    delay = self._start_due_polls(polls, self._clock.now())
+                    with anyio.CancelScope() as self._wake_scope:
+                        if math.isinf(delay):
+                            await anyio.sleep_forever()
+                        await self._clock.sleep(delay)
+                    self._wake_scope = None
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        pending, self._pending = self._pending, {}
+        self._heap.clear()
+        for task in pending.values():
+            task.done = True
+            for waiter in task.waiters:
+                waiter.callback(ClientClosedError(f"the client was closed while waiting for task {task.task_id}"))
+
+    def _schedule(self, pending: PendingTask, due: float) -> None:
+        pending.due = due
+        self._sequence += 1
+        heapq.heappush(self._heap, (due, self._sequence, pending))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_scope is not None:
+            self._wake_scope.cancel()
+
+    def _start_due_polls(self, polls: TaskGroup, now: float) -> float:
+        """Start every poll that is due and allowed; return how long until the next one may start."""
+        while self._heap:
+            due, _, pending = self._heap[0]
+            if pending.done or due != pending.due:  # a stale entry, superseded by a later _schedule
+                heapq.heappop(self._heap)
+                continue
+            if due > now:
+                return due - now
+            if self._in_flight >= self._policy.max_polls_in_flight:
+                return math.inf  # a finishing poll wakes the loop
+            if self._paused_until > now:
+                return self._paused_until - now
+            wait_for_token = self._take_token(now)
+            if wait_for_token > 0:
+                return wait_for_token
+            heapq.heappop(self._heap)
+            pending.due = math.inf
+            pending.in_flight = True
+            self._in_flight += 1
+            polls.start_soon(self._poll, pending)
+        return math.inf
+
+    def _take_token(self, now: float) -> float:
+        rate = self._policy.max_polls_per_second
+        if rate is None:
+            return 0.0
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return (1.0 - self._tokens) / rate
+        self._tokens -= 1.0
+        return 0.0
+
+    async def _poll(self, pending: PendingTask) -> None:
+        try:
+            self.polls_sent += 1
+            result = await self._fetch(pending.task_id)
+        except RateLimitError as error:
+            self._on_poll_rate_limited(pending, error)
+        except (APIConnectionError, APIResponseError, ServerError) as error:
+            self._on_poll_transient_error(pending, error)
+        except APIStatusError as error:
+            self._finish(pending, error)
+        else:
+            self._rate_limit_strikes = 0
+            pending.failures = 0
+            self._on_poll_result(pending, result)
+        finally:
+            pending.in_flight = False
+            self._in_flight -= 1
+            self._wake()
+
+    def _on_poll_result(self, pending: PendingTask, result: TaskResult) -> None:
+        if result.is_terminal:
+            self._finish(pending, result)
+            return
+        now = self._clock.now()
+        for waiter in pending.waiters:
+            if waiter.on_progress is not None:
+                waiter.on_progress(result)
+        self._expire_waiters(pending, now)
+        if not self._drop_if_unneeded(pending):
+            interval = self._policy.next_interval(result, now - pending.started_at, self._rng)
+            self._schedule(pending, self._capped_by_deadlines(pending, now + interval))
+
+    def _on_poll_rate_limited(self, pending: PendingTask, error: RateLimitError) -> None:
+        # The API is telling the whole key to slow down: pause every poll, not just this task's.
+        self._rate_limit_strikes += 1
+        pause = error.retry_after
+        if pause is None:
+            pause = self._retry.backoff(self._rate_limit_strikes, self._rng)
+        now = self._clock.now()
+        self._paused_until = max(self._paused_until, now + pause)
+        self._schedule(pending, self._paused_until)
+
+    def _on_poll_transient_error(self, pending: PendingTask, error: PixVerseError) -> None:
+        pending.failures += 1
+        if pending.failures >= self._retry.max_attempts:
+            self._finish(pending, error)
+            return
+        now = self._clock.now()
+        self._expire_waiters(pending, now)
+        if not self._drop_if_unneeded(pending):
+            backoff = self._retry.backoff(pending.failures, self._rng)
+            self._schedule(pending, self._capped_by_deadlines(pending, now + backoff))
+
+    def _expire_waiters(self, pending: PendingTask, now: float) -> None:
+        expired = tuple(w for w in pending.waiters if w.deadline is not None and w.deadline <= now)
+        if not expired:
+            return
+        pending.waiters = tuple(w for w in pending.waiters if w not in expired)
+        for waiter in expired:
+            waiter.callback(TaskTimeoutError(pending.task_id, waiter.timeout or 0.0))
+
+    @staticmethod
+    def _capped_by_deadlines(pending: PendingTask, due: float) -> float:
+        # Look once more exactly at a waiter's deadline, so a timeout is never reported late.
+        deadlines = [w.deadline for w in pending.waiters if w.deadline is not None]
+        return min([due, *deadlines])
+
+    def _drop_if_unneeded(self, pending: PendingTask) -> bool:
+        if pending.waiters or pending.holds_slot or pending.done:
+            return pending.done
+        pending.done = True
+        self._pending.pop(pending.task_id, None)
+        return True
+
+    def _finish(self, pending: PendingTask, outcome: Outcome) -> None:
+        pending.done = True
+        self._pending.pop(pending.task_id, None)
+        if pending.holds_slot:
+            pending.holds_slot = False
+            self._limiter.release()
+        if not pending.waiters and isinstance(outcome, TaskResult):
+            self._unclaimed[pending.task_id] = outcome
+            while len(self._unclaimed) > self._keep_unclaimed:
+                self._unclaimed.popitem(last=False)
+        waiters, pending.waiters = pending.waiters, ()
+        for waiter in waiters:
+            waiter.callback(outcome)
