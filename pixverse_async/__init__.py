@@ -38,6 +38,8 @@ from ._retry import RetryPolicy
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_CONCURRENCY",
     "APIConnectionError",
     "APIError",
     "APIResponseError",
@@ -47,8 +49,6 @@ __all__ = [
     "BadRequestError",
     "ClientClosedError",
     "Clock",
-    "DEFAULT_BASE_URL",
-    "DEFAULT_MAX_CONCURRENCY",
     "DownloadError",
     "ImageToVideo",
     "InsufficientBalanceError",

@@ -39,7 +39,7 @@ from ._exceptions import (
     TaskFailedError,
     VideoExpiredError,
 )
-from ._http import AnswerLost, ApiTransport, RequestNotSent, Response, Timeouts
+from ._http import AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts
 from ._limiter import RunningTaskLimiter
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, read_image_file
 from ._poller import Outcome, Poller, PollPolicy, Waiter
@@ -98,7 +98,7 @@ class PixVerseClient:
             raise InvalidRequestError("base_url", f"{url!r} is not an http(s):// URL with a host")
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise InvalidRequestError("max_concurrency", f"must be an int >= 1, not {max_concurrency!r}")
-        self._api_key = key.strip()
+        self._api_key = Secret(key.strip())
         self.base_url = url
         self.max_concurrency = max_concurrency
         self.timeouts = timeouts

@@ -40,8 +40,24 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     404: NotFoundError,
     429: RateLimitError,
 }
+_USER_AGENT = "pixverse-async"
 _HTML_TAG = re.compile(r"<[^>]+>")
 _WHITESPACE = re.compile(r"\s+")
+
+
+@attrs.frozen(repr=False)
+class Secret:
+    """The API key, kept out of every repr, str and traceback variable dump."""
+
+    _value: str
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
 
 
 @attrs.frozen
@@ -99,29 +115,31 @@ class Response:
 class ApiTransport:
     """Sends requests to the API with the key, and turns every failure into this library's errors."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str, timeouts: Timeouts) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: Secret, timeouts: Timeouts) -> None:
         self._session = session
         self._base_url = base_url
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Accept": "application/json",
-            "User-Agent": "pixverse-async",
-        }
         self._api_key = api_key
         self._timeout = timeouts.for_api()
 
     def redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return text.replace(self._api_key.reveal(), "***")
 
     async def send(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
     ) -> Response:
         url = self._base_url + path
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = self._headers if data is None else {**self._headers, "Content-Type": "application/json"}
+        headers = {
+            "Authorization": f"Bearer {self._api_key.reveal()}",
+            "Accept": "application/json",
+            "User-Agent": _USER_AGENT,
+        }
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         try:
+            # No redirects: following one could carry the key to another host.
             async with self._session.request(
-                method, url, params=params, data=data, headers=headers, timeout=self._timeout
+                method, url, params=params, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as response:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)

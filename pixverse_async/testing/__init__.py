@@ -1,0 +1,37 @@
+"""Test helpers for code that uses ``pixverse_async``: a local simulator of the remote API, and clocks.
+
+See :mod:`pixverse_async.testing._simulator` for what the simulator does. Give the client a
+``ScaledClock(sim.time_scale)`` so that client and simulator agree on what a second is, or an
+``InstantClock`` to make retry backoff cost no real time.
+"""
+
+from pixverse_async._clock import InstantClock, ScaledClock
+from pixverse_async.testing._simulator import (
+    DEFAULT_FAIL_REASON,
+    Fault,
+    FaultEndpoint,
+    FaultKind,
+    SimCounters,
+    SimTask,
+    Simulator,
+    SubmittedImage,
+    TaskPlan,
+    lognormal_durations,
+    serve_forever,
+)
+
+__all__ = [
+    "DEFAULT_FAIL_REASON",
+    "Fault",
+    "FaultEndpoint",
+    "FaultKind",
+    "InstantClock",
+    "ScaledClock",
+    "SimCounters",
+    "SimTask",
+    "Simulator",
+    "SubmittedImage",
+    "TaskPlan",
+    "lognormal_durations",
+    "serve_forever",
+]

@@ -1,0 +1,993 @@
+"""A local simulator of the PixVerse V4.5 image-to-video async job API, for tests and benchmarks.
+
+It speaks the wire protocol of the real API (``POST /v3/async/pixverse-v4.5-i2v`` and
+``GET /v3/async/task-result`` of the v3 async job API that model routers serve) over real HTTP, on two local
+ports::
+
+    async with Simulator(api_keys=("sk-test",), time_scale=0.001) as sim:
+        sim.base_url        # the API site: submit + task-result
+        sim.video_base_url  # a separate site (another origin, like a CDN) serving signed video URLs
+
+Time
+    Everything the simulator says or is configured with (durations, ``eta``, ``video_url_ttl``,
+    ``Retry-After``, fault delays) is in *simulated* seconds. ``time_scale`` is the number of real seconds per
+    simulated second: with ``time_scale=0.001`` a 60 s job takes 60 ms. The simulated clock reads like a Unix
+    time: it starts at the wall-clock time of construction and runs ``1 / time_scale`` times faster.
+    ``sim.advance(seconds)`` jumps it forward, for tests that must not depend on real sleeps (it moves the
+    simulator's clock only, not a client's ``ScaledClock``).
+    Task state is computed from timestamps at each request; no timer or task runs per job, so 100,000 jobs
+    cost only their records.
+
+Submit: ``POST /v3/async/pixverse-v4.5-i2v``
+    Checked in this order, the first problem answering:
+
+    1. ``Authorization: Bearer <key>``: missing, not Bearer, or empty -> 400 ``MISSING_API_KEY``;
+       a key not in ``api_keys`` -> 403 ``INVALID_API_KEY``.
+    2. The body: ``Content-Type`` other than ``application/json``, invalid JSON, not an object, an unknown
+       top-level key (only ``extra`` is allowed beyond the documented fields), a missing, wrong-typed or
+       out-of-range field -> 400 ``INVALID_REQUEST_BODY``. ``null`` is not accepted for any field: omit the
+       field instead. ``prompt`` must be a non-blank string of at most 2048 characters; ``resolution`` one of
+       360p/540p/720p/1080p (default 540p; 1080p is refused with ``fast_mode: true``); ``seed`` an integer
+       (not a boolean) in 0..2147483647; ``style`` one of anime/3d_animation/clay/comic/cyberpunk; ``extra``
+       an object (a webhook in it is accepted but never called).
+    3. ``image``: an ``http://`` or ``https://`` URL is accepted without fetching it. Anything else is raw
+       base64 or a ``data:image/(png|jpeg|jpg);base64,`` URI (another ``data:image/...`` type answers
+       ``INVALID_IMAGE_FORMAT``); base64 that does not decode strictly (standard alphabet, padded, no line
+       breaks) -> 400 ``INVALID_REQUEST_BODY``. The decoded bytes are checked by
+       ``pixverse_async._images.probe_image``, the same checker the client uses, and its verdict is answered
+       as 400 with its reason (``INVALID_IMAGE_FORMAT``, ``IMAGE_FILE_EXCEEDS_MAX_SIZE``,
+       ``INVALID_IMAGE_SIZE``, ``IMAGE_EXCEEDS_MAX_RESOLUTION``).
+    4. ``balance``: a key that has already created ``balance`` tasks -> 400 ``BILLING_BALANCE_NOT_ENOUGH``.
+    5. ``max_running_per_key``: a key with that many tasks not yet terminal -> 429 ``RATE_LIMIT_EXCEEDED``,
+       with ``Retry-After`` (``rate_limit_retry_after`` rounded up to whole simulated seconds) only if set.
+    6. Otherwise the task is created and billed: 200 ``{"task_id": "<uuid4>"}``.
+
+    A task is ``TASK_STATUS_QUEUED`` for the first ``queue_fraction`` of its duration, then
+    ``TASK_STATUS_PROCESSING``, then ends ``TASK_STATUS_SUCCEED`` or ``TASK_STATUS_FAILED`` (chance
+    ``failure_rate``, reason :data:`DEFAULT_FAIL_REASON`). ``duration`` is a number of simulated seconds or a
+    function of a :class:`random.Random` (see :func:`lognormal_durations`). ``plan`` can decide per
+    submission from its JSON body: return a :class:`TaskPlan` to fix the duration and outcome, or ``None``
+    for the defaults.
+
+Poll: ``GET /v3/async/task-result?task_id=<id>``
+    Same authentication. No ``task_id`` -> 400 ``INVALID_REQUEST_BODY``; an unknown task or one created with
+    another key -> 404 ``TASK_NOT_FOUND``. The answer has the real API's shape: ``extra.seed`` (the
+    submitted seed, or a random one, as a string), ``extra.debug_info`` (times in simulated epoch
+    milliseconds, as strings, empty until reached), ``task.eta`` (whole simulated seconds left, rounded up;
+    0 once terminal), ``task.progress_percent`` (0 while queued, linear in time while processing and capped
+    at 99, 100 on success, 0 on failure), ``task.reason`` ("" unless failed), ``images: []``, ``audios: []``
+    and ``videos``: empty until success, then one entry whose ``video_url`` is signed afresh at every poll
+    (a new expiry ``video_ttl`` simulated seconds from now, so polling again refreshes an expired link) and
+    whose ``video_url_ttl`` is a string, as the real API sends it.
+
+    Any other path or method on the API site -> 404 ``API_NOT_FOUND``. Error bodies are
+    ``{"code": <status>, "reason": "<REASON>", "message": "...", "metadata": {}}``.
+
+Video site: ``GET /videos/<task_id>.mp4?expires=<unix sim seconds>&signature=<hmac-sha256 hex>``
+    200 ``video/mp4`` with ``Content-Length``; the body is :meth:`Simulator.video_bytes` (a few KB of
+    structurally valid MP4 that embeds the task id, so it differs per task). Missing or wrong signature ->
+    403 ``SignatureDoesNotMatch``; past ``expires`` -> 403 "Request has expired"; both as S3-style XML.
+    ``Range`` is ignored. A request carrying an ``Authorization`` header is still served, but counted in
+    ``counters.key_leaks_to_video_host``: a client must never send its API key there.
+
+Faults
+    ``sim.inject(Fault(endpoint, kind, times=1, ...))`` makes the next ``times`` requests to ``endpoint``
+    ("submit", "poll" or "video") misbehave; faults are consumed in the order injected, whatever the
+    request holds. See :class:`Fault` for each kind. ``sim.clear_faults()`` drops those not yet used.
+
+Counters
+    ``sim.counters`` (:class:`SimCounters`) tells what happened; ``sim.reset_counters()`` replaces it with a
+    fresh one. ``sim.tasks`` is a read-only mapping of task id to :class:`SimTask`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import heapq
+import hmac
+import json
+import math
+import random
+import secrets
+import time
+import types
+import typing
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Final, Literal
+
+import anyio
+import attrs
+from aiohttp import web
+
+from pixverse_async._images import ImageError, probe_image
+from pixverse_async.testing._video import mp4_for_task
+
+__all__ = [
+    "DEFAULT_FAIL_REASON",
+    "Fault",
+    "FaultEndpoint",
+    "FaultKind",
+    "SimCounters",
+    "SimTask",
+    "Simulator",
+    "SubmittedImage",
+    "TaskPlan",
+    "lognormal_durations",
+    "serve_forever",
+]
+
+SUBMIT_PATH: Final = "/v3/async/pixverse-v4.5-i2v"
+RESULT_PATH: Final = "/v3/async/task-result"
+TASK_TYPE: Final = "PIXVERSE_V4_5_I2V"
+
+QUEUED: Final = "TASK_STATUS_QUEUED"
+PROCESSING: Final = "TASK_STATUS_PROCESSING"
+SUCCEED: Final = "TASK_STATUS_SUCCEED"
+FAILED: Final = "TASK_STATUS_FAILED"
+
+#: The ``task.reason`` of tasks failed by ``failure_rate``.
+DEFAULT_FAIL_REASON: Final = "content moderation: generation failed"
+
+MAX_PROMPT_CHARS: Final = 2048
+MAX_SEED: Final = 2_147_483_647
+RESOLUTIONS: Final = frozenset({"360p", "540p", "720p", "1080p"})
+FAST_MODE_RESOLUTIONS: Final = frozenset({"360p", "540p", "720p"})
+STYLES: Final = frozenset({"anime", "3d_animation", "clay", "comic", "cyberpunk"})
+_KNOWN_FIELDS: Final = frozenset(
+    {"prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra"}
+)
+_DATA_URI_PREFIXES: Final = tuple(f"data:image/{kind};base64," for kind in ("png", "jpeg", "jpg"))
+
+# A 10 MB image is about 13.4 MB once base64-encoded; accept bodies well past that so that an oversized
+# image reaches the image check (IMAGE_FILE_EXCEEDS_MAX_SIZE) instead of aiohttp's generic 413.
+_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+
+FaultEndpoint = Literal["submit", "poll", "video"]
+FaultKind = Literal["server_error", "rate_limit", "reset", "slow", "html_error", "empty_error", "truncated_json"]
+
+# Where an error answer keeps its reason until it is counted as sent.
+_REASON: Final = web.ResponseKey("reason", str)
+
+_NGINX_502_PAGE: Final = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def lognormal_durations(median: float = 40.0, sigma: float = 0.5) -> Callable[[random.Random], float]:
+    """A ``duration`` for :class:`Simulator`: log-normal job times with the given median (simulated s)."""
+    if median <= 0 or sigma < 0:
+        raise ValueError(f"lognormal_durations needs median > 0 and sigma >= 0, got {median=} {sigma=}")
+    mu = math.log(median)
+
+    def draw(rng: random.Random) -> float:
+        return rng.lognormvariate(mu, sigma)
+
+    return draw
+
+
+@attrs.frozen
+class TaskPlan:
+    """What ``Simulator(plan=...)`` decides for one submission: its duration and how it ends.
+
+    ``duration`` is in simulated seconds from submit to terminal; ``fail_reason`` makes the task end
+    ``TASK_STATUS_FAILED`` with that ``task.reason`` (``None``: it succeeds).
+    """
+
+    duration: float = attrs.field(validator=attrs.validators.ge(0.0))
+    fail_reason: str | None = None
+
+
+@attrs.frozen
+class Fault:
+    """A misbehaviour for the next ``times`` requests to ``endpoint``.
+
+    Kinds, by endpoint (on submit, ``create_task`` says whether the task is created, and billed, before
+    the fault strikes, for the kinds marked *creates*; when the request is invalid nothing is created and
+    the fault still strikes):
+
+    ``server_error``
+        500 JSON error: ``CREATE_TASK_FAILED`` on submit (*creates*), ``GET_RESULT_FAILED`` on poll,
+        an S3-style ``InternalError`` XML on video.
+    ``rate_limit``
+        429 ``RATE_LIMIT_EXCEEDED`` (XML ``SlowDown`` on video), with ``Retry-After: <retry_after>``
+        (simulated seconds rounded up) if ``retry_after`` is set, else without the header. Never creates.
+    ``reset``
+        Closes the TCP connection abruptly (``transport.abort()``) without a byte of answer: the client sees
+        ``aiohttp.ServerDisconnectedError`` (a connection error), never an HTTP status. On submit the body is
+        read and the task created first (*creates*); with ``create_task=False`` the connection is dropped
+        before the body is looked at (the client may then see ``ClientOSError``, connection reset, instead).
+        aiohttp's client resends an idempotent request (GET) once by itself after a disconnection, so one
+        reset on poll or video is invisible to it: inject ``times=2`` to make the error reach the caller.
+    ``slow``
+        Waits ``delay`` simulated seconds, then answers normally. On submit the task is created before the
+        wait (the client's read timeout may fire after the task exists).
+    ``html_error``
+        502 ``text/html`` nginx page; nothing is created.
+    ``empty_error``
+        503 with an empty body; nothing is created.
+    ``truncated_json``
+        200 ``application/json`` whose body is the first half of the normal answer (submit: *creates*).
+        On video: headers announce the full ``Content-Length``, half the file is sent, then the
+        connection is aborted (a download cut short).
+    """
+
+    endpoint: FaultEndpoint = attrs.field(validator=attrs.validators.in_(typing.get_args(FaultEndpoint)))
+    kind: FaultKind = attrs.field(validator=attrs.validators.in_(typing.get_args(FaultKind)))
+    times: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    retry_after: float | None = None
+    delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    create_task: bool = True
+
+
+@attrs.frozen
+class SubmittedImage:
+    """What a task's ``image`` field held, kept instead of the (possibly megabytes of) base64 text."""
+
+    encoding: Literal["url", "base64", "data_uri"]
+    url: str | None = None  # only for ``encoding="url"``
+    format: str | None = None  # 'jpeg' | 'png', from the image checker; None for URLs
+    width: int | None = None
+    height: int | None = None
+    byte_size: int | None = None  # decoded size
+
+
+@typing.final
+@attrs.define(eq=False)
+class SimTask:
+    """One task as the simulator holds it. Times are on the simulated clock (see ``Simulator.now``).
+
+    Tests read it through ``sim.tasks``; changing it is not supported.
+    """
+
+    task_id: str
+    api_key: str
+    request: Mapping[str, Any]  # the submitted JSON body without ``image`` (see ``image``)
+    image: SubmittedImage
+    seed: int
+    submitted_at: float
+    processing_at: float  # QUEUED before this, PROCESSING from it
+    ends_at: float  # terminal from this time on
+    fail_reason: str | None  # None: ends SUCCEED
+    # Set once a poll has returned this task terminal; later polls count as ``polls_after_terminal``.
+    terminal_seen: bool = False
+
+    @property
+    def prompt(self) -> str:
+        return str(self.request["prompt"])
+
+    def status_at(self, now: float) -> str:
+        if now >= self.ends_at:
+            return SUCCEED if self.fail_reason is None else FAILED
+        return QUEUED if now < self.processing_at else PROCESSING
+
+    def progress_at(self, now: float) -> int:
+        status = self.status_at(now)
+        if status == SUCCEED:
+            return 100
+        if status != PROCESSING:
+            return 0
+        processing_time = self.ends_at - self.processing_at
+        return min(99, int(100 * (now - self.processing_at) / processing_time))
+
+
+@typing.final
+@attrs.define
+class SimCounters:
+    """What the simulator saw. All counts start at 0; ``Simulator.reset_counters`` starts them again."""
+
+    #: POST requests received on the submit path, valid or not, faulted or not.
+    submit_requests: int = 0
+    #: Tasks created (each one billed), including those created just before a fault struck.
+    tasks_created: int = 0
+    #: GET requests received on the task-result path, valid or not.
+    poll_requests: int = 0
+    #: Poll requests per ``task_id`` query value (known task or not).
+    polls_by_task: collections.Counter[str] = attrs.Factory(collections.Counter)
+    #: Polls of a task after one poll had already answered it terminal (SUCCEED/FAILED): wasted requests.
+    polls_after_terminal: int = 0
+    #: Requests received by the video site (any path, valid or not, GET or HEAD).
+    video_requests: int = 0
+    #: Video-site requests that carried an ``Authorization`` header (must stay 0 with a correct client).
+    key_leaks_to_video_host: int = 0
+    #: 429 answers sent, from ``max_running_per_key`` and from ``rate_limit`` faults, on any endpoint.
+    rate_limited: int = 0
+    #: JSON error answers sent by the API site, by ``reason`` (fault answers included).
+    errors_by_reason: collections.Counter[str] = attrs.Factory(collections.Counter)
+    #: Peak number of non-terminal tasks per API key, measured right after each task creation.
+    max_running_by_key: dict[str, int] = attrs.Factory(dict)
+    #: Tasks created per prompt text, for "exactly one task was created" assertions.
+    tasks_created_by_prompt: collections.Counter[str] = attrs.Factory(collections.Counter)
+    #: Videos served in full (200).
+    videos_served: int = 0
+    #: Video requests refused because the signed URL had expired.
+    video_expired: int = 0
+    #: Video requests refused because the signature was missing or wrong.
+    video_bad_signature: int = 0
+    #: Faults that struck, by ``"<endpoint>:<kind>"``.
+    faults_applied: collections.Counter[str] = attrs.Factory(collections.Counter)
+
+
+@attrs.define
+class _PendingFault:
+    fault: Fault
+    remaining: int
+
+
+class _BadRequest(Exception):
+    """A 400 answer found while checking a submission."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _retry_after_header(retry_after: float | None) -> dict[str, str]:
+    return {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
+
+
+def _json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(payload, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _s3_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    # Shaped like S3's error documents, since signed video URLs usually point at object storage or a CDN.
+    body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>\n'
+    return web.Response(text=body, status=status, content_type="application/xml", headers=headers)
+
+
+async def _drop_connection(request: web.Request) -> web.Response:
+    """Abort the TCP connection without answering; aiohttp then fails to write the dummy response, quietly."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return web.Response(status=500)
+
+
+def _check_string(body: Mapping[str, Any], field: str, *, max_chars: int | None = None) -> str | None:
+    if field not in body:
+        return None
+    value = body[field]
+    if not isinstance(value, str):
+        raise _BadRequest("INVALID_REQUEST_BODY", f"{field} must be a string")
+    if max_chars is not None and len(value) > max_chars:
+        raise _BadRequest("INVALID_REQUEST_BODY", f"{field} must be at most {max_chars} characters")
+    return value
+
+
+def _check_body(body: Any) -> None:
+    """Raise ``_BadRequest`` if the JSON body breaks a documented rule (the image bytes are checked later)."""
+    if not isinstance(body, dict):
+        raise _BadRequest("INVALID_REQUEST_BODY", "request body must be a JSON object")
+    unknown = sorted(set(body) - _KNOWN_FIELDS)
+    if unknown:
+        raise _BadRequest("INVALID_REQUEST_BODY", f"unknown field(s): {', '.join(unknown)}")
+    prompt = _check_string(body, "prompt", max_chars=MAX_PROMPT_CHARS)
+    if prompt is None or not prompt.strip():
+        raise _BadRequest("INVALID_REQUEST_BODY", "prompt is required")
+    image = _check_string(body, "image")
+    if not image:
+        raise _BadRequest("INVALID_REQUEST_BODY", "image is required")
+    _check_string(body, "negative_prompt", max_chars=MAX_PROMPT_CHARS)
+    fast_mode = body.get("fast_mode", False)
+    if not isinstance(fast_mode, bool):
+        raise _BadRequest("INVALID_REQUEST_BODY", "fast_mode must be a boolean")
+    resolution = _check_string(body, "resolution")
+    if resolution is not None:
+        allowed = FAST_MODE_RESOLUTIONS if fast_mode else RESOLUTIONS
+        if resolution not in allowed:
+            raise _BadRequest(
+                "INVALID_REQUEST_BODY",
+                f"resolution must be one of {', '.join(sorted(allowed))}"
+                + (" when fast_mode is true" if fast_mode else ""),
+            )
+    style = _check_string(body, "style")
+    if style is not None and style not in STYLES:
+        raise _BadRequest("INVALID_REQUEST_BODY", f"style must be one of {', '.join(sorted(STYLES))}")
+    if "seed" in body:
+        seed = body["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise _BadRequest("INVALID_REQUEST_BODY", f"seed must be an integer in 0..{MAX_SEED}")
+    if "extra" in body and not isinstance(body["extra"], dict):
+        raise _BadRequest("INVALID_REQUEST_BODY", "extra must be an object")
+
+
+def _check_image(image: str) -> SubmittedImage:
+    """Decode and check an ``image`` field as the API does; raise ``_BadRequest`` where it would refuse."""
+    if image.startswith(("http://", "https://")):
+        return SubmittedImage(encoding="url", url=image)
+    encoding: Literal["base64", "data_uri"] = "base64"
+    encoded = image
+    if image.startswith("data:"):
+        prefix = next((p for p in _DATA_URI_PREFIXES if image.startswith(p)), None)
+        if prefix is None:
+            if image.startswith("data:image/") and ";base64," in image:
+                raise _BadRequest("INVALID_IMAGE_FORMAT", "image must be a JPEG or PNG")
+            raise _BadRequest("INVALID_REQUEST_BODY", "image data URI must be data:image/<type>;base64,...")
+        encoding, encoded = "data_uri", image[len(prefix) :]
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _BadRequest("INVALID_REQUEST_BODY", "image is neither a URL nor valid base64") from exc
+    try:
+        info = probe_image(data)
+    except ImageError as exc:
+        raise _BadRequest(exc.api_reason, str(exc)) from exc
+    return SubmittedImage(
+        encoding=encoding, format=info.format, width=info.width, height=info.height, byte_size=len(data)
+    )
+
+
+def _bearer_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return key.strip() or None
+
+
+@typing.final
+@attrs.define(init=False, eq=False, repr=False)  # no generated repr: it would print every task
+class Simulator:
+    """The simulated API on two local HTTP sites; see the module documentation for its behaviour."""
+
+    api_keys: frozenset[str]
+    host: str
+    port: int
+    video_port: int
+    time_scale: float
+    duration: float | Callable[[random.Random], float]
+    queue_fraction: float
+    failure_rate: float
+    plan: Callable[[Mapping[str, Any]], TaskPlan | None] | None
+    max_running_per_key: int | None
+    rate_limit_retry_after: float | None
+    balance: int | None
+    video_ttl: float
+    counters: SimCounters
+
+    _rng: random.Random
+    _signing_key: bytes
+    _clock_origin_real: float
+    _clock_origin_sim: float
+    _clock_offset: float
+    _tasks: dict[str, SimTask]
+    # Per key: end times of tasks that may still be running, as a min-heap; finished ones are popped lazily.
+    _running_ends: dict[str, list[float]]
+    _created_by_key: collections.Counter[str]
+    _faults: list[_PendingFault]
+    _runners: list[web.AppRunner]
+    _base_url: str | None
+    _video_base_url: str | None
+
+    def __init__(
+        self,
+        *,
+        api_keys: Collection[str] = ("sk-test",),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        video_port: int = 0,
+        time_scale: float = 1.0,
+        duration: float | Callable[[random.Random], float] = 30.0,
+        queue_fraction: float = 0.1,
+        failure_rate: float = 0.0,
+        seed: int | None = None,
+        plan: Callable[[Mapping[str, Any]], TaskPlan | None] | None = None,
+        max_running_per_key: int | None = None,
+        rate_limit_retry_after: float | None = None,
+        balance: int | None = None,
+        video_ttl: float = 3600.0,
+    ) -> None:
+        """Configure the simulator; nothing listens until ``start()`` or ``async with``.
+
+        :param api_keys: the keys the API accepts.
+        :param host: interface both sites listen on.
+        :param port: API site port (0: a free one). :param video_port: video site port (0: a free one).
+        :param time_scale: real seconds per simulated second.
+        :param duration: simulated seconds from submit to terminal, or a function drawing it from the RNG.
+        :param queue_fraction: share of the duration spent QUEUED before PROCESSING.
+        :param failure_rate: probability that a task ends FAILED.
+        :param seed: seeds the RNG (durations, failures, seeds of tasks submitted without one).
+        :param plan: per-submission override from the JSON body; ``None`` from it means the defaults.
+        :param max_running_per_key: at most this many non-terminal tasks per key; more answers 429.
+        :param rate_limit_retry_after: ``Retry-After`` (simulated s) on those 429s; ``None``: no header.
+        :param balance: number of tasks each key can pay for; more answers 400 BILLING_BALANCE_NOT_ENOUGH.
+        :param video_ttl: simulated seconds a signed video URL stays valid.
+        """
+        if isinstance(api_keys, str):
+            raise TypeError("api_keys must be a collection of keys, not one string")
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        if not 0.0 <= queue_fraction <= 1.0:
+            raise ValueError(f"queue_fraction must be in [0, 1], got {queue_fraction}")
+        if not 0.0 <= failure_rate <= 1.0:
+            raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
+        if max_running_per_key is not None and max_running_per_key < 0:
+            raise ValueError(f"max_running_per_key must be >= 0, got {max_running_per_key}")
+        if balance is not None and balance < 0:
+            raise ValueError(f"balance must be >= 0, got {balance}")
+        if video_ttl <= 0:
+            raise ValueError(f"video_ttl must be > 0, got {video_ttl}")
+        self.__attrs_init__(
+            api_keys=frozenset(api_keys),
+            host=host,
+            port=port,
+            video_port=video_port,
+            time_scale=time_scale,
+            duration=duration,
+            queue_fraction=queue_fraction,
+            failure_rate=failure_rate,
+            plan=plan,
+            max_running_per_key=max_running_per_key,
+            rate_limit_retry_after=rate_limit_retry_after,
+            balance=balance,
+            video_ttl=video_ttl,
+            counters=SimCounters(),
+            rng=random.Random(seed),
+            signing_key=secrets.token_bytes(32),
+            clock_origin_real=time.monotonic(),
+            clock_origin_sim=time.time(),
+            clock_offset=0.0,
+            tasks={},
+            running_ends={},
+            created_by_key=collections.Counter(),
+            faults=[],
+            runners=[],
+            base_url=None,
+            video_base_url=None,
+        )
+
+    def __repr__(self) -> str:
+        where = f"{self._base_url} video={self._video_base_url}" if self._runners else "not running"
+        return f"<Simulator {where} tasks={len(self._tasks)} time_scale={self.time_scale}>"
+
+    # ----------------------------------------------------------------------------------------------------
+    # Public helpers
+
+    lognormal = staticmethod(lognormal_durations)
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the API site (submit and task-result)."""
+        if self._base_url is None:
+            raise RuntimeError("the simulator is not started")
+        return self._base_url
+
+    @property
+    def video_base_url(self) -> str:
+        """``http://host:port`` of the video site, a different origin from ``base_url``."""
+        if self._video_base_url is None:
+            raise RuntimeError("the simulator is not started")
+        return self._video_base_url
+
+    @property
+    def tasks(self) -> Mapping[str, SimTask]:
+        """Every task created so far, by task id (read-only)."""
+        return types.MappingProxyType(self._tasks)
+
+    def now(self) -> float:
+        """The simulated clock, in Unix-like seconds."""
+        real_elapsed = time.monotonic() - self._clock_origin_real
+        return self._clock_origin_sim + real_elapsed / self.time_scale + self._clock_offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the simulated clock ``seconds`` forward at once (tasks progress, signed URLs age)."""
+        if seconds < 0:
+            raise ValueError("the simulated clock only moves forward")
+        self._clock_offset += seconds
+
+    def task_status(self, task_id: str) -> str:
+        """The ``TASK_STATUS_*`` a poll of ``task_id`` would answer now (``KeyError`` if unknown)."""
+        return self._tasks[task_id].status_at(self.now())
+
+    def video_bytes(self, task_id: str) -> bytes:
+        """The exact bytes the video site serves for ``task_id`` (a few KB, embedding the task id)."""
+        return mp4_for_task(task_id)
+
+    def inject(self, fault: Fault) -> None:
+        """Queue ``fault`` for the next ``fault.times`` requests to ``fault.endpoint``."""
+        self._faults.append(_PendingFault(fault, fault.times))
+
+    def clear_faults(self) -> None:
+        """Drop every fault not yet used up."""
+        self._faults.clear()
+
+    def reset_counters(self) -> None:
+        """Replace ``counters`` with a fresh, all-zero ``SimCounters`` (tasks are kept)."""
+        self.counters = SimCounters()
+
+    # ----------------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Start listening on both sites; ``base_url`` and ``video_base_url`` are known afterwards."""
+        if self._runners:
+            raise RuntimeError("the simulator is already started")
+        api_app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        api_app.router.add_post(SUBMIT_PATH, self._handle_submit)
+        api_app.router.add_get(RESULT_PATH, self._handle_poll, allow_head=False)
+        # Anything else, including a wrong method on a known path, is answered like the real router does.
+        api_app.router.add_route("*", "/{tail:.*}", self._handle_api_not_found)
+        video_app = web.Application()
+        video_app.router.add_route("*", "/{tail:.*}", self._handle_video)
+        try:
+            self._base_url = await self._serve(api_app, self.port)
+            self._video_base_url = await self._serve(video_app, self.video_port)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _serve(self, app: web.Application, port: int) -> str:
+        # One runner per site: an AppRunner serves one application, and the two sites must be two origins.
+        # A short shutdown timeout, so that closing does not wait for a handler stuck in a "slow" fault.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.host, port)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        url_host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{url_host}:{bound_port}"
+
+    async def close(self) -> None:
+        """Stop both sites and close open connections. Tasks, counters and URLs stay readable."""
+        runners, self._runners = self._runners, []
+        # Shielded: closing often happens because the owner was cancelled (Ctrl-C on serve_forever, a task
+        # group torn down), and an interrupted cleanup would leave listening sockets open.
+        with anyio.CancelScope(shield=True):
+            for runner in reversed(runners):
+                await runner.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------------------------------------------
+    # Shared plumbing
+
+    def _take_fault(self, endpoint: FaultEndpoint) -> Fault | None:
+        if not self._faults:  # the common case, kept cheap
+            return None
+        for index, pending in enumerate(self._faults):
+            if pending.fault.endpoint == endpoint:
+                pending.remaining -= 1
+                if pending.remaining == 0:
+                    del self._faults[index]
+                self.counters.faults_applied[f"{endpoint}:{pending.fault.kind}"] += 1
+                return pending.fault
+        return None
+
+    async def _sleep(self, simulated_seconds: float) -> None:
+        await asyncio.sleep(simulated_seconds * self.time_scale)
+
+    def _error(self, status: int, reason: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+        response = _json_response(
+            {"code": status, "reason": reason, "message": message, "metadata": {}}, status, headers
+        )
+        # Counted when sent (see ``_sent``), not here: a fault may throw this answer away.
+        response[_REASON] = reason
+        return response
+
+    def _sent(self, response: web.StreamResponse) -> web.StreamResponse:
+        """Count an answer that is about to leave."""
+        reason = response.get(_REASON)
+        if reason is not None:
+            self.counters.errors_by_reason[reason] += 1
+        if response.status == 429:
+            self.counters.rate_limited += 1
+        return response
+
+    def _fault_answer(self, fault: Fault, server_error_reason: str) -> web.Response | None:
+        """The answer of the faults that answer alone (no normal handling); None for the others."""
+        if fault.kind == "rate_limit":
+            headers = _retry_after_header(fault.retry_after)
+            if fault.endpoint == "video":
+                return _s3_error(429, "SlowDown", "Please reduce your request rate.", headers)
+            return self._error(429, "RATE_LIMIT_EXCEEDED", "rate limit exceeded (injected)", headers)
+        if fault.kind == "server_error" and fault.endpoint == "video":
+            return _s3_error(500, "InternalError", "We encountered an internal error. Please try again.")
+        if fault.kind == "server_error" and not (fault.endpoint == "submit" and fault.create_task):
+            return self._error(500, server_error_reason, "internal error (injected)")
+        if fault.kind == "html_error":
+            return web.Response(text=_NGINX_502_PAGE, status=502, content_type="text/html")
+        if fault.kind == "empty_error":
+            return web.Response(status=503)
+        return None
+
+    # ----------------------------------------------------------------------------------------------------
+    # API site
+
+    async def _handle_api_not_found(self, request: web.Request) -> web.StreamResponse:
+        return self._sent(self._error(404, "API_NOT_FOUND", f"no API at {request.method} {request.path}"))
+
+    def _authenticate(self, request: web.Request) -> str | web.Response:
+        """The caller's API key, or the error answer."""
+        key = _bearer_key(request)
+        if key is None:
+            return self._error(400, "MISSING_API_KEY", "missing API key: send Authorization: Bearer <key>")
+        if key not in self.api_keys:
+            return self._error(403, "INVALID_API_KEY", "invalid API key")
+        return key
+
+    async def _handle_submit(self, request: web.Request) -> web.StreamResponse:
+        self.counters.submit_requests += 1
+        fault = self._take_fault("submit")
+        if fault is None:
+            response, _ = await self._submit(request)
+            return self._sent(response)
+        alone = self._fault_answer(fault, "CREATE_TASK_FAILED")
+        if alone is not None:
+            return self._sent(alone)
+        if fault.kind == "slow":
+            response, _ = await self._submit(request)  # created first: the client may time out after it
+            await self._sleep(fault.delay)
+            return self._sent(response)
+        if fault.kind == "reset":
+            if fault.create_task:
+                await self._submit(request)
+            return await _drop_connection(request)
+        if fault.kind == "server_error":  # only with create_task, see _fault_answer
+            await self._submit(request)
+            return self._sent(self._error(500, "CREATE_TASK_FAILED", "internal error (injected)"))
+        # truncated_json
+        if fault.create_task:
+            response, _ = await self._submit(request)
+        else:
+            response = _json_response({"task_id": str(uuid.uuid4())})
+        return _truncated(response)
+
+    async def _submit(self, request: web.Request) -> tuple[web.Response, SimTask | None]:
+        """Handle a submission normally: its answer, and the task if one was created."""
+        key = self._authenticate(request)
+        if isinstance(key, web.Response):
+            return key, None
+        if request.content_type != "application/json":
+            return self._error(400, "INVALID_REQUEST_BODY", "Content-Type must be application/json"), None
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+            return self._error(400, "INVALID_REQUEST_BODY", "request body is not valid JSON"), None
+        try:
+            _check_body(body)
+            image = _check_image(body["image"])
+        except _BadRequest as problem:
+            return self._error(400, problem.reason, problem.message), None
+
+        if self.balance is not None and self._created_by_key[key] >= self.balance:
+            return self._error(400, "BILLING_BALANCE_NOT_ENOUGH", "balance not enough"), None
+        now = self.now()
+        running = self._running_ends.setdefault(key, [])
+        while running and running[0] <= now:  # tasks that have ended since the last submission of this key
+            heapq.heappop(running)
+        if self.max_running_per_key is not None and len(running) >= self.max_running_per_key:
+            message = f"too many running tasks: at most {self.max_running_per_key} per key"
+            headers = _retry_after_header(self.rate_limit_retry_after)
+            return self._error(429, "RATE_LIMIT_EXCEEDED", message, headers), None
+
+        task = self._create_task(key, body, image, now)
+        if task.ends_at > now:
+            heapq.heappush(running, task.ends_at)
+        counters = self.counters
+        counters.tasks_created += 1
+        counters.tasks_created_by_prompt[task.prompt] += 1
+        if len(running) > counters.max_running_by_key.get(key, 0):
+            counters.max_running_by_key[key] = len(running)
+        return _json_response({"task_id": task.task_id}), task
+
+    def _create_task(self, key: str, body: dict[str, Any], image: SubmittedImage, now: float) -> SimTask:
+        planned = self.plan(body) if self.plan is not None else None
+        if planned is not None:
+            duration, fail_reason = planned.duration, planned.fail_reason
+        else:
+            duration = self.duration(self._rng) if callable(self.duration) else self.duration
+            duration = max(0.0, duration)
+            fail_reason = DEFAULT_FAIL_REASON if self._rng.random() < self.failure_rate else None
+        seed = body["seed"] if "seed" in body else self._rng.randint(0, MAX_SEED)
+        # Ids come from the seeded RNG, so a seeded simulator replays the same ids.
+        task_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        task = SimTask(
+            task_id=task_id,
+            api_key=key,
+            request={name: value for name, value in body.items() if name != "image"},
+            image=image,
+            seed=seed,
+            submitted_at=now,
+            processing_at=now + duration * self.queue_fraction,
+            ends_at=now + duration,
+            fail_reason=fail_reason,
+        )
+        self._tasks[task_id] = task
+        self._created_by_key[key] += 1
+        return task
+
+    async def _handle_poll(self, request: web.Request) -> web.StreamResponse:
+        counters = self.counters
+        counters.poll_requests += 1
+        task_id = request.query.get("task_id", "")
+        if task_id:
+            counters.polls_by_task[task_id] += 1
+            known = self._tasks.get(task_id)
+            if known is not None and known.terminal_seen:
+                counters.polls_after_terminal += 1
+        fault = self._take_fault("poll")
+        if fault is None:
+            return self._sent(self._poll(request, task_id, settle=True))
+        alone = self._fault_answer(fault, "GET_RESULT_FAILED")
+        if alone is not None:
+            return self._sent(alone)
+        if fault.kind == "reset":
+            return await _drop_connection(request)
+        if fault.kind == "slow":
+            await self._sleep(fault.delay)
+            return self._sent(self._poll(request, task_id, settle=True))
+        # truncated_json: the client could not read it, so a terminal answer does not count as seen.
+        return _truncated(self._poll(request, task_id, settle=False))
+
+    def _poll(self, request: web.Request, task_id: str, *, settle: bool) -> web.Response:
+        """The normal poll answer; ``settle``: this answer will reach the client whole."""
+        key = self._authenticate(request)
+        if isinstance(key, web.Response):
+            return key
+        if not task_id:
+            return self._error(400, "INVALID_REQUEST_BODY", "task_id is required")
+        task = self._tasks.get(task_id)
+        if task is None or task.api_key != key:  # another key's task is as invisible as a missing one
+            return self._error(404, "TASK_NOT_FOUND", f"task {task_id} not found")
+        now = self.now()
+        status = task.status_at(now)
+        terminal = status in (SUCCEED, FAILED)
+        if terminal and settle:
+            task.terminal_seen = True
+        videos: list[dict[str, str]] = []
+        if status == SUCCEED:
+            expires = math.ceil(now + self.video_ttl)
+            videos.append(
+                {
+                    "video_url": f"{self.video_base_url}/videos/{task_id}.mp4"
+                    f"?expires={expires}&signature={self._sign(task_id, str(expires))}",
+                    "video_url_ttl": _format_seconds(self.video_ttl),
+                    "video_type": "mp4",
+                }
+            )
+        return _json_response(
+            {
+                "extra": {
+                    "seed": str(task.seed),
+                    "debug_info": {
+                        "request_info": "",
+                        "submit_time_ms": _epoch_ms(task.submitted_at),
+                        "execute_time_ms": _epoch_ms(task.processing_at) if now >= task.processing_at else "",
+                        "complete_time_ms": _epoch_ms(task.ends_at) if terminal else "",
+                    },
+                },
+                "task": {
+                    "task_id": task_id,
+                    "status": status,
+                    "reason": task.fail_reason if status == FAILED and task.fail_reason is not None else "",
+                    "task_type": TASK_TYPE,
+                    "eta": 0 if terminal else math.ceil(task.ends_at - now),
+                    "progress_percent": task.progress_at(now),
+                },
+                "images": [],
+                "audios": [],
+                "videos": videos,
+            }
+        )
+
+    # ----------------------------------------------------------------------------------------------------
+    # Video site
+
+    def _sign(self, task_id: str, expires: str) -> str:
+        return hmac.new(self._signing_key, f"{task_id}\n{expires}".encode(), "sha256").hexdigest()
+
+    async def _handle_video(self, request: web.Request) -> web.StreamResponse:
+        counters = self.counters
+        counters.video_requests += 1
+        if "Authorization" in request.headers:
+            counters.key_leaks_to_video_host += 1
+        fault = self._take_fault("video")
+        if fault is None:
+            return self._video(request)
+        alone = self._fault_answer(fault, "")
+        if alone is not None:
+            return self._sent(alone)
+        if fault.kind == "reset":
+            return await _drop_connection(request)
+        if fault.kind == "slow":
+            await self._sleep(fault.delay)
+            return self._video(request)
+        return await _cut_short(request, self._video(request))
+
+    def _video(self, request: web.Request) -> web.Response:
+        path = request.path
+        is_video_path = path.startswith("/videos/") and path.endswith(".mp4")
+        if request.method not in ("GET", "HEAD") or not is_video_path:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        task_id = path[len("/videos/") : -len(".mp4")]
+        expires_text = request.query.get("expires", "")
+        signature = request.query.get("signature", "")
+        expected = self._sign(task_id, expires_text)
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
+            self.counters.video_bad_signature += 1
+            return _s3_error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match.")
+        # The signature covers ``expires``, so it was written by _poll and parses.
+        if self.now() > float(expires_text):
+            self.counters.video_expired += 1
+            return _s3_error(403, "AccessDenied", "Request has expired")
+        if task_id not in self._tasks:  # only if the simulator was restarted with the same signing key
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        self.counters.videos_served += 1
+        return web.Response(body=mp4_for_task(task_id), content_type="video/mp4")
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if seconds == int(seconds) else str(seconds)
+
+
+def _epoch_ms(simulated_time: float) -> str:
+    return str(int(simulated_time * 1000))
+
+
+def _truncated(response: web.Response) -> web.Response:
+    """The same answer with the first half of its body only (Content-Length matches what is sent)."""
+    body = response.body
+    assert isinstance(body, bytes)
+    return web.Response(body=body[: len(body) // 2], status=response.status, content_type=response.content_type)
+
+
+async def _cut_short(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Announce the full body, send half of it, then abort: a download that breaks in the middle."""
+    body = response.body
+    assert isinstance(body, bytes)
+    stream = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    await stream.write(body[: len(body) // 2])
+    await stream.drain()
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return stream
+
+
+async def serve_forever(
+    port: int = 8080,
+    host: str = "127.0.0.1",
+    *,
+    video_port: int | None = None,
+    announce: Callable[[str], None] | None = None,
+    **options: Any,
+) -> None:
+    """Run a :class:`Simulator` until cancelled (Ctrl-C), announcing its URLs and a usable API key.
+
+    ``video_port`` defaults to ``port + 1`` (or a free port when ``port`` is 0); ``options`` are the other
+    :class:`Simulator` keyword arguments. ``announce`` receives each line to show (default: print, flushed).
+    """
+    if video_port is None:
+        video_port = port + 1 if port else 0
+    say = announce if announce is not None else _print_flushed
+    async with Simulator(host=host, port=port, video_port=video_port, **options) as sim:
+        say("PixVerse API simulator running (Ctrl-C to stop)")
+        say(f"  API base URL:   {sim.base_url}")
+        say(f"  video base URL: {sim.video_base_url}")
+        say(f"  API key:        {min(sim.api_keys)}")
+        say(f"  time scale:     {sim.time_scale} real s per simulated s")
+        await anyio.sleep_forever()
+
+
+def _print_flushed(line: str) -> None:
+    print(line, flush=True)
