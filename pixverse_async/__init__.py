@@ -6,6 +6,7 @@ async with PixVerseClient() as client:
     await client.download(result, "cat.mp4")
 """
 
+from ._bulk import AsCompleted, BatchCounts, EventKind, JobEvent, JobResult
 from ._client import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, PixVerseClient
 from ._clock import Clock, SystemClock
 from ._exceptions import (
@@ -45,14 +46,19 @@ __all__ = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "AsCompleted",
     "AuthenticationError",
     "BadRequestError",
+    "BatchCounts",
     "ClientClosedError",
     "Clock",
     "DownloadError",
+    "EventKind",
     "ImageToVideo",
     "InsufficientBalanceError",
     "InvalidRequestError",
+    "JobEvent",
+    "JobResult",
     "NotFoundError",
     "PermissionDeniedError",
     "PixVerseClient",

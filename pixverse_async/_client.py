@@ -14,7 +14,7 @@ import contextlib
 import os
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Self, TypeVar, final
@@ -23,7 +23,9 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import anyio
 import attrs
+from anyio.abc import TaskGroup
 
+from ._bulk import AsCompleted, EventCallback, Job
 from ._clock import Clock, SystemClock
 from ._convert import encode_image, parse_task_result, request_body
 from ._exceptions import (
@@ -41,7 +43,7 @@ from ._exceptions import (
 )
 from ._http import AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts
 from ._limiter import RunningTaskLimiter
-from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, read_image_file
+from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout, read_image_file
 from ._poller import Outcome, Poller, PollPolicy, Waiter
 from ._retry import RetryPolicy
 
@@ -52,6 +54,7 @@ TASK_RESULT_PATH = "/v3/async/task-result"
 _DOWNLOAD_BUFFER_BYTES = 1 << 20
 
 T = TypeVar("T")
+RetryCallback = Callable[[int, PixVerseError], None]
 
 
 @final
@@ -62,6 +65,7 @@ class _OpenState:
     session: aiohttp.ClientSession
     transport: ApiTransport
     poller: Poller
+    background: TaskGroup
     stack: contextlib.AsyncExitStack
 
 
@@ -135,7 +139,9 @@ class PixVerseClient:
             background = await stack.enter_async_context(anyio.create_task_group())
             background.start_soon(poller.run, name="pixverse-poller")
             stack.callback(background.cancel_scope.cancel)
-            self._open = _OpenState(session=session, transport=transport, poller=poller, stack=stack.pop_all())
+            self._open = _OpenState(
+                session=session, transport=transport, poller=poller, background=background, stack=stack.pop_all()
+            )
         return self
 
     async def __aexit__(
@@ -171,7 +177,8 @@ class PixVerseClient:
             raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
         state = self._state()
         body = request_body(request, await self._image_field(request))
-        task_id = await self._post_submission(state, request, body)
+        await self._limiter.acquire()
+        task_id = await self._submit_holding_slot(state, request, body)
         state.poller.track(task_id, holds_slot=True)
         return Task(task_id=task_id, request=request)
 
@@ -186,23 +193,34 @@ class PixVerseClient:
             return image
         return encode_image(bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri)
 
-    async def _post_submission(self, state: _OpenState, request: ImageToVideo, body: object) -> str:
+    async def _submit_holding_slot(
+        self,
+        state: _OpenState,
+        request: ImageToVideo,
+        body: object,
+        *,
+        on_retry: RetryCallback | None = None,
+        finish_sent_requests: bool = False,
+    ) -> str:
+        """Submit with one running-task slot already taken, and return the new task's id.
+
+        On success the slot stays taken: the poller gives it back when the task ends. On failure it is given
+        back here. With `finish_sent_requests`, a cancellation that arrives while the request is on the wire
+        waits for the answer (bounded by the read timeout), so a task the server created is not lost.
+        """
         attempt = 0
         while True:
             attempt += 1
-            await self._limiter.acquire()
             try:
-                response = await state.transport.send("POST", SUBMIT_PATH, body=body)
+                with anyio.CancelScope(shield=finish_sent_requests):
+                    response = await state.transport.send("POST", SUBMIT_PATH, body=body)
                 if response.status == 200:
                     task_id = _task_id_from(response)
                     self._limiter.on_accepted()
-                    return task_id  # the slot stays taken until the poller sees the task end
+                    return task_id
+                error: PixVerseError = state.transport.status_error(response)
             except RequestNotSent as failure:
-                self._limiter.release()
-                if attempt >= self.retry.max_attempts:
-                    raise failure.error from None
-                await self.clock.sleep(self.retry.backoff(attempt, self._rng))
-                continue
+                error = failure.error
             except (AnswerLost, APIResponseError) as failure:
                 self._limiter.release()
                 cause = failure.error if isinstance(failure, AnswerLost) else failure
@@ -210,20 +228,48 @@ class PixVerseClient:
             except BaseException:
                 self._limiter.release()
                 raise
-            error = state.transport.status_error(response)
             if isinstance(error, RateLimitError):
                 self._limiter.on_rate_limited()
             self._limiter.release()
             if isinstance(error, ServerError):
                 raise SubmissionUncertainError(request, error) from error
-            if not isinstance(error, RateLimitError):
+            if not isinstance(error, RateLimitError | APIConnectionError):
                 raise error
-            delay = self.retry.delay(attempt, error.retry_after, self._rng)
+            retry_after = error.retry_after if isinstance(error, RateLimitError) else None
+            delay = self.retry.delay(attempt, retry_after, self._rng)
             if attempt >= self.retry.max_attempts or delay is None:
                 raise error
-            # When the client is now at the account's cap, waiting for a slot is the backoff.
-            if error.retry_after is not None or not self._limiter.saturated:
+            if on_retry is not None:
+                on_retry(attempt, error)
+            # At the account's cap after a 429, waiting for a running task to end is the backoff.
+            if retry_after is not None or not (isinstance(error, RateLimitError) and self._limiter.saturated):
                 await self.clock.sleep(delay)
+            await self._limiter.acquire()
+
+    def as_completed(
+        self,
+        jobs: Iterable[Job] | AsyncIterable[Job],
+        *,
+        timeout: float | None = None,
+        on_event: EventCallback | None = None,
+    ) -> AsCompleted:
+        """Run many jobs and yield one `JobResult` each as they finish, in completion order.
+
+        `jobs` is an iterable or async iterable of `ImageToVideo` (to submit) or of `Task`s / task ids (to
+        resume). It is pulled lazily. At most `max_concurrency` tasks of this client run at once. `timeout`
+        bounds each job from submission to result. A failed job is yielded with its `error` and never stops
+        the batch; an `AuthenticationError` or `InsufficientBalanceError` stops new submissions, the running
+        jobs are still yielded, then it is raised. `on_event` receives a `JobEvent` for every submission,
+        retry, progress report and end, for progress bars and metrics.
+
+            async with client.as_completed(requests) as results:
+                async for result in results:
+                    ...
+
+        Leaving early stops submitting and polling at once; `results.unfinished` then lists the tasks that
+        were paid for but not yielded.
+        """
+        return AsCompleted(self, self._state(), jobs, timeout=timeout, on_event=on_event)
 
     # -- poll -----------------------------------------------------------------------------------------------
 
@@ -271,8 +317,7 @@ class PixVerseClient:
         keeps running on the server). Polling is shared with every other wait of this client.
         """
         task_id = _task_id_of(task)
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
-            raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+        check_timeout(timeout)
         state = self._state()
         outcome = await _await_outcome(state.poller, task_id, self.clock, timeout)
         if isinstance(outcome, PixVerseError):

@@ -150,6 +150,12 @@ def decode_data_uri(uri: str) -> tuple[bytes, ImageInfo]:
     return data, info
 
 
+def check_timeout(timeout: object) -> None:
+    """A caller's `timeout`: None, or a number of seconds >= 0."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
+        raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+
+
 def _image_repr(value: ImageInput) -> str:
     # A request's repr shows up in logs and errors: never dump megabytes of image data into them.
     if isinstance(value, bytes | bytearray):

@@ -181,6 +181,20 @@ class Poller:
         pending.waiters = tuple(other for other in pending.waiters if other is not waiter)
         self._drop_if_unneeded(pending)
 
+    def abandon(self, task_id: str, waiter: Waiter) -> None:
+        """The waiter's owner is gone for good: stop polling the task even if it holds a slot, and free it.
+
+        The task may still run on the server; its slot is given back because nobody will poll it again.
+        """
+        pending = self._pending.get(task_id)
+        if pending is None or waiter not in pending.waiters:
+            return
+        pending.waiters = tuple(other for other in pending.waiters if other is not waiter)
+        if pending.holds_slot and not pending.waiters:
+            pending.holds_slot = False
+            self._limiter.release()
+        self._drop_if_unneeded(pending)
+
     async def run(self) -> None:
         self._running = True
         try:

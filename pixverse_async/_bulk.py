@@ -1,0 +1,363 @@
+"""`client.as_completed(jobs)`: many jobs in, one `JobResult` out per job, in the order they finish.
+
+Input is pulled lazily: the next job is taken only once a running-task slot is free and fewer than
+`max_concurrency` results wait to be read, so memory stays flat however long the input. Submissions run
+concurrently; the client's shared poller follows every task. Leaving early (break, exception, cancellation)
+cancels the feeding and the waiting at once; submissions already on the wire are allowed to get their answer,
+so every task that was paid for is listed in `unfinished`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, final
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._convert import request_body
+from ._exceptions import (
+    AuthenticationError,
+    InsufficientBalanceError,
+    InvalidRequestError,
+    PixVerseError,
+    TaskFailedError,
+)
+from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video
+from ._poller import Outcome, Waiter
+
+if TYPE_CHECKING:
+    from ._client import PixVerseClient, _OpenState
+
+Job = ImageToVideo | Task | str
+_log = logging.getLogger("pixverse_async")
+
+
+@attrs.frozen
+class JobResult:
+    """How one job of `as_completed` ended. `request` is the very object you passed in."""
+
+    request: Job
+    task_id: str | None
+    status: TaskStatus | None
+    videos: tuple[Video, ...] = ()
+    error: PixVerseError | None = None
+    result: TaskResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the task succeeded and its videos are here."""
+        return self.error is None and self.status is TaskStatus.SUCCEED
+
+
+class EventKind(enum.Enum):
+    SUBMITTED = "submitted"
+    RETRIED = "retried"
+    PROGRESS = "progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class JobEvent:
+    """Something that happened to one job, for progress bars and metrics (`as_completed(on_event=...)`).
+
+    `progress_percent`/`eta` are set on PROGRESS; `error` on FAILED (any failure: task failed, timed out,
+    rejected, uncertain) and on RETRIED (what was retried; `attempt` is the try that failed).
+    """
+
+    kind: EventKind
+    request: Job
+    task_id: str | None = None
+    progress_percent: float | None = None
+    eta: float | None = None
+    error: PixVerseError | None = None
+    attempt: int | None = None
+
+
+EventCallback = Callable[[JobEvent], None]
+
+
+@attrs.define
+class BatchCounts:
+    """Running totals of one `as_completed` run, kept up to date as events happen."""
+
+    submitting: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+
+@final
+class AsCompleted:
+    """What `client.as_completed()` returns: an async iterator of `JobResult`, and an async context manager.
+
+    Use it as `async with client.as_completed(jobs) as results: async for r in results: ...`. Leaving the
+    block, by any way, stops submitting and polling at once. Plain `async for` also works: breaking out of
+    it stops everything when the loop's iterator is dropped (asyncio closes it then).
+    """
+
+    def __init__(
+        self,
+        client: PixVerseClient,
+        state: _OpenState,
+        jobs: Iterable[Job] | AsyncIterable[Job],
+        *,
+        timeout: float | None,
+        on_event: EventCallback | None,
+    ) -> None:
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
+            raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+        if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
+            raise InvalidRequestError(
+                "jobs", f"must be an iterable or async iterable of jobs, not {type(jobs).__name__}"
+            )
+        self._client = client
+        self._state = state
+        self._jobs = jobs
+        self._timeout = timeout
+        self._on_event = on_event
+        self.counts = BatchCounts()
+        self._ready: deque[JobResult] = deque()
+        self._changed = anyio.Event()
+        self._in_submission = 0
+        self._feeding_done = anyio.Event()
+        self._input_error: BaseException | None = None
+        self._account_error: PixVerseError | None = None
+        self._started = False
+        self._closed = False
+        self._scope = anyio.CancelScope()
+        # Submitted tasks not yet yielded; the waiter is None for those whose answer came after the run closed.
+        self._running: dict[str, tuple[Job, Waiter | None]] = {}
+
+    @property
+    def unfinished(self) -> list[Task]:
+        """Tasks submitted (and paid for) whose result you have not received yet: pass them (or their ids) to
+        `as_completed()` or `wait()` to pick them up. Read it after leaving early."""
+        tasks = [Task(task_id, _request_of(job)) for task_id, (job, _) in self._running.items()]
+        tasks.extend(Task(r.task_id, _request_of(r.request)) for r in self._ready if r.task_id)
+        return tasks
+
+    async def __aenter__(self) -> Self:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop submitting and polling now; submissions already sent may finish, to learn their task ids."""
+        if self._closed:
+            return
+        self._stop()
+        if self._started:
+            # Bounded: the only work left is answers to requests already on the wire (read timeout).
+            with anyio.CancelScope(shield=True):
+                await self._feeding_done.wait()
+        self._stop()
+
+    def _stop(self) -> None:
+        """Cancel the feeding and stop polling the tasks nobody will read (they stay in `unfinished`)."""
+        self._closed = True
+        self._scope.cancel()
+        for task_id, (_, waiter) in self._running.items():
+            if waiter is not None:
+                self._state.poller.abandon(task_id, waiter)
+        self._notify()
+
+    def __aiter__(self) -> AsyncIterator[JobResult]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[JobResult]:
+        # An async generator, so that a plain `async for` that breaks out still stops the run: asyncio
+        # closes a dropped generator, which runs the `finally`.
+        try:
+            while True:
+                try:
+                    result = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield result
+        finally:
+            self._stop()
+
+    async def __anext__(self) -> JobResult:
+        self._start()
+        while True:
+            if self._ready:
+                result = self._ready.popleft()
+                self._notify()
+                return result
+            if self._closed or (self._feeding_done.is_set() and not self._running):
+                error = self._input_error or self._account_error
+                if error is not None and not self._closed:
+                    self._closed = True
+                    raise error
+                raise StopAsyncIteration
+            changed = self._changed
+            await changed.wait()
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        if self._closed:
+            raise RuntimeError("this as_completed() run is closed")
+        self._started = True
+        self._state.background.start_soon(self._run, name="pixverse-as-completed")
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- feeding ------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as submissions:
+                    await self._feed(submissions)
+        except Exception as error:  # the input iterable raised: report it after the running jobs
+            self._input_error = error
+        finally:
+            self._feeding_done.set()
+            self._notify()
+
+    async def _feed(self, submissions: TaskGroup) -> None:
+        limiter = self._client._limiter
+        backlog_limit = self._client.max_concurrency
+        async for job in _aiter(self._jobs):
+            while len(self._ready) >= backlog_limit:
+                changed = self._changed
+                await changed.wait()
+            await limiter.acquire()
+            if self._account_error is not None:
+                limiter.release()
+                return
+            self._in_submission += 1
+            submissions.start_soon(self._start_job, job)
+            if self._account_error is not None:
+                return
+
+    async def _start_job(self, job: Job) -> None:
+        """Submit (or adopt) one job while holding a running-task slot, then hand it to the poller."""
+        self.counts.submitting += 1
+        try:
+            task_id = await self._submit(job)
+        except PixVerseError as error:
+            if isinstance(error, AuthenticationError | InsufficientBalanceError):
+                self._account_error = self._account_error or error
+            self._deliver(job, None, error)
+            return
+        finally:
+            self.counts.submitting -= 1
+            self._in_submission -= 1
+        self.counts.running += 1
+        self._emit(JobEvent(EventKind.SUBMITTED, job, task_id))
+        if self._closed:
+            # The answer of a submission already on the wire arrived after the run was left: keep the paid
+            # task in `unfinished`, but poll it no more.
+            self._running[task_id] = (job, None)
+            self._client._limiter.release()
+            return
+        self._state.poller.track(task_id, holds_slot=True)
+        self._watch(job, task_id)
+
+    async def _submit(self, job: Job) -> str:
+        if isinstance(job, Task | str):
+            task_id = job if isinstance(job, str) else job.task_id
+            if not isinstance(task_id, str) or not task_id.strip():
+                self._client._limiter.release()
+                raise InvalidRequestError("task", f"a task id must be a non-empty str, not {task_id!r}")
+            return task_id
+        try:
+            if not isinstance(job, ImageToVideo):
+                raise InvalidRequestError(
+                    "job", f"must be an ImageToVideo, a Task or a task id, not {type(job).__name__}"
+                )
+            body = request_body(job, await self._client._image_field(job))
+        except BaseException:
+            self._client._limiter.release()
+            raise
+
+        def on_retry(attempt: int, error: PixVerseError) -> None:
+            self._emit(JobEvent(EventKind.RETRIED, job, error=error, attempt=attempt))
+
+        return await self._client._submit_holding_slot(
+            self._state, job, body, on_retry=on_retry, finish_sent_requests=True
+        )
+
+    def _watch(self, job: Job, task_id: str) -> None:
+        deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
+
+        def on_outcome(outcome: Outcome) -> None:
+            self._running.pop(task_id, None)
+            self.counts.running -= 1
+            if isinstance(outcome, TaskResult):
+                error = TaskFailedError(task_id, outcome.reason) if outcome.status is TaskStatus.FAILED else None
+                self._deliver(job, task_id, error, outcome)
+                return
+            if isinstance(outcome, AuthenticationError | InsufficientBalanceError):
+                self._account_error = self._account_error or outcome
+            self._deliver(job, task_id, outcome)
+
+        def on_progress(result: TaskResult) -> None:
+            self._emit(JobEvent(EventKind.PROGRESS, job, task_id, result.progress_percent, result.eta))
+
+        waiter = Waiter(on_outcome, deadline=deadline, timeout=self._timeout, on_progress=on_progress)
+        self._running[task_id] = (job, waiter)
+        self._state.poller.watch(task_id, waiter)
+
+    def _deliver(
+        self, job: Job, task_id: str | None, error: PixVerseError | None, result: TaskResult | None = None
+    ) -> None:
+        job_result = JobResult(
+            request=job,
+            task_id=task_id,
+            status=result.status if result is not None else None,
+            videos=result.videos if result is not None else (),
+            error=error,
+            result=result,
+        )
+        if job_result.ok:
+            self.counts.succeeded += 1
+            self._emit(JobEvent(EventKind.SUCCEEDED, job, task_id, progress_percent=100.0))
+        else:
+            self.counts.failed += 1
+            self._emit(JobEvent(EventKind.FAILED, job, task_id, error=error))
+        self._ready.append(job_result)
+        self._notify()
+
+    def _emit(self, event: JobEvent) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            # A broken progress bar must not lose paid results: log it and go on.
+            _log.exception("the on_event callback of as_completed() raised; the batch goes on")
+
+
+def _request_of(job: Job) -> ImageToVideo | None:
+    if isinstance(job, ImageToVideo):
+        return job
+    return job.request if isinstance(job, Task) else None
+
+
+async def _aiter(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterator[Job]:
+    if isinstance(jobs, AsyncIterable):
+        async for job in jobs:
+            yield job
+    else:
+        for job in jobs:
+            yield job

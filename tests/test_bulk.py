@@ -1,0 +1,306 @@
+"""`as_completed`: every job once, limits respected, account errors, early exits, lazy input, events."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+from aiohttp import web
+
+from pixverse_async import (
+    EventKind,
+    ImageToVideo,
+    InsufficientBalanceError,
+    InvalidRequestError,
+    JobEvent,
+    JobResult,
+    PixVerseClient,
+    PollPolicy,
+    SubmissionUncertainError,
+    TaskFailedError,
+    TaskStatus,
+    TaskTimeoutError,
+)
+from pixverse_async.testing import Fault, ScaledClock, Simulator, TaskPlan
+from tests.helpers import KEY, SCALE, client_for, tiny_server
+from tests.images import png
+
+pytestmark = pytest.mark.anyio
+URL = "https://example.com/frame.png"
+
+
+def plan(body: object) -> TaskPlan | None:
+    words = str(body["prompt"]).split()  # type: ignore[index]
+    if words[0] == "fail":
+        return TaskPlan(duration=float(words[1]), fail_reason="moderation")
+    if words[0] == "run":
+        return TaskPlan(duration=float(words[1]))
+    return None
+
+
+def jobs(count: int, prompt: str = "run 5") -> list[ImageToVideo]:
+    return [ImageToVideo(f"{prompt} #{i}", URL) for i in range(count)]
+
+
+async def collect(client: PixVerseClient, inputs: object, **options: object) -> list[JobResult]:
+    async with client.as_completed(inputs, **options) as results:  # type: ignore[arg-type]
+        return [result async for result in results]
+
+
+async def test_every_job_is_yielded_once_with_its_outcome(tmp_path: Path) -> None:
+    changed = tmp_path / "frame.png"
+    changed.write_bytes(png(400, 300))
+    shrinking = ImageToVideo("run 1 changed", changed)
+    changed.write_bytes(png(10, 10))
+    good = jobs(20, "run 3")
+    failing = jobs(5, "fail 2")
+    slow = ImageToVideo("run 10000 slow", URL)
+    not_a_job = 42
+    inputs: list[object] = [*good, *failing, slow, shrinking, not_a_job]
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=8) as client:
+        results = await collect(client, inputs, timeout=100)
+    assert Counter(id(r.request) for r in results) == Counter(id(job) for job in inputs)
+    by_request = {id(r.request): r for r in results}
+    for job in good:
+        result = by_request[id(job)]
+        assert result.ok and result.status is TaskStatus.SUCCEED and result.videos and result.error is None
+    for job in failing:
+        result = by_request[id(job)]
+        assert not result.ok and isinstance(result.error, TaskFailedError) and result.error.reason == "moderation"
+    timed_out = by_request[id(slow)]
+    assert isinstance(timed_out.error, TaskTimeoutError) and timed_out.task_id is not None
+    for rejected in (shrinking, not_a_job):
+        assert isinstance(by_request[id(rejected)].error, InvalidRequestError)
+        assert by_request[id(rejected)].task_id is None
+    assert sim.counters.tasks_created == 26
+    assert sim.counters.polls_after_terminal == 0
+
+
+async def test_lost_submission_answers_are_yielded_as_uncertain_and_the_rest_goes_on() -> None:
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=1) as client:
+        sim.inject(Fault("submit", "reset"))
+        results = await collect(client, jobs(3))
+    uncertain = [r for r in results if isinstance(r.error, SubmissionUncertainError)]
+    assert len(uncertain) == 1 and uncertain[0].task_id is None
+    assert sum(r.ok for r in results) == 2
+    assert sim.counters.tasks_created == 3 and sim.counters.submit_requests == 3
+
+
+async def test_the_server_never_sees_more_running_tasks_than_the_limit() -> None:
+    async with Simulator(time_scale=SCALE, duration=Simulator.lognormal(20, 0.5), seed=3) as sim:
+        async with client_for(sim, max_concurrency=7) as client:
+            results = await collect(client, jobs(60, "p"))
+    assert len(results) == 60 and all(r.ok for r in results)
+    assert sim.counters.max_running_by_key[KEY] == 7
+
+
+async def test_an_account_cap_below_the_limit_costs_few_429s() -> None:
+    async with Simulator(time_scale=SCALE, duration=10.0, max_running_per_key=5) as sim:
+        async with client_for(sim, max_concurrency=20) as client:
+            results = await collect(client, jobs(60, "p"))
+    assert all(r.ok for r in results)
+    assert sim.counters.tasks_created == 60
+    assert sim.counters.rate_limited / 60 < 0.5
+    assert sim.counters.max_running_by_key[KEY] == 5
+
+
+async def test_concurrency_is_shared_with_plain_submit_and_wait() -> None:
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=4) as client:
+        long_runner = await client.submit(ImageToVideo("run 50 outside", URL))
+        results = await collect(client, jobs(12, "run 5"))
+        assert (await client.wait(long_runner)).status is TaskStatus.SUCCEED
+    assert all(r.ok for r in results)
+    assert sim.counters.max_running_by_key[KEY] == 4
+
+
+async def test_account_wide_errors_stop_submitting_and_are_raised_after_running_jobs() -> None:
+    async with Simulator(time_scale=SCALE, plan=plan, balance=3) as sim, client_for(sim, max_concurrency=2) as client:
+        seen: list[JobResult] = []
+        with pytest.raises(InsufficientBalanceError):
+            async with client.as_completed(jobs(50)) as results:
+                async for result in results:
+                    seen.append(result)
+    assert sum(r.ok for r in seen) == 3
+    assert all(isinstance(r.error, InsufficientBalanceError) for r in seen if not r.ok)
+    assert sim.counters.submit_requests <= 3 + 2
+    assert sim.counters.tasks_created == 3
+
+
+async def test_resuming_by_task_and_task_id() -> None:
+    async with Simulator(time_scale=SCALE, plan=plan) as sim:
+        async with client_for(sim) as first:
+            tasks = [await first.submit(job) for job in jobs(3)]
+        async with client_for(sim) as second:
+            results = await collect(second, [tasks[0], tasks[1].task_id, tasks[2]])
+    assert sorted(r.task_id or "" for r in results) == sorted(t.task_id for t in tasks)
+    assert all(r.ok for r in results)
+    assert sim.counters.tasks_created == 3
+
+
+def live_tasks() -> set[asyncio.Task[object]]:
+    """Live asyncio tasks, but the simulator's own keep-alive connection handlers."""
+    return {
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and not task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
+    }
+
+
+@pytest.mark.parametrize("how", ["break", "exception", "cancel", "plain-async-for-break"])
+async def test_leaving_early_stops_everything_and_keeps_the_paid_task_ids(how: str) -> None:
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=5) as client:
+        before = live_tasks()
+        inputs = [ImageToVideo("run 1 quick", URL), *jobs(20, "run 100000")]
+        stream = client.as_completed(inputs)
+        if how == "break":
+            async with stream as results:
+                async for _ in results:
+                    break
+        elif how == "exception":
+            with pytest.raises(ZeroDivisionError):
+                async with stream as results:
+                    async for _ in results:
+                        1 / 0  # noqa: B018
+        elif how == "cancel":
+            with anyio.move_on_after(0.2):
+                async with stream as results:
+                    async for _ in results:
+                        pass
+        else:
+            async for _ in stream:
+                break
+            gc.collect()
+            await anyio.lowlevel.checkpoint()
+        await _settle(client)
+        requests_after_exit = sim.counters.poll_requests + sim.counters.submit_requests
+        sim.advance(1000)
+        await anyio.sleep(0.05)  # real time in which a leftover poller or submitter would show up
+        assert sim.counters.poll_requests + sim.counters.submit_requests == requests_after_exit
+        assert client.pending_tasks == 0
+        assert live_tasks() == before
+        if how != "plain-async-for-break":
+            unfinished = {task.task_id for task in stream.unfinished}
+            created = set(sim.tasks)
+            yielded = created - unfinished
+            assert unfinished <= created and len(yielded) <= 1
+            assert all(task.request is not None for task in stream.unfinished)
+
+
+async def _settle(client: PixVerseClient) -> None:
+    with anyio.fail_after(5):
+        while client.pending_tasks:
+            await anyio.sleep(0.001)
+
+
+async def test_lazy_input_of_100000_requests_stays_flat() -> None:
+    pulled = 0
+    alive: weakref.WeakSet[ImageToVideo] = weakref.WeakSet()
+    peak_alive = 0
+
+    async def generate() -> AsyncIterator[ImageToVideo]:
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            request = ImageToVideo(f"p {i}", URL)
+            alive.add(request)
+            yield request
+
+    async with Simulator(time_scale=SCALE, duration=0.0) as sim, client_for(sim, max_concurrency=16) as client:
+        received = 0
+        async with client.as_completed(generate()) as results:
+            async for result in results:
+                assert result.ok
+                del result
+                received += 1
+                peak_alive = max(peak_alive, len(alive))
+                if received == 2_000:
+                    break
+    # In flight at most: a running slot per max_concurrency, as many results waiting, and the one in hand.
+    assert pulled <= received + 2 * 16 + 1
+    assert peak_alive <= 2 * 16 + 2
+
+
+async def test_events_report_submissions_retries_progress_and_ends() -> None:
+    events: list[JobEvent] = []
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=3) as client:
+        sim.inject(Fault("submit", "rate_limit", retry_after=1))
+        results = await collect(client, [*jobs(3, "run 30"), ImageToVideo("fail 5", URL)], on_event=events.append)
+    kinds = Counter(event.kind for event in events)
+    assert kinds[EventKind.SUBMITTED] == 4
+    assert kinds[EventKind.RETRIED] == 1
+    assert kinds[EventKind.SUCCEEDED] == 3 and kinds[EventKind.FAILED] == 1
+    assert kinds[EventKind.PROGRESS] >= 3
+    progress = [e for e in events if e.kind is EventKind.PROGRESS]
+    assert all(e.task_id and e.progress_percent is not None for e in progress)
+    assert len(results) == 4
+
+
+async def test_batch_counts_and_a_broken_event_callback_does_not_stop_the_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(event: JobEvent) -> None:
+        raise RuntimeError("progress bar bug")
+
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim) as client:
+        async with client.as_completed([*jobs(4), ImageToVideo("fail 1", URL)], on_event=broken) as results:
+            got = [r async for r in results]
+            counts = results.counts
+    assert len(got) == 5
+    assert (counts.succeeded, counts.failed, counts.running, counts.submitting, counts.done) == (4, 1, 0, 0, 5)
+    assert "progress bar bug" in caplog.text
+
+
+async def test_as_completed_and_wait_share_one_poller() -> None:
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim) as client:
+        task = await client.submit(ImageToVideo("run 40", URL))
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.wait, task)
+            group.start_soon(collect, client, [task])
+    assert sim.counters.polls_by_task[task.task_id] <= 6
+
+
+async def test_a_429_on_polls_pauses_every_poll() -> None:
+    clock = ScaledClock(SCALE)
+    poll_times: list[float] = []
+    rate_limited_at: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            handler.count += 1  # type: ignore[attr-defined]
+            return web.json_response({"task_id": f"t{handler.count}"})  # type: ignore[attr-defined]
+        now = clock.now()
+        poll_times.append(now)
+        if not rate_limited_at and len(poll_times) >= 3:
+            rate_limited_at.append(now)
+            return web.json_response(
+                {"code": 429, "reason": "RATE_LIMIT_EXCEEDED"}, status=429, headers={"Retry-After": "20"}
+            )
+        finished = len(poll_times) > 12
+        status = "TASK_STATUS_SUCCEED" if finished else "TASK_STATUS_PROCESSING"
+        return web.json_response({"task": {"task_id": request.query["task_id"], "status": status, "eta": 1}})
+
+    handler.count = 0  # type: ignore[attr-defined]
+    # One poll in flight at a time, so that no poll was already on its way when the 429 came back.
+    policy = PollPolicy(first_poll_after=0, min_interval=1, max_polls_per_second=None, max_polls_in_flight=1)
+    async with tiny_server(handler) as url:
+        async with PixVerseClient(KEY, base_url=url, clock=clock, polling=policy) as client:
+            await collect(client, jobs(5))
+    (paused_at,) = rate_limited_at
+    during_pause = [round(t - paused_at, 3) for t in poll_times if paused_at < t < paused_at + 20]
+    assert during_pause == [], "polls went on during a 429 pause"
+
+
+async def test_bad_arguments_are_rejected_before_anything_runs() -> None:
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        with pytest.raises(InvalidRequestError, match="timeout"):
+            client.as_completed(jobs(1), timeout=-1)
+        with pytest.raises(InvalidRequestError, match="iterable"):
+            client.as_completed(42)  # type: ignore[arg-type]
+    assert sim.counters.submit_requests == 0
