@@ -11,6 +11,7 @@ Retry rules, because submissions are billed and the API takes no idempotency key
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import secrets
@@ -129,7 +130,7 @@ class PixVerseClient:
                 stack.push_async_callback(session.close)
             transport = ApiTransport(session, self.base_url, self._api_key, self.timeouts)
             poller = Poller(
-                self._fetch_task_once,
+                functools.partial(_fetch_task_once, transport),
                 clock=self.clock,
                 policy=self.polling,
                 retry=self.retry,
@@ -276,21 +277,8 @@ class PixVerseClient:
     async def get_task(self, task: Task | TaskResult | str) -> TaskResult:
         """Poll a task once (retrying transient failures) and return what the server says now."""
         task_id = _task_id_of(task)
-        self._state()
-        return await self._retrying(lambda: self._fetch_task_once(task_id))
-
-    async def _fetch_task_once(self, task_id: str) -> TaskResult:
         transport = self._state().transport
-        try:
-            response = await transport.send("GET", TASK_RESULT_PATH, params={"task_id": task_id})
-        except (RequestNotSent, AnswerLost) as failure:
-            raise failure.error from None
-        if response.status != 200:
-            raise transport.status_error(response)
-        result = parse_task_result(response.json())
-        if not result.task_id:
-            result = attrs.evolve(result, task_id=task_id)
-        return result
+        return await self._retrying(lambda: _fetch_task_once(transport, task_id))
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run an idempotent call, retrying connection errors, timeouts, garbled answers, 429 and 5xx."""
@@ -360,6 +348,20 @@ class PixVerseClient:
             raise DownloadError(f"cannot write {destination}: {error.strerror or error}") from error
         finally:
             partial.unlink(missing_ok=True)
+
+
+async def _fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
+    """One poll, no retries (the caller decides): the task's state, or the typed error."""
+    try:
+        response = await transport.send("GET", TASK_RESULT_PATH, params={"task_id": task_id})
+    except (RequestNotSent, AnswerLost) as failure:
+        raise failure.error from None
+    if response.status != 200:
+        raise transport.status_error(response)
+    result = parse_task_result(response.json())
+    if not result.task_id:
+        result = attrs.evolve(result, task_id=task_id)
+    return result
 
 
 async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: float | None) -> Outcome:
