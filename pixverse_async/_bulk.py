@@ -56,6 +56,14 @@ class JobResult:
 
 
 class EventKind(enum.Enum):
+    """What a `JobEvent` reports.
+
+    SUBMITTING comes just before a job's first request is sent, so a journal can write it down first: if the
+    callback raises on it, that job is not sent, no new job is started, and the exception is raised once the
+    running jobs are yielded. An exception on any other event is logged and the batch goes on.
+    """
+
+    SUBMITTING = "submitting"
     SUBMITTED = "submitted"
     RETRIED = "retried"
     PROGRESS = "progress"
@@ -131,8 +139,9 @@ class AsCompleted:
         self._changed = anyio.Event()
         self._in_submission = 0
         self._feeding_done = anyio.Event()
-        self._input_error: BaseException | None = None
-        self._account_error: PixVerseError | None = None
+        # What stops new submissions and is raised once the running jobs are yielded: an account-wide API
+        # error, an exception from the input iterable, or an on_event callback that refused a SUBMITTING.
+        self._stop_error: BaseException | None = None
         self._started = False
         self._closed = False
         self._scope = anyio.CancelScope()
@@ -200,7 +209,7 @@ class AsCompleted:
                 self._notify()
                 return result
             if self._closed or (self._feeding_done.is_set() and not self._running):
-                error = self._input_error or self._account_error
+                error = self._stop_error
                 if error is not None and not self._closed:
                     self._closed = True
                     raise error
@@ -228,7 +237,7 @@ class AsCompleted:
                 async with anyio.create_task_group() as submissions:
                     await self._feed(submissions)
         except Exception as error:  # the input iterable raised: report it after the running jobs
-            self._input_error = error
+            self._stop_error = self._stop_error or error
         finally:
             self._feeding_done.set()
             self._notify()
@@ -241,12 +250,12 @@ class AsCompleted:
                 changed = self._changed
                 await changed.wait()
             await limiter.acquire()
-            if self._account_error is not None:
+            if self._stop_error is not None:
                 limiter.release()
                 return
             self._in_submission += 1
             submissions.start_soon(self._start_job, job)
-            if self._account_error is not None:
+            if self._stop_error is not None:
                 return
 
     async def _start_job(self, job: Job) -> None:
@@ -256,8 +265,11 @@ class AsCompleted:
             task_id = await self._submit(job)
         except PixVerseError as error:
             if isinstance(error, AuthenticationError | InsufficientBalanceError):
-                self._account_error = self._account_error or error
+                self._stop_error = self._stop_error or error
             self._deliver(job, None, error)
+            return
+        except _SubmissionRefused as refused:
+            self._stop_error = self._stop_error or refused.cause
             return
         finally:
             self.counts.submitting -= 1
@@ -286,6 +298,12 @@ class AsCompleted:
                     "job", f"must be an ImageToVideo, a Task or a task id, not {type(job).__name__}"
                 )
             body = request_body(job, await self._client._image_field(job))
+            if self._on_event is not None:
+                # Not through _emit: a journal that cannot record "submitting" must stop the submission.
+                try:
+                    self._on_event(JobEvent(EventKind.SUBMITTING, job))
+                except Exception as error:
+                    raise _SubmissionRefused(error) from error
         except BaseException:
             self._client._limiter.release()
             raise
@@ -308,7 +326,7 @@ class AsCompleted:
                 self._deliver(job, task_id, error, outcome)
                 return
             if isinstance(outcome, AuthenticationError | InsufficientBalanceError):
-                self._account_error = self._account_error or outcome
+                self._stop_error = self._stop_error or outcome
             self._deliver(job, task_id, outcome)
 
         def on_progress(result: TaskResult) -> None:
@@ -346,6 +364,14 @@ class AsCompleted:
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
+
+
+class _SubmissionRefused(Exception):
+    """The on_event callback raised on SUBMITTING: the job is not sent and the run stops."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _request_of(job: Job) -> ImageToVideo | None:

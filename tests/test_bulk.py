@@ -233,7 +233,7 @@ async def test_events_report_submissions_retries_progress_and_ends() -> None:
         sim.inject(Fault("submit", "rate_limit", retry_after=1))
         results = await collect(client, [*jobs(3, "run 30"), ImageToVideo("fail 5", URL)], on_event=events.append)
     kinds = Counter(event.kind for event in events)
-    assert kinds[EventKind.SUBMITTED] == 4
+    assert kinds[EventKind.SUBMITTING] == kinds[EventKind.SUBMITTED] == 4
     assert kinds[EventKind.RETRIED] == 1
     assert kinds[EventKind.SUCCEEDED] == 3 and kinds[EventKind.FAILED] == 1
     assert kinds[EventKind.PROGRESS] >= 3
@@ -246,7 +246,8 @@ async def test_batch_counts_and_a_broken_event_callback_does_not_stop_the_batch(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def broken(event: JobEvent) -> None:
-        raise RuntimeError("progress bar bug")
+        if event.kind is not EventKind.SUBMITTING:
+            raise RuntimeError("progress bar bug")
 
     async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim) as client:
         async with client.as_completed([*jobs(4), ImageToVideo("fail 1", URL)], on_event=broken) as results:
@@ -304,3 +305,21 @@ async def test_bad_arguments_are_rejected_before_anything_runs() -> None:
         with pytest.raises(InvalidRequestError, match="iterable"):
             client.as_completed(42)  # type: ignore[arg-type]
     assert sim.counters.submit_requests == 0
+
+
+async def test_a_callback_refusing_submitting_stops_the_run_before_that_job_is_sent() -> None:
+    class JournalFull(Exception):
+        pass
+
+    def journal(event: JobEvent) -> None:
+        if event.kind is EventKind.SUBMITTING and str(getattr(event.request, "prompt", "")).endswith("#3"):
+            raise JournalFull("disk full")
+
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=1) as client:
+        seen: list[JobResult] = []
+        with pytest.raises(JournalFull):
+            async with client.as_completed(jobs(10, "run 1"), on_event=journal) as results:
+                async for result in results:
+                    seen.append(result)
+    assert [str(getattr(r.request, "prompt", "")) for r in seen] == [f"run 1 #{i}" for i in range(3)]
+    assert sim.counters.submit_requests == 3
