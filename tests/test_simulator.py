@@ -812,3 +812,27 @@ async def test_serve_forever_announces_urls_and_serves_until_cancelled() -> None
         ):
             assert response.status == 404
         group.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_expired_fault_refuses_one_valid_video_link() -> None:
+    async with Simulator(time_scale=0.001, duration=0.0) as sim, aiohttp.ClientSession() as session:
+        headers = {"Authorization": "Bearer sk-test"}
+        async with session.post(
+            sim.base_url + "/v3/async/pixverse-v4.5-i2v",
+            json={"prompt": "p", "image": "https://example.com/a.png"},
+            headers=headers,
+        ) as answer:
+            task_id = (await answer.json())["task_id"]
+        async with session.get(
+            sim.base_url + "/v3/async/task-result", params={"task_id": task_id}, headers=headers
+        ) as r:
+            url = (await r.json())["videos"][0]["video_url"]
+        sim.inject(Fault("video", "expired"))
+        async with session.get(url) as refused:
+            assert refused.status == 403 and "Request has expired" in await refused.text()
+        async with session.get(url) as served:
+            assert served.status == 200
+    assert sim.counters.video_expired == 1
+    with pytest.raises(ValueError, match="video endpoint only"):
+        Fault("poll", "expired")

@@ -147,7 +147,9 @@ _DATA_URI_PREFIXES: Final = tuple(f"data:image/{kind};base64," for kind in ("png
 _MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 
 FaultEndpoint = Literal["submit", "poll", "video"]
-FaultKind = Literal["server_error", "rate_limit", "reset", "slow", "html_error", "empty_error", "truncated_json"]
+FaultKind = Literal[
+    "server_error", "rate_limit", "reset", "slow", "html_error", "empty_error", "truncated_json", "expired"
+]
 
 # Where an error answer keeps its reason until it is counted as sent.
 _REASON: Final = web.ResponseKey("reason", str)
@@ -214,6 +216,9 @@ class Fault:
         200 ``application/json`` whose body is the first half of the normal answer (submit: *creates*).
         On video: headers announce the full ``Content-Length``, half the file is sent, then the
         connection is aborted (a download cut short).
+    ``expired``
+        Video only: 403 "Request has expired", as if the signed link had run out (counted in
+        ``video_expired``); polling again gives a link that works.
     """
 
     endpoint: FaultEndpoint = attrs.field(validator=attrs.validators.in_(typing.get_args(FaultEndpoint)))
@@ -222,6 +227,10 @@ class Fault:
     retry_after: float | None = None
     delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     create_task: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind == "expired" and self.endpoint != "video":
+            raise ValueError("the 'expired' fault applies to the video endpoint only")
 
 
 @attrs.frozen
@@ -910,6 +919,9 @@ class Simulator:
         if fault.kind == "slow":
             await self._sleep(fault.delay)
             return self._video(request)
+        if fault.kind == "expired":
+            self.counters.video_expired += 1
+            return _s3_error(403, "AccessDenied", "Request has expired")
         return await _cut_short(request, self._video(request))
 
     def _video(self, request: web.Request) -> web.Response:
