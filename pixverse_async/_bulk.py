@@ -20,7 +20,6 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._convert import request_body
 from ._exceptions import (
     AuthenticationError,
     InsufficientBalanceError,
@@ -297,7 +296,7 @@ class AsCompleted:
                 raise InvalidRequestError(
                     "job", f"must be an ImageToVideo, a Task or a task id, not {type(job).__name__}"
                 )
-            body = request_body(job, await self._client._image_field(job))
+            body = await self._client._request_body(job)
             if self._on_event is not None:
                 # Not through _emit: a journal that cannot record "submitting" must stop the submission.
                 try:

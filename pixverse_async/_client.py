@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import math
 import os
 import random
 import secrets
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Self, TypeVar, final
+from typing import Any, Self, TypeVar, final
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -92,6 +94,7 @@ class PixVerseClient:
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen value
         polling: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
         image_as_data_uri: bool = False,
+        webhook_url: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY", "")
@@ -101,6 +104,10 @@ class PixVerseClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidRequestError("base_url", f"{url!r} is not an http(s):// URL with a host")
+        if webhook_url is not None and (
+            not isinstance(webhook_url, str) or urlsplit(webhook_url).scheme not in ("http", "https")
+        ):
+            raise InvalidRequestError("webhook_url", f"{webhook_url!r} is not an http(s):// URL")
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise InvalidRequestError("max_concurrency", f"must be an int >= 1, not {max_concurrency!r}")
         self._api_key = Secret(key.strip())
@@ -110,6 +117,7 @@ class PixVerseClient:
         self.retry = retry
         self.polling = polling
         self.image_as_data_uri = image_as_data_uri
+        self.webhook_url = webhook_url
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._given_session = session
         self._rng = random.Random()
@@ -136,6 +144,7 @@ class PixVerseClient:
                 retry=self.retry,
                 limiter=self._limiter,
                 rng=self._rng,
+                webhooks=self.webhook_url is not None,
             )
             background = await stack.enter_async_context(anyio.create_task_group())
             background.start_soon(poller.run, name="pixverse-poller")
@@ -177,11 +186,14 @@ class PixVerseClient:
         if not isinstance(request, ImageToVideo):
             raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
         state = self._state()
-        body = request_body(request, await self._image_field(request))
+        body = await self._request_body(request)
         await self._limiter.acquire()
         task_id = await self._submit_holding_slot(state, request, body)
         state.poller.track(task_id, holds_slot=True)
         return Task(task_id=task_id, request=request)
+
+    async def _request_body(self, request: ImageToVideo) -> dict[str, Any]:
+        return request_body(request, await self._image_field(request), webhook_url=self.webhook_url)
 
     async def _image_field(self, request: ImageToVideo) -> str:
         image = request.image
@@ -313,6 +325,65 @@ class PixVerseClient:
         if outcome.status is TaskStatus.FAILED:
             raise TaskFailedError(task_id, outcome.reason)
         return outcome
+
+    async def watch(self, task: Task | TaskResult | str, *, timeout: float | None = None) -> AsyncIterator[TaskResult]:
+        """Yield the task's state each time the shared poller learns it, ending with its final result.
+
+        For progress displays (e.g. a Server-Sent Events stream). Raises like `wait()` at the end:
+        `TaskFailedError`, `TaskTimeoutError`.
+        """
+        task_id = _task_id_of(task)
+        check_timeout(timeout)
+        state = self._state()
+        send, receive = anyio.create_memory_object_stream[tuple[bool, Outcome]](math.inf)
+        waiter = Waiter(
+            callback=lambda outcome: send.send_nowait((True, outcome)),
+            deadline=None if timeout is None else self.clock.now() + timeout,
+            timeout=timeout,
+            on_progress=lambda result: send.send_nowait((False, result)),
+        )
+        state.poller.watch(task_id, waiter)
+        finished = False
+        try:
+            with send, receive:
+                async for finished, outcome in receive:
+                    if isinstance(outcome, PixVerseError):
+                        raise outcome
+                    if finished and outcome.status is TaskStatus.FAILED:
+                        raise TaskFailedError(task_id, outcome.reason)
+                    yield outcome
+                    if finished:
+                        return
+        finally:
+            if not finished:
+                state.poller.unwatch(task_id, waiter)
+
+    # -- webhooks -------------------------------------------------------------------------------------------
+
+    async def handle_webhook(self, body: bytes | str) -> int:
+        """Take a webhook delivery's raw body; return the HTTP status to answer.
+
+        The payload is unsigned, so it is only a hint: for a task this client follows, it triggers one
+        task-result call, whose answer resolves `wait()`, `watch()` and `as_completed()`. Answers: 200 when
+        that confirmation was scheduled; 202 when there is nothing to do (a duplicate, a late delivery, a task
+        this client does not follow, an event that is not a task result); 400 when the body is malformed.
+        """
+        state = self._state()
+        try:
+            event = json.loads(body)
+        except ValueError:
+            return 400
+        payload = event.get("payload") if isinstance(event, dict) else None
+        if not isinstance(payload, dict):
+            return 400
+        if event.get("event_type") != "ASYNC_TASK_RESULT":
+            return 202
+        hint = parse_task_result(payload)
+        if not hint.task_id:
+            return 400
+        if not hint.is_terminal:
+            return 202
+        return 200 if state.poller.confirm(hint.task_id) else 202
 
     # -- download -------------------------------------------------------------------------------------------
 

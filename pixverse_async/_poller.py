@@ -51,6 +51,8 @@ class PollPolicy:
     then looks every `min_interval` until the task ends, never waiting more than `max_interval`. Without any
     hint it waits `age_factor` times the task's age. Each interval gets up to `jitter` of it added at random.
     `max_polls_per_second` bounds the whole client's poll rate; `max_polls_in_flight` its concurrent polls.
+    With webhooks on (`PixVerseClient(webhook_url=...)`), a task is polled only every `webhook_fallback`
+    seconds, as a fallback for lost deliveries: each webhook triggers one confirming poll instead.
     """
 
     first_poll_after: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
@@ -61,6 +63,7 @@ class PollPolicy:
     jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
     max_polls_per_second: float | None = attrs.field(default=50.0)
     max_polls_in_flight: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    webhook_fallback: float = attrs.field(default=120.0, validator=attrs.validators.gt(0.0))
 
     def next_interval(self, result: TaskResult, age: float, rng: random.Random) -> float:
         remaining = self._predicted_remaining(result, age)
@@ -118,6 +121,7 @@ class Poller:
         retry: RetryPolicy,
         limiter: RunningTaskLimiter,
         rng: random.Random,
+        webhooks: bool = False,
         keep_unclaimed: int = 1024,
     ) -> None:
         self._fetch = fetch
@@ -127,6 +131,7 @@ class Poller:
         self._limiter = limiter
         self._rng = rng
         self._keep_unclaimed = keep_unclaimed
+        self._webhooks = webhooks
         self._pending: dict[str, PendingTask] = {}
         self._heap: list[tuple[float, int, PendingTask]] = []
         self._sequence = 0
@@ -151,7 +156,17 @@ class Poller:
         now = self._clock.now()
         pending = PendingTask(task_id=task_id, started_at=now, holds_slot=holds_slot)
         self._pending[task_id] = pending
-        self._schedule(pending, now + self._policy.first_poll_after)
+        first = self._policy.webhook_fallback if self._webhooks else self._policy.first_poll_after
+        self._schedule(pending, now + first)
+
+    def confirm(self, task_id: str) -> bool:
+        """A webhook says the task ended: poll it now to confirm. False if the task is not followed here."""
+        pending = self._pending.get(task_id)
+        if pending is None or pending.done:
+            return False
+        if not pending.in_flight:
+            self._schedule(pending, self._clock.now())
+        return True
 
     def watch(self, task_id: str, waiter: Waiter) -> None:
         """Call `waiter` when `task_id` ends (or its deadline passes); polls it now if it is not followed yet."""
@@ -291,7 +306,10 @@ class Poller:
                 waiter.on_progress(result)
         self._expire_waiters(pending, now)
         if not self._drop_if_unneeded(pending):
-            interval = self._policy.next_interval(result, now - pending.started_at, self._rng)
+            if self._webhooks:
+                interval = self._policy.webhook_fallback * (1.0 + self._policy.jitter * self._rng.random())
+            else:
+                interval = self._policy.next_interval(result, now - pending.started_at, self._rng)
             self._schedule(pending, self._capped_by_deadlines(pending, now + interval))
 
     def _on_poll_rate_limited(self, pending: PendingTask, error: RateLimitError) -> None:

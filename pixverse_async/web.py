@@ -1,0 +1,86 @@
+"""Using one `PixVerseClient` from a web service: ASGI lifespan helpers and webhook receivers.
+
+One client per app, opened and closed with the app (Starlette or FastAPI)::
+
+    app = FastAPI(lifespan=pixverse_lifespan(webhook_url="https://my.app/webhooks/pixverse"))
+    app.add_api_route("/webhooks/pixverse", starlette_webhook_endpoint(), methods=["POST"])
+
+    @app.post("/generations")
+    async def start(request: Request) -> dict[str, str]:
+        task = await client_from(request).submit(...)
+        return {"task_id": task.task_id}
+
+For aiohttp: `app.router.add_post("/webhooks/pixverse", aiohttp_webhook_handler(client))`.
+
+Starlette is only needed for the Starlette helpers; it is imported when they are called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ._client import PixVerseClient
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+__all__ = [
+    "LIFESPAN_STATE_KEY",
+    "aiohttp_webhook_handler",
+    "client_from",
+    "pixverse_lifespan",
+    "starlette_webhook_endpoint",
+]
+
+LIFESPAN_STATE_KEY = "pixverse"
+
+Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]]
+
+
+def pixverse_lifespan(**client_options: Any) -> Lifespan:
+    """An ASGI lifespan (for `Starlette(lifespan=...)` / `FastAPI(lifespan=...)`) that opens one client for
+    the app's life and closes it on shutdown. `client_options` go to `PixVerseClient`. Handlers get the
+    client with `client_from(request)`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+        async with PixVerseClient(**client_options) as client:
+            yield {LIFESPAN_STATE_KEY: client}
+
+    return lifespan
+
+
+def client_from(request: Request) -> PixVerseClient:
+    """The app's client, from the lifespan state (also usable as a FastAPI dependency)."""
+    client = getattr(request.state, LIFESPAN_STATE_KEY, None)
+    if not isinstance(client, PixVerseClient):
+        raise RuntimeError("no PixVerseClient in the app's lifespan state: use lifespan=pixverse_lifespan(...)")
+    return client
+
+
+def starlette_webhook_endpoint(
+    client: PixVerseClient | Callable[[Request], PixVerseClient] = client_from,
+) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette/FastAPI endpoint receiving the API's webhooks (mount it with POST)."""
+    from starlette.responses import Response
+
+    async def endpoint(request: Request) -> Response:
+        chosen = client if isinstance(client, PixVerseClient) else client(request)
+        status = await chosen.handle_webhook(await request.body())
+        return Response(status_code=status)
+
+    return endpoint
+
+
+def aiohttp_webhook_handler(client: PixVerseClient) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp.web handler receiving the API's webhooks (route it with POST)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=await client.handle_webhook(await request.read()))
+
+    return handler

@@ -1,0 +1,64 @@
+"""The pytest plugin, exercised the way users meet it: a test file of theirs that uses only its fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+USER_TESTS = """
+import anyio
+import pytest
+import urllib.request
+import json
+
+from pixverse_async import ImageToVideo, TaskStatus
+from pixverse_async.testing import Fault
+
+
+def test_a_plain_synchronous_test_can_talk_to_the_simulator(pixverse_simulator):
+    request = urllib.request.Request(
+        pixverse_simulator.base_url + "/v3/async/pixverse-v4.5-i2v",
+        data=json.dumps({"prompt": "p", "image": "https://example.com/a.png"}).encode(),
+        headers={"Authorization": "Bearer " + pixverse_simulator.api_key, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        assert "task_id" in json.load(answer)
+    assert pixverse_simulator.counters.tasks_created == 1
+
+
+@pytest.mark.anyio
+async def test_an_async_test_uses_the_bound_client(pixverse_client, pixverse_simulator):
+    pixverse_simulator.inject(Fault("submit", "rate_limit", retry_after=1))
+    async with pixverse_client as client:
+        task = await client.submit(ImageToVideo("p", "https://example.com/a.png"))
+        result = await client.wait(task)
+    assert result.status is TaskStatus.SUCCEED
+    assert pixverse_simulator.counters.rate_limited == 1
+
+
+def test_advance_moves_simulated_time_from_a_sync_test(pixverse_simulator):
+    before = pixverse_simulator.simulator.now()
+    pixverse_simulator.advance(3600)
+    assert pixverse_simulator.simulator.now() - before >= 3600
+
+
+@pytest.mark.pixverse_simulator(failure_rate=1.0)
+def test_a_marker_sets_simulator_options(pixverse_simulator):
+    async def run():
+        async with pixverse_simulator.client() as client:
+            task = await client.submit(ImageToVideo("p", "https://example.com/a.png"))
+            return await client.get_task(task)
+
+    assert pixverse_simulator.simulator.failure_rate == 1.0
+    anyio.run(run)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+"""
+
+
+def test_users_get_working_fixtures_from_the_installed_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user=USER_TESTS)
+    outcome = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    outcome.assert_outcomes(passed=4)

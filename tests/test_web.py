@@ -1,0 +1,144 @@
+"""Web services: the example FastAPI app under a real uvicorn server, webhooks, and the receivers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+import uvicorn
+
+from examples.fastapi_service import create_app
+from pixverse_async import ImageToVideo, PixVerseClient, PollPolicy, TaskStatus
+from pixverse_async.testing import ScaledClock, Simulator, TaskPlan
+from tests.images import png
+
+pytestmark = pytest.mark.anyio
+SCALE = 0.001
+KEY = "sk-test"
+
+
+def plan(body: Any) -> TaskPlan:
+    return TaskPlan(
+        duration=5 if str(body["prompt"]).startswith("fail") else 20,
+        fail_reason="moderation" if str(body["prompt"]).startswith("fail") else None,
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve_example(sim: Simulator, *, webhooks: bool) -> AsyncIterator[str]:
+    """The example app under uvicorn on a random loopback port; yields its base URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    options: dict[str, Any] = {"api_key": KEY, "base_url": sim.base_url, "clock": ScaledClock(SCALE)}
+    options["webhook_url"] = f"{base_url}/webhooks/pixverse" if webhooks else None
+    server = uvicorn.Server(uvicorn.Config(create_app(**options), log_level="warning", lifespan="on"))
+    async with anyio.create_task_group() as group:
+        group.start_soon(server.serve, [listener])
+        with anyio.fail_after(10):
+            while not server.started:
+                await anyio.sleep(0.01)
+        try:
+            yield base_url
+        finally:
+            server.should_exit = True
+    listener.close()
+
+
+async def read_events(session: aiohttp.ClientSession, url: str) -> list[tuple[str, dict[str, Any]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    async with session.get(url) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        kind = ""
+        async for raw in stream.content:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+async def start(session: aiohttp.ClientSession, app_url: str, prompt: str) -> str:
+    async with session.post(f"{app_url}/generations", params={"prompt": prompt}, data=png(400, 300)) as answer:
+        assert answer.status == 201, await answer.text()
+        return str((await answer.json())["task_id"])
+
+
+async def test_a_generation_started_over_http_streams_its_progress_to_the_end() -> None:
+    async with (
+        Simulator(api_keys=(KEY,), time_scale=SCALE, plan=plan) as sim,
+        serve_example(sim, webhooks=False) as app_url,
+        aiohttp.ClientSession() as session,
+    ):
+        task_id = await start(session, app_url, "a fox in the snow")
+        events = await read_events(session, f"{app_url}/generations/{task_id}/events")
+        async with session.get(f"{app_url}/generations/{task_id}") as status:
+            described = await status.json()
+        async with session.post(f"{app_url}/generations", params={"prompt": "x"}, data=b"not an image") as bad:
+            assert bad.status == 422 and "image" in (await bad.json())["detail"]
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "result" and set(kinds[:-1]) <= {"progress"}
+    assert events[-1][1]["status"] == "SUCCEED" and events[-1][1]["videos"]
+    assert described["status"] == "SUCCEED"
+    assert sim.counters.tasks_created == 1
+
+
+async def test_a_failed_generation_ends_its_stream_with_an_error_event() -> None:
+    async with (
+        Simulator(api_keys=(KEY,), time_scale=SCALE, plan=plan) as sim,
+        serve_example(sim, webhooks=False) as app_url,
+        aiohttp.ClientSession() as session,
+    ):
+        task_id = await start(session, app_url, "fail please")
+        events = await read_events(session, f"{app_url}/generations/{task_id}/events")
+    assert events[-1][0] == "error" and "moderation" in events[-1][1]["error"]
+
+
+# -- handle_webhook -----------------------------------------------------------------------------------------
+
+
+def delivery(task_id: str, status: str = "TASK_STATUS_SUCCEED") -> bytes:
+    payload = {"task": {"task_id": task_id, "status": status}, "videos": []}
+    return json.dumps({"event_type": "ASYNC_TASK_RESULT", "payload": payload}).encode()
+
+
+async def test_handle_webhook_confirms_once_and_ignores_duplicates_late_unknown_and_malformed() -> None:
+    slow_polls = PollPolicy(webhook_fallback=10_000)
+    async with (
+        Simulator(api_keys=(KEY,), time_scale=SCALE, duration=1.0) as sim,
+        PixVerseClient(
+            KEY,
+            base_url=sim.base_url,
+            clock=ScaledClock(SCALE),
+            webhook_url="https://me.example/hook",
+            polling=slow_polls,
+        ) as client,
+    ):
+        task = await client.submit(ImageToVideo("p", "https://example.com/a.png"))
+        sim.advance(5)
+        assert await client.handle_webhook(delivery(task.task_id)) == 200
+        result = await client.wait(task)
+        assert result.status is TaskStatus.SUCCEED
+        assert sim.counters.polls_by_task[task.task_id] == 1
+        assert await client.handle_webhook(delivery(task.task_id)) == 202  # duplicate / late
+        assert await client.handle_webhook(delivery("someone-elses-task")) == 202
+        assert await client.handle_webhook(delivery(task.task_id, "TASK_STATUS_PROCESSING")) == 202
+        assert await client.handle_webhook(json.dumps({"event_type": "OTHER", "payload": {}}).encode()) == 202
+        for malformed in (b"", b"{", b"[]", b'{"event_type": "ASYNC_TASK_RESULT"}', delivery("")):
+            assert await client.handle_webhook(malformed) == 400
+        assert sim.counters.poll_requests == 1
+    assert sim.tasks[task.task_id].request["extra"] == {"webhook": {"url": "https://me.example/hook"}}
+
+
+async def test_webhook_url_must_be_http() -> None:
+    from pixverse_async import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="webhook_url"):
+        PixVerseClient(KEY, webhook_url="ftp://nope")
