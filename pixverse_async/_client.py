@@ -105,9 +105,11 @@ class PixVerseClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidRequestError("base_url", f"{url!r} is not an http(s):// URL with a host")
         if webhook_url is not None and (
-            not isinstance(webhook_url, str) or urlsplit(webhook_url).scheme not in ("http", "https")
+            not isinstance(webhook_url, str)
+            or urlsplit(webhook_url).scheme not in ("http", "https")
+            or not urlsplit(webhook_url).hostname
         ):
-            raise InvalidRequestError("webhook_url", f"{webhook_url!r} is not an http(s):// URL")
+            raise InvalidRequestError("webhook_url", f"{webhook_url!r} is not an http(s):// URL with a host")
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise InvalidRequestError("max_concurrency", f"must be an int >= 1, not {max_concurrency!r}")
         self._api_key = Secret(key.strip())

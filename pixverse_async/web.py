@@ -67,6 +67,7 @@ def starlette_webhook_endpoint(
     client: PixVerseClient | Callable[[Request], PixVerseClient] = client_from,
 ) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette/FastAPI endpoint receiving the API's webhooks (mount it with POST)."""
+    from starlette.requests import Request
     from starlette.responses import Response
 
     async def endpoint(request: Request) -> Response:
@@ -74,6 +75,9 @@ def starlette_webhook_endpoint(
         status = await chosen.handle_webhook(await request.body())
         return Response(status_code=status)
 
+    # The annotations are strings (postponed evaluation) naming imports local to this function: FastAPI,
+    # which reads them to decide what to inject, needs the real classes.
+    endpoint.__annotations__ = {"request": Request, "return": Response}
     return endpoint
 
 

@@ -12,15 +12,19 @@ import aiohttp
 import anyio
 import pytest
 import uvicorn
+from aiohttp import web
 
 from examples.fastapi_service import create_app
 from pixverse_async import ImageToVideo, PixVerseClient, PollPolicy, TaskStatus
-from pixverse_async.testing import ScaledClock, Simulator, TaskPlan
+from pixverse_async.testing import Fault, ScaledClock, Simulator, TaskPlan
+from pixverse_async.web import aiohttp_webhook_handler
 from tests.images import png
 
 pytestmark = pytest.mark.anyio
 SCALE = 0.001
 KEY = "sk-test"
+# 5 simulated seconds are 5 ms of real time here: too little for a real server on a loaded machine.
+ROOMY_WEBHOOK_TIMEOUT = 2000.0
 
 
 def plan(body: Any) -> TaskPlan:
@@ -140,5 +144,81 @@ async def test_handle_webhook_confirms_once_and_ignores_duplicates_late_unknown_
 async def test_webhook_url_must_be_http() -> None:
     from pixverse_async import InvalidRequestError
 
-    with pytest.raises(InvalidRequestError, match="webhook_url"):
-        PixVerseClient(KEY, webhook_url="ftp://nope")
+    for bad in ("ftp://nope", "http://", "hook"):
+        with pytest.raises(InvalidRequestError, match="webhook_url"):
+            PixVerseClient(KEY, webhook_url=bad)
+
+
+# -- webhooks end to end ------------------------------------------------------------------------------------
+
+
+async def run_generations(app_url: str, count: int) -> list[list[tuple[str, dict[str, Any]]]]:
+    async with aiohttp.ClientSession() as session:
+        task_ids = [await start(session, app_url, f"generation {i}") for i in range(count)]
+        streams: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in task_ids]
+
+        async def follow(index: int, task_id: str) -> None:
+            streams[index] = await read_events(session, f"{app_url}/generations/{task_id}/events")
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                for index, task_id in enumerate(task_ids):
+                    group.start_soon(follow, index, task_id)
+    return streams
+
+
+async def test_with_webhooks_each_task_costs_at_most_one_task_result_call() -> None:
+    async with (
+        Simulator(api_keys=(KEY,), time_scale=SCALE, plan=plan, webhook_timeout=ROOMY_WEBHOOK_TIMEOUT) as sim,
+        serve_example(sim, webhooks=True) as app_url,
+    ):
+        streams = await run_generations(app_url, 8)
+    assert all(stream[-1][0] == "result" and stream[-1][1]["status"] == "SUCCEED" for stream in streams)
+    assert sim.counters.webhooks_delivered == 8
+    assert max(sim.counters.polls_by_task.values()) == 1
+    assert sim.counters.poll_requests == 8
+
+
+async def test_with_every_webhook_dropped_results_still_arrive_by_fallback_polling() -> None:
+    async with (
+        Simulator(api_keys=(KEY,), time_scale=SCALE, plan=plan, webhook_drop_rate=1.0) as sim,
+        serve_example(sim, webhooks=True) as app_url,
+    ):
+        streams = await run_generations(app_url, 5)
+    assert all(stream[-1][1]["status"] == "SUCCEED" for stream in streams)
+    assert sim.counters.webhooks_delivered == 0 and sim.counters.webhooks_dropped == 5
+
+
+async def test_duplicated_deliveries_cost_nothing_more() -> None:
+    async with (
+        Simulator(api_keys=(KEY,), time_scale=SCALE, plan=plan, webhook_timeout=ROOMY_WEBHOOK_TIMEOUT) as sim,
+        serve_example(sim, webhooks=True) as app_url,
+    ):
+        sim.inject(Fault("webhook", "duplicate", times=3))
+        streams = await run_generations(app_url, 3)
+    assert all(stream[-1][1]["status"] == "SUCCEED" for stream in streams)
+    assert sim.counters.webhooks_duplicated == 3
+    assert sim.counters.poll_requests == 3
+
+
+async def test_the_aiohttp_receiver_resolves_as_completed() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    hook_url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    async with Simulator(api_keys=(KEY,), time_scale=SCALE, plan=plan, webhook_timeout=ROOMY_WEBHOOK_TIMEOUT) as sim:
+        client = PixVerseClient(KEY, base_url=sim.base_url, clock=ScaledClock(SCALE), webhook_url=hook_url)
+        receiver = web.Application()
+        receiver.router.add_post("/hook", aiohttp_webhook_handler(client))
+        runner = web.AppRunner(receiver)
+        await runner.setup()
+        await web.SockSite(runner, listener).start()
+        try:
+            async with client:
+                jobs = [ImageToVideo(f"job {i}", "https://example.com/a.png") for i in range(6)]
+                async with client.as_completed(jobs) as results:
+                    outcomes = [result async for result in results]
+        finally:
+            await runner.cleanup()
+    assert all(result.ok for result in outcomes)
+    assert sim.counters.webhooks_delivered == 6
+    assert sim.counters.poll_requests == 6

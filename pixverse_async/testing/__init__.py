@@ -3,11 +3,18 @@
 See :mod:`pixverse_async.testing._simulator` for what the simulator does. Give the client a
 ``ScaledClock(sim.time_scale)`` so that client and simulator agree on what a second is, or an
 ``InstantClock`` to make retry backoff cost no real time.
+
+The simulator also POSTs webhooks (``extra.webhook.url``) when tasks end, with retries and faults: see the
+"Webhooks" section there and the ``WEBHOOK_*`` constants.
 """
 
 from pixverse_async._clock import InstantClock, ScaledClock
 from pixverse_async.testing._simulator import (
     DEFAULT_FAIL_REASON,
+    WEBHOOK_CONCURRENCY,
+    WEBHOOK_EVENT_TYPE,
+    WEBHOOK_RETRY_DELAYS,
+    WEBHOOK_TIMEOUT,
     Fault,
     FaultEndpoint,
     FaultKind,
@@ -22,6 +29,10 @@ from pixverse_async.testing._simulator import (
 
 __all__ = [
     "DEFAULT_FAIL_REASON",
+    "WEBHOOK_CONCURRENCY",
+    "WEBHOOK_EVENT_TYPE",
+    "WEBHOOK_RETRY_DELAYS",
+    "WEBHOOK_TIMEOUT",
     "Fault",
     "FaultEndpoint",
     "FaultKind",

@@ -29,7 +29,9 @@ Submit: ``POST /v3/async/pixverse-v4.5-i2v``
        field instead. ``prompt`` must be a non-blank string of at most 2048 characters; ``resolution`` one of
        360p/540p/720p/1080p (default 540p; 1080p is refused with ``fast_mode: true``); ``seed`` an integer
        (not a boolean) in 0..2147483647; ``style`` one of anime/3d_animation/clay/comic/cyberpunk; ``extra``
-       an object (a webhook in it is accepted but never called).
+       an object. ``extra.webhook``, if present, must be an object whose ``url`` is a string starting with
+       ``http://`` or ``https://`` (in any case) and naming a host, with a valid port if any (see
+       Webhooks); other keys of ``extra`` and of ``extra.webhook`` are ignored.
     3. ``image``: an ``http://`` or ``https://`` URL is accepted without fetching it. Anything else is raw
        base64 or a ``data:image/(png|jpeg|jpg);base64,`` URI (another ``data:image/...`` type answers
        ``INVALID_IMAGE_FORMAT``); base64 that does not decode strictly (standard alphabet, padded, no line
@@ -70,10 +72,51 @@ Video site: ``GET /videos/<task_id>.mp4?expires=<unix sim seconds>&signature=<hm
     ``Range`` is ignored. A request carrying an ``Authorization`` header is still served, but counted in
     ``counters.key_leaks_to_video_host``: a client must never send its API key there.
 
+Webhooks
+    A task submitted with ``"extra": {"webhook": {"url": "http(s)://..."}}`` (kept as ``SimTask.webhook_url``)
+    is announced to that URL when it ends (SUCCEED or FAILED, at ``ends_at`` on the simulated clock): the
+    simulator POSTs ``{"event_type": "ASYNC_TASK_RESULT", "payload": <body>}`` with
+    ``Content-Type: application/json``, where ``<body>`` is exactly what a task-result poll by the task's
+    owner would answer at the moment of the attempt (a success carries a freshly signed ``video_url``).
+    Sending it does not count as a poll and does not mark the task as seen terminal. There is no signature
+    and no ``Authorization`` header, as in the API documentation: a receiver should treat the payload as a
+    hint and confirm it with one task-result call.
+
+    An attempt succeeds when the receiver answers 2xx within ``webhook_timeout`` simulated seconds (default
+    :data:`WEBHOOK_TIMEOUT`, 5, as the API documents; the whole answer read; real time
+    ``webhook_timeout * time_scale``). A slower answer, another status (redirects are not followed: a 3xx
+    is a failure), or a connection that fails is retried after
+    :data:`WEBHOOK_RETRY_DELAYS` simulated seconds (1, 2, 4, 8, 16 after attempts 1 to 5): at most 5
+    retries, 6 attempts in all, spanning about 31 simulated seconds plus the attempts themselves; then the
+    delivery is given up. Retries wait on the simulated clock, so ``sim.advance`` brings them forward too.
+
+    One background dispatcher per running simulator keeps pending deliveries and retries in a heap by due
+    time and sleeps until the earliest (woken early by an earlier one and by ``sim.advance``), so waiting
+    deliveries cost a heap entry each and no task or timer. Due deliveries are sent concurrently through one
+    ``aiohttp.ClientSession`` (keep-alive connections are reused), at most :data:`WEBHOOK_CONCURRENCY` (32)
+    attempts at a time to each receiver (scheme, host and port; a delivery waiting for a slot has not started
+    its timeout), so a slow receiver holds up neither other receivers nor, below that many, its own other
+    deliveries. Deliveries go out only while the simulator is running: ``close()`` abandons attempts in
+    flight (counted as sent, neither delivered nor failed) and keeps the others queued for a later
+    ``start()``.
+
+    Mind the real timeout at small time scales: at ``time_scale=0.001`` a receiver has 5 *real*
+    milliseconds, and a receiver served by the same event loop as the simulator and a busy client (a burst
+    of submissions, dozens of deliveries at once) easily misses that, so attempts time out and are retried
+    (the receiver then sees the same event again) or even given up. Use ``time_scale=0.01`` or more when
+    counts matter, or raise ``webhook_timeout``.
+
+    ``webhook_drop_rate`` loses each delivery with that probability (a separate RNG derived from ``seed``,
+    so it does not shift task ids or durations); the ``drop`` and ``duplicate`` faults of endpoint
+    ``"webhook"`` act on chosen deliveries (see :class:`Fault`). An injected fault takes precedence over the
+    drop rate, which applies to the deliveries no fault was taken for.
+
 Faults
     ``sim.inject(Fault(endpoint, kind, times=1, ...))`` makes the next ``times`` requests to ``endpoint``
-    ("submit", "poll" or "video") misbehave; faults are consumed in the order injected, whatever the
-    request holds. See :class:`Fault` for each kind. ``sim.clear_faults()`` drops those not yet used.
+    ("submit", "poll" or "video"), or the next ``times`` webhook deliveries ("webhook"), misbehave; faults
+    are consumed in the order injected, whatever the request holds. A webhook fault is taken when a delivery
+    first falls due (once per delivery, not per attempt). See :class:`Fault` for each kind.
+    ``sim.clear_faults()`` drops those not yet used.
 
 Counters
     ``sim.counters`` (:class:`SimCounters`) tells what happened; ``sim.reset_counters()`` replaces it with a
@@ -88,6 +131,7 @@ import binascii
 import collections
 import heapq
 import hmac
+import itertools
 import json
 import math
 import random
@@ -98,7 +142,9 @@ import typing
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
+import aiohttp
 import anyio
 import attrs
 from aiohttp import web
@@ -108,6 +154,10 @@ from pixverse_async.testing._video import mp4_for_task
 
 __all__ = [
     "DEFAULT_FAIL_REASON",
+    "WEBHOOK_CONCURRENCY",
+    "WEBHOOK_EVENT_TYPE",
+    "WEBHOOK_RETRY_DELAYS",
+    "WEBHOOK_TIMEOUT",
     "Fault",
     "FaultEndpoint",
     "FaultKind",
@@ -132,6 +182,17 @@ FAILED: Final = "TASK_STATUS_FAILED"
 #: The ``task.reason`` of tasks failed by ``failure_rate``.
 DEFAULT_FAIL_REASON: Final = "content moderation: generation failed"
 
+#: The ``event_type`` of the webhook sent when a task ends.
+WEBHOOK_EVENT_TYPE: Final = "ASYNC_TASK_RESULT"
+#: Simulated seconds a webhook receiver has to answer 2xx before the attempt counts as failed (the default
+#: of ``Simulator(webhook_timeout=...)``).
+WEBHOOK_TIMEOUT: Final = 5.0
+#: Simulated seconds to wait before each retry of a failed webhook attempt: 5 retries, 6 attempts in all.
+WEBHOOK_RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
+#: At most this many webhook attempts in flight at once to one receiver (scheme, host and port); the others
+#: wait for a slot. Kept well under a typical listen backlog (128), past which connections stall for seconds.
+WEBHOOK_CONCURRENCY: Final = 32
+
 MAX_PROMPT_CHARS: Final = 2048
 MAX_SEED: Final = 2_147_483_647
 RESOLUTIONS: Final = frozenset({"360p", "540p", "720p", "1080p"})
@@ -146,10 +207,20 @@ _DATA_URI_PREFIXES: Final = tuple(f"data:image/{kind};base64," for kind in ("png
 # image reaches the image check (IMAGE_FILE_EXCEEDS_MAX_SIZE) instead of aiohttp's generic 413.
 _MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 
-FaultEndpoint = Literal["submit", "poll", "video"]
+FaultEndpoint = Literal["submit", "poll", "video", "webhook"]
 FaultKind = Literal[
-    "server_error", "rate_limit", "reset", "slow", "html_error", "empty_error", "truncated_json", "expired"
+    "server_error",
+    "rate_limit",
+    "reset",
+    "slow",
+    "html_error",
+    "empty_error",
+    "truncated_json",
+    "expired",
+    "drop",
+    "duplicate",
 ]
+_WEBHOOK_FAULT_KINDS: Final = frozenset({"drop", "duplicate"})
 
 # Where an error answer keeps its reason until it is counted as sent.
 _REASON: Final = web.ResponseKey("reason", str)
@@ -186,7 +257,12 @@ class TaskPlan:
 
 @attrs.frozen
 class Fault:
-    """A misbehaviour for the next ``times`` requests to ``endpoint``.
+    """A misbehaviour for the next ``times`` requests to ``endpoint``, or the next ``times`` webhook deliveries.
+
+    ``endpoint`` is "submit", "poll" or "video" (requests the simulator receives) or "webhook" (deliveries it
+    sends, see the module documentation). "webhook" takes only the kinds ``drop`` and ``duplicate``, and
+    those kinds apply to "webhook" only; ``expired`` applies to "video" only. Any other pairing raises
+    ``ValueError``. ``times``, ``retry_after``, ``delay`` and ``create_task`` mean nothing to webhook faults.
 
     Kinds, by endpoint (on submit, ``create_task`` says whether the task is created, and billed, before
     the fault strikes, for the kinds marked *creates*; when the request is invalid nothing is created and
@@ -219,6 +295,12 @@ class Fault:
     ``expired``
         Video only: 403 "Request has expired", as if the signed link had run out (counted in
         ``video_expired``); polling again gives a link that works.
+    ``drop``
+        Webhook only: the delivery is lost, never sent and never retried (counted in ``webhooks_dropped``).
+    ``duplicate``
+        Webhook only: once an attempt of the delivery is answered 2xx, a second POST with the very same
+        body (same bytes, same signed URL) is sent right after it, once, whatever it is answered (counted
+        in ``webhooks_duplicated``). If every attempt fails, nothing is duplicated.
     """
 
     endpoint: FaultEndpoint = attrs.field(validator=attrs.validators.in_(typing.get_args(FaultEndpoint)))
@@ -231,6 +313,10 @@ class Fault:
     def __attrs_post_init__(self) -> None:
         if self.kind == "expired" and self.endpoint != "video":
             raise ValueError("the 'expired' fault applies to the video endpoint only")
+        if self.kind in _WEBHOOK_FAULT_KINDS and self.endpoint != "webhook":
+            raise ValueError(f"the {self.kind!r} fault applies to the webhook endpoint only")
+        if self.endpoint == "webhook" and self.kind not in _WEBHOOK_FAULT_KINDS:
+            raise ValueError(f"the webhook endpoint takes only the 'drop' and 'duplicate' faults, not {self.kind!r}")
 
 
 @attrs.frozen
@@ -264,6 +350,8 @@ class SimTask:
     fail_reason: str | None  # None: ends SUCCEED
     # Set once a poll has returned this task terminal; later polls count as ``polls_after_terminal``.
     terminal_seen: bool = False
+    # ``extra.webhook.url`` of the submission: where the result is POSTed when the task ends (None: nowhere).
+    webhook_url: str | None = None
 
     @property
     def prompt(self) -> str:
@@ -319,12 +407,32 @@ class SimCounters:
     video_bad_signature: int = 0
     #: Faults that struck, by ``"<endpoint>:<kind>"``.
     faults_applied: collections.Counter[str] = attrs.Factory(collections.Counter)
+    #: Webhook POSTs made: every attempt, retries and the second POST of ``duplicate`` faults included.
+    webhooks_sent: int = 0
+    #: Webhook deliveries answered 2xx, counted once per delivery (a ``duplicate``'s second POST is not).
+    webhooks_delivered: int = 0
+    #: Webhook deliveries given up after all 6 attempts failed.
+    webhooks_failed: int = 0
+    #: Webhook deliveries lost on purpose, by a ``drop`` fault or ``webhook_drop_rate``: never sent.
+    webhooks_dropped: int = 0
+    #: Webhook deliveries POSTed a second time by a ``duplicate`` fault.
+    webhooks_duplicated: int = 0
 
 
 @attrs.define
 class _PendingFault:
     fault: Fault
     remaining: int
+
+
+@attrs.define(eq=False)
+class _Delivery:
+    """One webhook delivery of one task, between its attempts."""
+
+    task: SimTask
+    url: str
+    attempts: int = 0  # attempts made so far
+    duplicate: bool = False  # a ``duplicate`` fault was taken for it
 
 
 class _BadRequest(Exception):
@@ -407,8 +515,33 @@ def _check_body(body: Any) -> None:
         seed = body["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise _BadRequest("INVALID_REQUEST_BODY", f"seed must be an integer in 0..{MAX_SEED}")
-    if "extra" in body and not isinstance(body["extra"], dict):
-        raise _BadRequest("INVALID_REQUEST_BODY", "extra must be an object")
+    if "extra" in body:
+        extra = body["extra"]
+        if not isinstance(extra, dict):
+            raise _BadRequest("INVALID_REQUEST_BODY", "extra must be an object")
+        if "webhook" in extra:
+            _check_webhook(extra["webhook"])
+
+
+def _check_webhook(webhook: Any) -> None:
+    if not isinstance(webhook, dict):
+        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook must be an object")
+    url = webhook.get("url")
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):  # schemes ignore case
+        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook.url must be an http:// or https:// URL")
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises on a port that is not a number in 0..65535
+    except ValueError:  # that, or a malformed IPv6 literal
+        host = None
+    if not host:
+        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook.url must name a host")
+
+
+def _webhook_url(body: Mapping[str, Any]) -> str | None:
+    """The webhook URL of a checked submission, if it has one."""
+    webhook = body.get("extra", {}).get("webhook")
+    return None if webhook is None else str(webhook["url"])
 
 
 def _check_image(image: str) -> SubmittedImage:
@@ -463,6 +596,8 @@ class Simulator:
     rate_limit_retry_after: float | None
     balance: int | None
     video_ttl: float
+    webhook_timeout: float
+    webhook_drop_rate: float
     counters: SimCounters
 
     _rng: random.Random
@@ -478,6 +613,18 @@ class Simulator:
     _runners: list[web.AppRunner]
     _base_url: str | None
     _video_base_url: str | None
+    # Webhooks: drop-rate draws, kept apart from ``_rng`` so that they do not shift task ids and durations.
+    _webhook_rng: random.Random
+    # Deliveries waiting for their (first or next) attempt: a min-heap of (due simulated time, tie-break, delivery).
+    _webhook_queue: list[tuple[float, int, _Delivery]]
+    _webhook_order: itertools.count[int]
+    # Only while running: the dispatcher task, its cancel scope, what wakes it early, and what it sends with.
+    _webhook_dispatcher: asyncio.Task[None] | None
+    _webhook_scope: anyio.CancelScope | None
+    _webhook_wake: asyncio.Event | None
+    _webhook_session: aiohttp.ClientSession | None
+    # Per receiver origin ("scheme://host:port"): bounds its attempts in flight.
+    _webhook_limiters: dict[str, anyio.CapacityLimiter]
 
     def __init__(
         self,
@@ -496,6 +643,8 @@ class Simulator:
         rate_limit_retry_after: float | None = None,
         balance: int | None = None,
         video_ttl: float = 3600.0,
+        webhook_timeout: float = WEBHOOK_TIMEOUT,
+        webhook_drop_rate: float = 0.0,
     ) -> None:
         """Configure the simulator; nothing listens until ``start()`` or ``async with``.
 
@@ -512,6 +661,10 @@ class Simulator:
         :param rate_limit_retry_after: ``Retry-After`` (simulated s) on those 429s; ``None``: no header.
         :param balance: number of tasks each key can pay for; more answers 400 BILLING_BALANCE_NOT_ENOUGH.
         :param video_ttl: simulated seconds a signed video URL stays valid.
+        :param webhook_timeout: simulated seconds a webhook receiver has to answer 2xx (the API's 5 by
+            default); raise it to keep a loaded receiver from being retried at a small ``time_scale``.
+        :param webhook_drop_rate: probability that a webhook delivery is lost (never sent, not retried);
+            1.0 loses them all.
         """
         if isinstance(api_keys, str):
             raise TypeError("api_keys must be a collection of keys, not one string")
@@ -527,6 +680,10 @@ class Simulator:
             raise ValueError(f"balance must be >= 0, got {balance}")
         if video_ttl <= 0:
             raise ValueError(f"video_ttl must be > 0, got {video_ttl}")
+        if webhook_timeout <= 0:
+            raise ValueError(f"webhook_timeout must be > 0, got {webhook_timeout}")
+        if not 0.0 <= webhook_drop_rate <= 1.0:
+            raise ValueError(f"webhook_drop_rate must be in [0, 1], got {webhook_drop_rate}")
         self.__attrs_init__(
             api_keys=frozenset(api_keys),
             host=host,
@@ -541,6 +698,8 @@ class Simulator:
             rate_limit_retry_after=rate_limit_retry_after,
             balance=balance,
             video_ttl=video_ttl,
+            webhook_timeout=webhook_timeout,
+            webhook_drop_rate=webhook_drop_rate,
             counters=SimCounters(),
             rng=random.Random(seed),
             signing_key=secrets.token_bytes(32),
@@ -554,6 +713,14 @@ class Simulator:
             runners=[],
             base_url=None,
             video_base_url=None,
+            webhook_rng=random.Random(f"webhooks:{seed}") if seed is not None else random.Random(),
+            webhook_queue=[],
+            webhook_order=itertools.count(),
+            webhook_dispatcher=None,
+            webhook_scope=None,
+            webhook_wake=None,
+            webhook_session=None,
+            webhook_limiters={},
         )
 
     def __repr__(self) -> str:
@@ -590,10 +757,15 @@ class Simulator:
         return self._clock_origin_sim + real_elapsed / self.time_scale + self._clock_offset
 
     def advance(self, seconds: float) -> None:
-        """Move the simulated clock ``seconds`` forward at once (tasks progress, signed URLs age)."""
+        """Move the simulated clock ``seconds`` forward at once (tasks progress, signed URLs age).
+
+        Webhook deliveries and retries that fall due by the new time are sent at once.
+        """
         if seconds < 0:
             raise ValueError("the simulated clock only moves forward")
         self._clock_offset += seconds
+        if self._webhook_wake is not None:
+            self._webhook_wake.set()
 
     def task_status(self, task_id: str) -> str:
         """The ``TASK_STATUS_*`` a poll of ``task_id`` would answer now (``KeyError`` if unknown)."""
@@ -635,6 +807,7 @@ class Simulator:
         except BaseException:
             await self.close()
             raise
+        self._start_webhooks()
 
     async def _serve(self, app: web.Application, port: int) -> str:
         # One runner per site: an AppRunner serves one application, and the two sites must be two origins.
@@ -649,13 +822,20 @@ class Simulator:
         return f"http://{url_host}:{bound_port}"
 
     async def close(self) -> None:
-        """Stop both sites and close open connections. Tasks, counters and URLs stay readable."""
+        """Stop both sites and the webhook dispatcher, and close open connections.
+
+        Tasks, counters and URLs stay readable. Webhook attempts in flight are abandoned; deliveries not yet
+        due stay queued (see the module documentation).
+        """
         runners, self._runners = self._runners, []
         # Shielded: closing often happens because the owner was cancelled (Ctrl-C on serve_forever, a task
         # group torn down), and an interrupted cleanup would leave listening sockets open.
         with anyio.CancelScope(shield=True):
-            for runner in reversed(runners):
-                await runner.cleanup()
+            try:
+                await self._stop_webhooks()
+            finally:
+                for runner in reversed(runners):
+                    await runner.cleanup()
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -818,9 +998,12 @@ class Simulator:
             processing_at=now + duration * self.queue_fraction,
             ends_at=now + duration,
             fail_reason=fail_reason,
+            webhook_url=_webhook_url(body),
         )
         self._tasks[task_id] = task
         self._created_by_key[key] += 1
+        if task.webhook_url is not None:
+            self._schedule_webhook(task.ends_at, _Delivery(task, task.webhook_url))
         return task
 
     async def _handle_poll(self, request: web.Request) -> web.StreamResponse:
@@ -857,10 +1040,15 @@ class Simulator:
         if task is None or task.api_key != key:  # another key's task is as invisible as a missing one
             return self._error(404, "TASK_NOT_FOUND", f"task {task_id} not found")
         now = self.now()
+        if settle and task.status_at(now) in (SUCCEED, FAILED):
+            task.terminal_seen = True
+        return _json_response(self._task_result(task, now))
+
+    def _task_result(self, task: SimTask, now: float) -> dict[str, Any]:
+        """The JSON body of a task-result answer about ``task`` at simulated time ``now``."""
+        task_id = task.task_id
         status = task.status_at(now)
         terminal = status in (SUCCEED, FAILED)
-        if terminal and settle:
-            task.terminal_seen = True
         videos: list[dict[str, str]] = []
         if status == SUCCEED:
             expires = math.ceil(now + self.video_ttl)
@@ -872,30 +1060,141 @@ class Simulator:
                     "video_type": "mp4",
                 }
             )
-        return _json_response(
-            {
-                "extra": {
-                    "seed": str(task.seed),
-                    "debug_info": {
-                        "request_info": "",
-                        "submit_time_ms": _epoch_ms(task.submitted_at),
-                        "execute_time_ms": _epoch_ms(task.processing_at) if now >= task.processing_at else "",
-                        "complete_time_ms": _epoch_ms(task.ends_at) if terminal else "",
-                    },
+        return {
+            "extra": {
+                "seed": str(task.seed),
+                "debug_info": {
+                    "request_info": "",
+                    "submit_time_ms": _epoch_ms(task.submitted_at),
+                    "execute_time_ms": _epoch_ms(task.processing_at) if now >= task.processing_at else "",
+                    "complete_time_ms": _epoch_ms(task.ends_at) if terminal else "",
                 },
-                "task": {
-                    "task_id": task_id,
-                    "status": status,
-                    "reason": task.fail_reason if status == FAILED and task.fail_reason is not None else "",
-                    "task_type": TASK_TYPE,
-                    "eta": 0 if terminal else math.ceil(task.ends_at - now),
-                    "progress_percent": task.progress_at(now),
-                },
-                "images": [],
-                "audios": [],
-                "videos": videos,
-            }
+            },
+            "task": {
+                "task_id": task_id,
+                "status": status,
+                "reason": task.fail_reason if status == FAILED and task.fail_reason is not None else "",
+                "task_type": TASK_TYPE,
+                "eta": 0 if terminal else math.ceil(task.ends_at - now),
+                "progress_percent": task.progress_at(now),
+            },
+            "images": [],
+            "audios": [],
+            "videos": videos,
+        }
+
+    # ----------------------------------------------------------------------------------------------------
+    # Webhooks
+
+    def _start_webhooks(self) -> None:
+        self._webhook_wake = asyncio.Event()
+        self._webhook_limiters = {}  # CapacityLimiters belong to one event loop
+        # No connection limit in aiohttp: the limiters bound attempts, and an attempt's timeout must not
+        # include waiting for a pooled connection. No cookies kept between receivers.
+        self._webhook_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None),  # each attempt is bounded by _post_webhook
         )
+        self._webhook_scope = anyio.CancelScope()
+        self._webhook_dispatcher = asyncio.get_running_loop().create_task(
+            self._dispatch_webhooks(self._webhook_scope, self._webhook_wake),
+            name=f"webhook dispatcher of {self.base_url}",
+        )
+
+    async def _stop_webhooks(self) -> None:
+        """Cancel the dispatcher (and the attempts in flight), wait for it, close the session."""
+        dispatcher, scope, session = self._webhook_dispatcher, self._webhook_scope, self._webhook_session
+        try:
+            if dispatcher is not None and scope is not None:
+                scope.cancel()
+                await asyncio.wait({dispatcher})
+                if not dispatcher.cancelled():  # cancelled from outside, e.g. by asyncio.run's final cleanup
+                    dispatcher.result()  # re-raise a crash of the dispatcher, if it had one
+        finally:
+            # Cleared once nothing runs that reads them.
+            self._webhook_dispatcher = self._webhook_scope = self._webhook_session = None
+            self._webhook_wake = None
+            if session is not None:
+                await session.close()
+
+    def _schedule_webhook(self, due: float, delivery: _Delivery) -> None:
+        """Queue ``delivery`` for an attempt at simulated time ``due``, waking the dispatcher if it is first."""
+        queue = self._webhook_queue
+        heapq.heappush(queue, (due, next(self._webhook_order), delivery))
+        if queue[0][2] is delivery and self._webhook_wake is not None:
+            self._webhook_wake.set()
+
+    async def _dispatch_webhooks(self, scope: anyio.CancelScope, wake: asyncio.Event) -> None:
+        """Start every delivery that is due, then sleep until the next one is, or until woken; forever."""
+        with scope:
+            async with anyio.create_task_group() as group:
+                queue = self._webhook_queue
+                while True:
+                    wake.clear()
+                    now = self.now()
+                    while queue and queue[0][0] <= now:
+                        _, _, delivery = heapq.heappop(queue)
+                        group.start_soon(self._attempt_webhook, delivery)
+                    delay = (queue[0][0] - now) * self.time_scale if queue else math.inf
+                    with anyio.move_on_after(delay):
+                        await wake.wait()
+
+    async def _attempt_webhook(self, delivery: _Delivery) -> None:
+        """Make one attempt of ``delivery`` (deciding its fault first, if it is the first), then follow up."""
+        if delivery.attempts == 0:
+            fault = self._take_fault("webhook")
+            if fault is not None:
+                dropped = fault.kind == "drop"
+                delivery.duplicate = fault.kind == "duplicate"
+            else:
+                dropped = self.webhook_drop_rate > 0 and self._webhook_rng.random() < self.webhook_drop_rate
+            if dropped:
+                self.counters.webhooks_dropped += 1
+                return
+        async with self._webhook_limiter(delivery.url):
+            delivery.attempts += 1
+            # The payload as a poll would answer it now: a retry carries a freshly signed video URL.
+            event = {"event_type": WEBHOOK_EVENT_TYPE, "payload": self._task_result(delivery.task, self.now())}
+            body = json.dumps(event, separators=(",", ":")).encode()
+            delivered = await self._post_webhook(delivery.url, body)
+            if delivered:
+                self.counters.webhooks_delivered += 1
+                if delivery.duplicate:
+                    self.counters.webhooks_duplicated += 1
+                    await self._post_webhook(delivery.url, body)
+        if delivered:
+            return
+        if delivery.attempts > len(WEBHOOK_RETRY_DELAYS):
+            self.counters.webhooks_failed += 1
+            return
+        self._schedule_webhook(self.now() + WEBHOOK_RETRY_DELAYS[delivery.attempts - 1], delivery)
+
+    def _webhook_limiter(self, url: str) -> anyio.CapacityLimiter:
+        """The limiter of the receiver at ``url`` (its origin; the URL was checked on submit)."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        origin = f"{scheme}://{parts.hostname}:{parts.port or (443 if scheme == 'https' else 80)}"
+        limiter = self._webhook_limiters.get(origin)
+        if limiter is None:
+            limiter = self._webhook_limiters[origin] = anyio.CapacityLimiter(WEBHOOK_CONCURRENCY)
+        return limiter
+
+    async def _post_webhook(self, url: str, body: bytes) -> bool:
+        """POST ``body`` once; whether the receiver answered 2xx in time."""
+        self.counters.webhooks_sent += 1
+        session = self._webhook_session
+        assert session is not None
+        try:
+            with anyio.fail_after(self.webhook_timeout * self.time_scale):
+                async with session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}, allow_redirects=False
+                ) as response:
+                    await response.read()
+                    return 200 <= response.status < 300
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            # Too slow, connection refused or reset, a URL aiohttp cannot use: a failed attempt.
+            return False
 
     # ----------------------------------------------------------------------------------------------------
     # Video site
