@@ -136,7 +136,6 @@ class AsCompleted:
         self.counts = BatchCounts()
         self._ready: deque[JobResult] = deque()
         self._changed = anyio.Event()
-        self._in_submission = 0
         self._feeding_done = anyio.Event()
         # What stops new submissions and is raised once the running jobs are yielded: an account-wide API
         # error, an exception from the input iterable, or an on_event callback that refused a SUBMITTING.
@@ -144,14 +143,14 @@ class AsCompleted:
         self._started = False
         self._closed = False
         self._scope = anyio.CancelScope()
-        # Submitted tasks not yet yielded; the waiter is None for those whose answer came after the run closed.
-        self._running: dict[str, tuple[Job, Waiter | None]] = {}
+        # Submitted tasks not yet yielded: their waiter, or just the job when its answer came after the run closed.
+        self._running: dict[str, _JobWaiter | Job] = {}
 
     @property
     def unfinished(self) -> list[Task]:
         """Tasks submitted (and paid for) whose result you have not received yet: pass them (or their ids) to
         `as_completed()` or `wait()` to pick them up. Read it after leaving early."""
-        tasks = [Task(task_id, _request_of(job)) for task_id, (job, _) in self._running.items()]
+        tasks = [Task(task_id, _request_of(_job_of(entry))) for task_id, entry in self._running.items()]
         tasks.extend(Task(r.task_id, _request_of(r.request)) for r in self._ready if r.task_id)
         return tasks
 
@@ -179,9 +178,9 @@ class AsCompleted:
         """Cancel the feeding and stop polling the tasks nobody will read (they stay in `unfinished`)."""
         self._closed = True
         self._scope.cancel()
-        for task_id, (_, waiter) in self._running.items():
-            if waiter is not None:
-                self._state.poller.abandon(task_id, waiter)
+        for task_id, entry in self._running.items():
+            if isinstance(entry, _JobWaiter):
+                self._state.poller.abandon(task_id, entry)
         self._notify()
 
     def __aiter__(self) -> AsyncIterator[JobResult]:
@@ -213,8 +212,7 @@ class AsCompleted:
                     self._closed = True
                     raise error
                 raise StopAsyncIteration
-            changed = self._changed
-            await changed.wait()
+            await self._wait_changed()
 
     def _start(self) -> None:
         if self._started:
@@ -226,7 +224,13 @@ class AsCompleted:
 
     def _notify(self) -> None:
         self._changed.set()
-        self._changed = anyio.Event()
+
+    async def _wait_changed(self) -> None:
+        """Wait for the next `_notify()`. Callers check their condition just before, and nothing else runs
+        between that check and this call, so an event already set is stale: it is renewed, not returned."""
+        if self._changed.is_set():
+            self._changed = anyio.Event()
+        await self._changed.wait()
 
     # -- feeding ------------------------------------------------------------------------------------------
 
@@ -242,22 +246,27 @@ class AsCompleted:
             self._notify()
 
     async def _feed(self, submissions: TaskGroup) -> None:
+        """Pull the next job only when a running-task slot is free, a submission may go on the wire, and the
+        results are being read: memory stays flat, and so do the requests in flight."""
         limiter = self._client._limiter
         backlog_limit = self._client.max_concurrency
+        on_the_wire = anyio.Semaphore(self._client.max_submissions_in_flight, fast_acquire=True)
         async for job in _aiter(self._jobs):
             while len(self._ready) >= backlog_limit:
-                changed = self._changed
-                await changed.wait()
-            await limiter.acquire()
+                await self._wait_changed()
+            await on_the_wire.acquire()
+            try:
+                await limiter.acquire()
+            except BaseException:
+                on_the_wire.release()
+                raise
             if self._stop_error is not None:
                 limiter.release()
+                on_the_wire.release()
                 return
-            self._in_submission += 1
-            submissions.start_soon(self._start_job, job)
-            if self._stop_error is not None:
-                return
+            submissions.start_soon(self._start_job, job, on_the_wire)
 
-    async def _start_job(self, job: Job) -> None:
+    async def _start_job(self, job: Job, on_the_wire: anyio.Semaphore) -> None:
         """Submit (or adopt) one job while holding a running-task slot, then hand it to the poller."""
         self.counts.submitting += 1
         try:
@@ -272,13 +281,13 @@ class AsCompleted:
             return
         finally:
             self.counts.submitting -= 1
-            self._in_submission -= 1
+            on_the_wire.release()
         self.counts.running += 1
         self._emit(JobEvent(EventKind.SUBMITTED, job, task_id))
         if self._closed:
             # The answer of a submission already on the wire arrived after the run was left: keep the paid
             # task in `unfinished`, but poll it no more.
-            self._running[task_id] = (job, None)
+            self._running[task_id] = job
             self._client._limiter.release()
             return
         self._state.poller.track(task_id, holds_slot=True)
@@ -316,24 +325,21 @@ class AsCompleted:
 
     def _watch(self, job: Job, task_id: str) -> None:
         deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
-
-        def on_outcome(outcome: Outcome) -> None:
-            self._running.pop(task_id, None)
-            self.counts.running -= 1
-            if isinstance(outcome, TaskResult):
-                error = TaskFailedError(task_id, outcome.reason) if outcome.status is TaskStatus.FAILED else None
-                self._deliver(job, task_id, error, outcome)
-                return
-            if isinstance(outcome, AuthenticationError | InsufficientBalanceError):
-                self._stop_error = self._stop_error or outcome
-            self._deliver(job, task_id, outcome)
-
-        def on_progress(result: TaskResult) -> None:
-            self._emit(JobEvent(EventKind.PROGRESS, job, task_id, result.progress_percent, result.eta))
-
-        waiter = Waiter(on_outcome, deadline=deadline, timeout=self._timeout, on_progress=on_progress)
-        self._running[task_id] = (job, waiter)
+        waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id)
+        self._running[task_id] = waiter
         self._state.poller.watch(task_id, waiter)
+
+    def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
+        task_id, job = waiter.task_id, waiter.job
+        self._running.pop(task_id, None)
+        self.counts.running -= 1
+        if isinstance(outcome, TaskResult):
+            error = TaskFailedError(task_id, outcome.reason) if outcome.status is TaskStatus.FAILED else None
+            self._deliver(job, task_id, error, outcome)
+            return
+        if isinstance(outcome, AuthenticationError | InsufficientBalanceError):
+            self._stop_error = self._stop_error or outcome
+        self._deliver(job, task_id, outcome)
 
     def _deliver(
         self, job: Job, task_id: str | None, error: PixVerseError | None, result: TaskResult | None = None
@@ -363,6 +369,26 @@ class AsCompleted:
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
+
+
+@attrs.define(slots=True, eq=False)
+class _JobWaiter(Waiter):
+    """One `as_completed` job waiting on the poller: a small record, not a pair of closures per task."""
+
+    run: AsCompleted = attrs.field(kw_only=True)
+    job: Job = attrs.field(kw_only=True)
+    task_id: str = attrs.field(kw_only=True)
+
+    def deliver(self, outcome: Outcome) -> None:
+        self.run._on_outcome(self, outcome)
+
+    def progress(self, result: TaskResult) -> None:
+        if self.run._on_event is not None:
+            self.run._emit(JobEvent(EventKind.PROGRESS, self.job, self.task_id, result.progress_percent, result.eta))
+
+
+def _job_of(entry: _JobWaiter | Job) -> Job:
+    return entry.job if isinstance(entry, _JobWaiter) else entry
 
 
 class _SubmissionRefused(Exception):

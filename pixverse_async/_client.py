@@ -47,7 +47,7 @@ from ._exceptions import (
 from ._http import AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts
 from ._limiter import RunningTaskLimiter
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout, read_image_file
-from ._poller import Outcome, Poller, PollPolicy, Waiter
+from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._retry import RetryPolicy
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
@@ -55,6 +55,7 @@ DEFAULT_MAX_CONCURRENCY = 64
 SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
 TASK_RESULT_PATH = "/v3/async/task-result"
 _DOWNLOAD_BUFFER_BYTES = 1 << 20
+_CONNECTION_POOL_SIZE = 128
 
 T = TypeVar("T")
 RetryCallback = Callable[[int, PixVerseError], None]
@@ -78,7 +79,8 @@ class PixVerseClient:
 
     `api_key` falls back to `$PIXVERSE_API_KEY`, `base_url` to `$PIXVERSE_BASE_URL`, then
     `https://api.myrouter.ai`. `max_concurrency` (default 64) bounds the tasks this client has running on the
-    server at once, across every call. An `aiohttp.ClientSession` you pass is used and left open; it must not
+    server at once, across every call; `max_submissions_in_flight` (default 32) the submissions that
+    `as_completed` has on the wire at once. An `aiohttp.ClientSession` you pass is used and left open; it must not
     carry an `Authorization` default header (it would go to the video host too). `clock` is where all waiting
     happens (tests pass a faster one).
     """
@@ -90,6 +92,7 @@ class PixVerseClient:
         base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_submissions_in_flight: int = 32,
         timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen value
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen value
         polling: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
@@ -110,11 +113,16 @@ class PixVerseClient:
             or not urlsplit(webhook_url).hostname
         ):
             raise InvalidRequestError("webhook_url", f"{webhook_url!r} is not an http(s):// URL with a host")
-        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
-            raise InvalidRequestError("max_concurrency", f"must be an int >= 1, not {max_concurrency!r}")
+        for name, count in (
+            ("max_concurrency", max_concurrency),
+            ("max_submissions_in_flight", max_submissions_in_flight),
+        ):
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise InvalidRequestError(name, f"must be an int >= 1, not {count!r}")
         self._api_key = Secret(key.strip())
         self.base_url = url
         self.max_concurrency = max_concurrency
+        self.max_submissions_in_flight = max_submissions_in_flight
         self.timeouts = timeouts
         self.retry = retry
         self.polling = polling
@@ -136,7 +144,9 @@ class PixVerseClient:
         async with contextlib.AsyncExitStack() as stack:
             session = self._given_session
             if session is None:
-                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(100, self.max_concurrency)))
+                # Connections are needed only for requests in flight (submissions, polls, downloads), not one
+                # per running task.
+                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=_CONNECTION_POOL_SIZE))
                 stack.push_async_callback(session.close)
             transport = ApiTransport(session, self.base_url, self._api_key, self.timeouts)
             poller = Poller(
@@ -149,7 +159,7 @@ class PixVerseClient:
                 webhooks=self.webhook_url is not None,
             )
             background = await stack.enter_async_context(anyio.create_task_group())
-            background.start_soon(poller.run, name="pixverse-poller")
+            await background.start(poller.run, name="pixverse-poller")
             stack.callback(background.cancel_scope.cancel)
             self._open = _OpenState(
                 session=session, transport=transport, poller=poller, background=background, stack=stack.pop_all()
@@ -171,6 +181,11 @@ class PixVerseClient:
     def pending_tasks(self) -> int:
         """How many tasks the shared poller is following right now."""
         return self._open.poller.pending_count if self._open is not None else 0
+
+    @property
+    def polls_in_flight(self) -> int:
+        """How many polls are on the wire right now (for metrics)."""
+        return self._open.poller.polls_in_flight if self._open is not None else 0
 
     def _state(self) -> _OpenState:
         if self._open is None:
@@ -227,7 +242,8 @@ class PixVerseClient:
         while True:
             attempt += 1
             try:
-                with anyio.CancelScope(shield=finish_sent_requests):
+                shield = anyio.CancelScope(shield=True) if finish_sent_requests else contextlib.nullcontext()
+                with shield:
                     response = await state.transport.send("POST", SUBMIT_PATH, body=body)
                 if response.status == 200:
                     task_id = _task_id_from(response)
@@ -338,10 +354,10 @@ class PixVerseClient:
         check_timeout(timeout)
         state = self._state()
         send, receive = anyio.create_memory_object_stream[tuple[bool, Outcome]](math.inf)
-        waiter = Waiter(
-            callback=lambda outcome: send.send_nowait((True, outcome)),
+        waiter = CallbackWaiter(
             deadline=None if timeout is None else self.clock.now() + timeout,
             timeout=timeout,
+            on_outcome=lambda outcome: send.send_nowait((True, outcome)),
             on_progress=lambda result: send.send_nowait((False, result)),
         )
         state.poller.watch(task_id, waiter)
@@ -445,7 +461,8 @@ async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: fl
         outcomes.append(outcome)
         delivered.set()
 
-    waiter = Waiter(deliver, deadline=None if timeout is None else clock.now() + timeout, timeout=timeout)
+    deadline = None if timeout is None else clock.now() + timeout
+    waiter = CallbackWaiter(deadline=deadline, timeout=timeout, on_outcome=deliver)
     poller.watch(task_id, waiter)
     try:
         await delivered.wait()

@@ -5,7 +5,7 @@ the tasks that are due, polls them (bounded in flight and in rate, across the wh
 back with its next time, which comes from the server's hints (`eta`, else `progress_percent` and the task's
 age, else the age alone), with jitter, a floor and a cap. A 429 on a poll pauses every poll, not just one
 task's. Nobody is polled after it is known to be terminal. Waiters (`wait()`, `as_completed()`) attach
-callbacks with an optional deadline; a task nobody waits for is still polled until it ends when it holds one
+waiters with an optional deadline; a task nobody waits for is still polled until it ends when it holds one
 of the client's running-task slots, so that the slot is given back.
 """
 
@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 from typing import final
 
 import anyio
+import anyio.abc
 import attrs
-from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._clock import Clock
 from ._exceptions import (
@@ -49,8 +50,10 @@ class PollPolicy:
     The first poll comes `first_poll_after` a submission. After that, the poller aims `lead` seconds before
     the finish the server predicts (its `eta`, or an estimate from `progress_percent` and the task's age),
     then looks every `min_interval` until the task ends, never waiting more than `max_interval`. Without any
-    hint it waits `age_factor` times the task's age. Each interval gets up to `jitter` of it added at random.
-    `max_polls_per_second` bounds the whole client's poll rate; `max_polls_in_flight` its concurrent polls.
+    hint it waits `age_factor` times the task's age. Jitter (`jitter` of the wait, at most `lead` when aiming
+    at a predicted finish) spreads polls out; it only ever makes a poll earlier than the predicted finish,
+    never later. `max_polls_per_second` bounds the whole client's poll rate; `max_polls_in_flight` its
+    concurrent polls.
     With webhooks on (`PixVerseClient(webhook_url=...)`), a task is polled only every `webhook_fallback`
     seconds, as a fallback for lost deliveries: each webhook triggers one confirming poll instead.
     """
@@ -58,23 +61,26 @@ class PollPolicy:
     first_poll_after: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
     min_interval: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
     max_interval: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
-    lead: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
+    lead: float = attrs.field(default=0.25, validator=attrs.validators.ge(0.0))
     age_factor: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
     jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
-    max_polls_per_second: float | None = attrs.field(default=50.0)
-    max_polls_in_flight: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    max_polls_per_second: float | None = attrs.field(default=200.0)
+    max_polls_in_flight: int = attrs.field(default=64, validator=attrs.validators.ge(1))
     webhook_fallback: float = attrs.field(default=120.0, validator=attrs.validators.gt(0.0))
 
     def next_interval(self, result: TaskResult, age: float, rng: random.Random) -> float:
         remaining = self._predicted_remaining(result, age)
+        spread = self.jitter * rng.random()
         if remaining is None:
-            interval = age * self.age_factor
+            interval = age * self.age_factor * (1.0 + spread)
+        elif remaining - self.lead > self.max_interval:
+            interval = self.max_interval * (1.0 - spread)
         elif remaining > self.lead + self.min_interval:
-            interval = remaining - self.lead
+            aim = remaining - self.lead
+            interval = aim - min(self.lead, aim * spread)
         else:
             interval = self.min_interval
-        interval = min(self.max_interval, max(self.min_interval, interval))
-        return interval * (1.0 + self.jitter * rng.random())
+        return min(self.max_interval, max(self.min_interval, interval))
 
     @staticmethod
     def _predicted_remaining(result: TaskResult, age: float) -> float | None:
@@ -88,12 +94,32 @@ class PollPolicy:
 
 @attrs.define(slots=True, eq=False)
 class Waiter:
-    """Someone waiting for a task: `callback(outcome)` is called once, with the result or an error."""
+    """Someone waiting for a task: `deliver(outcome)` is called once, with the final result or an error, by
+    `deadline` (on the client's clock) if there is one; `progress(result)` on every poll before that."""
 
-    callback: Callable[[Outcome], None]
     deadline: float | None
     timeout: float | None
-    on_progress: ProgressCallback | None = None
+
+    def deliver(self, outcome: Outcome) -> None:
+        raise NotImplementedError
+
+    def progress(self, result: TaskResult) -> None:
+        """Called with each non-final poll result; nothing by default."""
+
+
+@attrs.define(slots=True, eq=False)
+class CallbackWaiter(Waiter):
+    """A waiter made of two functions."""
+
+    on_outcome: Callable[[Outcome], None] = attrs.field(kw_only=True)
+    on_progress: ProgressCallback | None = attrs.field(default=None, kw_only=True)
+
+    def deliver(self, outcome: Outcome) -> None:
+        self.on_outcome(outcome)
+
+    def progress(self, result: TaskResult) -> None:
+        if self.on_progress is not None:
+            self.on_progress(result)
 
 
 @attrs.define(slots=True, eq=False)
@@ -141,7 +167,10 @@ class Poller:
         self._tokens = 1.0
         self._tokens_at = 0.0
         self._wake_scope: anyio.CancelScope | None = None
-        self._running = False
+        # When the sleeping loop next looks at the heap by itself (clock time); inf while it waits on a poll
+        # slot. Waking it costs a cancellation, so it is woken only for what comes before that.
+        self._sleeping_until = -math.inf
+        self._waiting_for_slot = False
         self._closed = False
         # Terminal results nobody has asked for yet, so a later wait() costs no request.
         self._unclaimed: OrderedDict[str, TaskResult] = OrderedDict()
@@ -150,6 +179,10 @@ class Poller:
     @property
     def pending_count(self) -> int:
         return len(self._pending)
+
+    @property
+    def polls_in_flight(self) -> int:
+        return self._in_flight
 
     def track(self, task_id: str, *, holds_slot: bool) -> None:
         """Start following a task this client just submitted."""
@@ -171,11 +204,11 @@ class Poller:
     def watch(self, task_id: str, waiter: Waiter) -> None:
         """Call `waiter` when `task_id` ends (or its deadline passes); polls it now if it is not followed yet."""
         if self._closed:
-            waiter.callback(ClientClosedError("the client is closed"))
+            waiter.deliver(ClientClosedError("the client is closed"))
             return
         finished = self._unclaimed.pop(task_id, None)
         if finished is not None:
-            waiter.callback(finished)
+            waiter.deliver(finished)
             return
         pending = self._pending.get(task_id)
         now = self._clock.now()
@@ -210,19 +243,32 @@ class Poller:
             self._limiter.release()
         self._drop_if_unneeded(pending)
 
-    async def run(self) -> None:
-        self._running = True
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The poller's loop, until cancelled; with `task_group.start()`, returns once its workers exist."""
+        # A fixed pool of poll workers fed through a stream: much cheaper than a new task for every poll.
+        workers = self._policy.max_polls_in_flight
+        send, receive = anyio.create_memory_object_stream[PendingTask](workers)
         try:
-            async with anyio.create_task_group() as polls:
+            async with anyio.create_task_group() as group, send, receive:
+                for _ in range(workers):
+                    group.start_soon(self._poll_worker, receive)
+                task_status.started()
                 while True:
-                    delay = self._start_due_polls(polls, self._clock.now())
+                    now = self._clock.now()
+                    delay = self._start_due_polls(send, now)
+                    self._sleeping_until = now + delay
                     with anyio.CancelScope() as self._wake_scope:
                         if math.isinf(delay):
                             await anyio.sleep_forever()
                         await self._clock.sleep(delay)
                     self._wake_scope = None
+                    self._sleeping_until = -math.inf
         finally:
             self._close()
+
+    async def _poll_worker(self, due_polls: MemoryObjectReceiveStream[PendingTask]) -> None:
+        async for pending in due_polls:
+            await self._poll(pending)
 
     def _close(self) -> None:
         self._closed = True
@@ -231,19 +277,22 @@ class Poller:
         for task in pending.values():
             task.done = True
             for waiter in task.waiters:
-                waiter.callback(ClientClosedError(f"the client was closed while waiting for task {task.task_id}"))
+                waiter.deliver(ClientClosedError(f"the client was closed while waiting for task {task.task_id}"))
 
     def _schedule(self, pending: PendingTask, due: float) -> None:
         pending.due = due
         self._sequence += 1
         heapq.heappush(self._heap, (due, self._sequence, pending))
-        self._wake()
+        if due < self._sleeping_until:
+            self._wake()
 
     def _wake(self) -> None:
         if self._wake_scope is not None:
             self._wake_scope.cancel()
+            self._wake_scope = None
+            self._sleeping_until = -math.inf
 
-    def _start_due_polls(self, polls: TaskGroup, now: float) -> float:
+    def _start_due_polls(self, polls: MemoryObjectSendStream[PendingTask], now: float) -> float:
         """Start every poll that is due and allowed; return how long until the next one may start."""
         while self._heap:
             due, _, pending = self._heap[0]
@@ -253,7 +302,8 @@ class Poller:
             if due > now:
                 return due - now
             if self._in_flight >= self._policy.max_polls_in_flight:
-                return math.inf  # a finishing poll wakes the loop
+                self._waiting_for_slot = True  # a finishing poll wakes the loop
+                return math.inf
             if self._paused_until > now:
                 return self._paused_until - now
             wait_for_token = self._take_token(now)
@@ -263,7 +313,7 @@ class Poller:
             pending.due = math.inf
             pending.in_flight = True
             self._in_flight += 1
-            polls.start_soon(self._poll, pending)
+            polls.send_nowait(pending)  # never blocks: at most max_polls_in_flight are queued or running
         return math.inf
 
     def _take_token(self, now: float) -> float:
@@ -294,7 +344,9 @@ class Poller:
         finally:
             pending.in_flight = False
             self._in_flight -= 1
-            self._wake()
+            if self._waiting_for_slot:
+                self._waiting_for_slot = False
+                self._wake()
 
     def _on_poll_result(self, pending: PendingTask, result: TaskResult) -> None:
         if result.is_terminal:
@@ -302,8 +354,7 @@ class Poller:
             return
         now = self._clock.now()
         for waiter in pending.waiters:
-            if waiter.on_progress is not None:
-                waiter.on_progress(result)
+            waiter.progress(result)
         self._expire_waiters(pending, now)
         if not self._drop_if_unneeded(pending):
             if self._webhooks:
@@ -339,7 +390,7 @@ class Poller:
             return
         pending.waiters = tuple(w for w in pending.waiters if w not in expired)
         for waiter in expired:
-            waiter.callback(TaskTimeoutError(pending.task_id, waiter.timeout or 0.0))
+            waiter.deliver(TaskTimeoutError(pending.task_id, waiter.timeout or 0.0))
 
     @staticmethod
     def _capped_by_deadlines(pending: PendingTask, due: float) -> float:
@@ -366,4 +417,4 @@ class Poller:
                 self._unclaimed.popitem(last=False)
         waiters, pending.waiters = pending.waiters, ()
         for waiter in waiters:
-            waiter.callback(outcome)
+            waiter.deliver(outcome)

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from pixverse_async import (
+    AsCompleted,
     EventKind,
     ImageToVideo,
     InsufficientBalanceError,
@@ -178,7 +179,7 @@ async def test_leaving_early_stops_everything_and_keeps_the_paid_task_ids(how: s
                 break
             gc.collect()
             await anyio.lowlevel.checkpoint()
-        await _settle(client)
+        await _settle(client, stream)
         requests_after_exit = sim.counters.poll_requests + sim.counters.submit_requests
         sim.advance(1000)
         await anyio.sleep(0.05)  # real time in which a leftover poller or submitter would show up
@@ -193,9 +194,11 @@ async def test_leaving_early_stops_everything_and_keeps_the_paid_task_ids(how: s
             assert all(task.request is not None for task in stream.unfinished)
 
 
-async def _settle(client: PixVerseClient) -> None:
+async def _settle(client: PixVerseClient, stream: AsCompleted) -> None:
+    """Wait until a left run has wound down: a plain `async for` is cleaned up only once asyncio closes its
+    dropped iterator, and a submission already on the wire may still get its answer."""
     with anyio.fail_after(5):
-        while client.pending_tasks:
+        while client.pending_tasks or client.polls_in_flight or stream.counts.submitting:
             await anyio.sleep(0.001)
 
 
@@ -323,3 +326,31 @@ async def test_a_callback_refusing_submitting_stops_the_run_before_that_job_is_s
                     seen.append(result)
     assert [str(getattr(r.request, "prompt", "")) for r in seen] == [f"run 1 #{i}" for i in range(3)]
     assert sim.counters.submit_requests == 3
+
+
+async def test_submissions_on_the_wire_are_bounded_apart_from_running_tasks() -> None:
+    on_the_wire = 0
+    peak = 0
+    created = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal on_the_wire, peak, created
+        if request.method == "GET":
+            task = {"task_id": request.query["task_id"], "status": "TASK_STATUS_SUCCEED"}
+            return web.json_response({"task": task, "videos": []})
+        on_the_wire += 1
+        peak = max(peak, on_the_wire)
+        await anyio.sleep(0.005)  # holds the answer so that submissions overlap
+        on_the_wire -= 1
+        created += 1
+        return web.json_response({"task_id": f"t{created}"})
+
+    async with (
+        tiny_server(handler) as url,
+        PixVerseClient(
+            KEY, base_url=url, clock=ScaledClock(SCALE), max_concurrency=40, max_submissions_in_flight=4
+        ) as client,
+    ):
+        results = await collect(client, jobs(40))
+    assert len(results) == 40 and created == 40
+    assert 2 <= peak <= 4
