@@ -70,6 +70,8 @@ class SimConfig:
     max_running_per_key: int | None = None
     seed: int = 1
     duration_by_prompt: bool = False
+    webhook_timeout: float = 5.0
+    webhook_drop_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class ServerStats:
     server_cpu_seconds: float
     #: The highest request rate (submits and polls) over any 0.25 s of real time.
     peak_requests_per_second: float
+    #: Webhook deliveries the receiver answered 2xx.
+    webhooks_delivered: int = 0
 
     @property
     def requests(self) -> int:
@@ -243,6 +247,8 @@ async def _serve(connection: Connection, config: SimConfig) -> None:
         plan=plan,
         max_running_per_key=config.max_running_per_key,
         seed=config.seed,
+        webhook_timeout=config.webhook_timeout,
+        webhook_drop_rate=config.webhook_drop_rate,
     ) as sim:
         connection.send((sim.base_url, sim.now(), time.monotonic()))
         cpu_at_reset = time.process_time()
@@ -273,6 +279,7 @@ async def _serve(connection: Connection, config: SimConfig) -> None:
                         max_running=max(counters.max_running_by_key.values(), default=0),
                         server_cpu_seconds=time.process_time() - cpu_at_reset,
                         peak_requests_per_second=peak_rate.peak,
+                        webhooks_delivered=counters.webhooks_delivered,
                     )
                 )
             elif command == "task_times":

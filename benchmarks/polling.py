@@ -3,7 +3,7 @@
 2,000 jobs whose durations are log-normal around 40 simulated seconds (`Simulator.lognormal(40, 0.5)`),
 all running at once. The library's `as_completed` (`max_concurrency` = the number of jobs, its shared
 poller following the server's `eta`), with `max_polls_per_second=None` and with the default `PollPolicy()`
-(at most 50 polls per second for the whole client), against the naive way: `asyncio.gather` over every
+(at most 200 polls per second for the whole client), against the naive way: `asyncio.gather` over every
 job, each coroutine submitting and then sleeping a fixed interval between polls (1 s and 5 s, scaled like
 the simulator). A job's duration follows from its prompt, so every contender gets the same durations.
 

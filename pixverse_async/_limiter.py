@@ -29,6 +29,9 @@ class RunningTaskLimiter:
 
     async def acquire(self) -> None:
         while self.in_use >= self.limit:
+            # Checked just above with nothing running in between: a set event is stale, so renew it.
+            if self._changed.is_set():
+                self._changed = anyio.Event()
             await self._changed.wait()
         self.in_use += 1
 
@@ -54,4 +57,3 @@ class RunningTaskLimiter:
     def _notify(self) -> None:
         # Wake every waiter; each re-checks the limit. Cheap: waiters are at most the submitters in flight.
         self._changed.set()
-        self._changed = anyio.Event()

@@ -66,7 +66,7 @@ class PollPolicy:
     jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
     max_polls_per_second: float | None = attrs.field(default=200.0)
     max_polls_in_flight: int = attrs.field(default=64, validator=attrs.validators.ge(1))
-    webhook_fallback: float = attrs.field(default=120.0, validator=attrs.validators.gt(0.0))
+    webhook_fallback: float = attrs.field(default=300.0, validator=attrs.validators.gt(0.0))
 
     def next_interval(self, result: TaskResult, age: float, rng: random.Random) -> float:
         remaining = self._predicted_remaining(result, age)
