@@ -1,8 +1,8 @@
 """`client.as_completed(jobs)`: many jobs in, one `JobResult` out per job, in the order they finish.
 
 Input is pulled lazily: the next job is taken only once a running-task slot is free and fewer than
-`max_concurrency` results wait to be read, so memory stays flat however long the input. Submissions run
-concurrently; the client's shared poller follows every task. Leaving early (break, exception, cancellation)
+`max_concurrency` results wait to be read, so memory stays flat however long the input. A fixed pool of
+`max_submissions_in_flight` submitters does the submitting; the client's shared poller follows every task. Leaving early (break, exception, cancellation)
 cancels the feeding and the waiting at once; submissions already on the wire are allowed to get their answer,
 so every task that was paid for is listed in `unfinished`.
 """
@@ -14,11 +14,10 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, final
+from typing import TYPE_CHECKING, Any, Self, final
 
 import anyio
 import attrs
-from anyio.abc import TaskGroup
 
 from ._exceptions import (
     AuthenticationError,
@@ -235,38 +234,41 @@ class AsCompleted:
     # -- feeding ------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # A fixed pool of submitters, each pulling its next job itself: the submissions on the wire are
+        # bounded apart from max_concurrency, and a job costs no task of its own.
+        submitters = min(self._client.max_submissions_in_flight, self._client.max_concurrency)
+        jobs = _JobSource(self._jobs)
         try:
             with self._scope:
-                async with anyio.create_task_group() as submissions:
-                    await self._feed(submissions)
+                async with anyio.create_task_group() as group:
+                    for _ in range(submitters):
+                        group.start_soon(self._submitter, jobs)
         except Exception as error:  # the input iterable raised: report it after the running jobs
             self._stop_error = self._stop_error or error
         finally:
             self._feeding_done.set()
             self._notify()
 
-    async def _feed(self, submissions: TaskGroup) -> None:
-        """Pull the next job only when a running-task slot is free, a submission may go on the wire, and the
-        results are being read: memory stays flat, and so do the requests in flight."""
+    async def _submitter(self, jobs: _JobSource) -> None:
+        """Take the next job only when a running-task slot is free and the results are being read, so that
+        memory stays flat however long the input."""
         limiter = self._client._limiter
         backlog_limit = self._client.max_concurrency
-        on_the_wire = anyio.Semaphore(self._client.max_submissions_in_flight, fast_acquire=True)
-        async for job in _aiter(self._jobs):
+        while self._stop_error is None:
             while len(self._ready) >= backlog_limit:
                 await self._wait_changed()
-            await on_the_wire.acquire()
+            await limiter.acquire()
             try:
-                await limiter.acquire()
+                job = await jobs.next()
             except BaseException:
-                on_the_wire.release()
-                raise
-            if self._stop_error is not None:
                 limiter.release()
-                on_the_wire.release()
+                raise
+            if job is _EXHAUSTED or self._stop_error is not None:
+                limiter.release()
                 return
-            submissions.start_soon(self._start_job, job, on_the_wire)
+            await self._start_job(job)
 
-    async def _start_job(self, job: Job, on_the_wire: anyio.Semaphore) -> None:
+    async def _start_job(self, job: Job) -> None:
         """Submit (or adopt) one job while holding a running-task slot, then hand it to the poller."""
         self.counts.submitting += 1
         try:
@@ -281,7 +283,6 @@ class AsCompleted:
             return
         finally:
             self.counts.submitting -= 1
-            on_the_wire.release()
         self.counts.running += 1
         self._emit(JobEvent(EventKind.SUBMITTED, job, task_id))
         if self._closed:
@@ -405,10 +406,23 @@ def _request_of(job: Job) -> ImageToVideo | None:
     return job.request if isinstance(job, Task) else None
 
 
-async def _aiter(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterator[Job]:
-    if isinstance(jobs, AsyncIterable):
-        async for job in jobs:
-            yield job
-    else:
-        for job in jobs:
-            yield job
+_EXHAUSTED = object()
+
+
+@final
+class _JobSource:
+    """The input, shared by the submitters: a plain iterator is read directly, an async one under a lock
+    (an async generator may not be advanced by two tasks at once)."""
+
+    def __init__(self, jobs: Iterable[Job] | AsyncIterable[Job]) -> None:
+        self._sync = iter(jobs) if not isinstance(jobs, AsyncIterable) else None
+        self._async = aiter(jobs) if isinstance(jobs, AsyncIterable) else None
+        self._lock = anyio.Lock(fast_acquire=True)
+
+    async def next(self) -> Any:
+        """The next job, or `_EXHAUSTED`."""
+        if self._sync is not None:
+            return next(self._sync, _EXHAUSTED)
+        assert self._async is not None
+        async with self._lock:
+            return await anext(self._async, _EXHAUSTED)
