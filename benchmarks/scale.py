@@ -12,9 +12,8 @@ client's poller follows 10,000 tasks, the memory above the reading taken just be
 10,000, is what one pending task costs. Two readings, each in its own run: resident memory (RSS, what the
 machine pays, allocator slack included) and `tracemalloc`'s traced memory (live Python objects only,
 steadier; tracemalloc slows the run and adds to RSS itself, hence its own run). RSS is read twice: with the
-client's own session, whose connection pool is as large as `max_concurrency` (submitting 10,000 at once
-opens up to 10,000 connections, which then stay open, idle), and with a session of the user's limited to
-100 connections, which isolates the library's per-task state; the traced reading uses the latter.
+client's own session (its connection pool is sized for requests in flight, 128, not for running tasks), and
+with a session of the user's limited to 100 connections; the traced reading uses the latter.
 
 Every measurement runs in a fresh process (spawned), so that none inherits the heap of another; the
 simulator runs in a process of its own, so its per-task records are not counted.
@@ -283,7 +282,7 @@ def pending_table(base_url: str, api_key: str, pending: int) -> Table:
         ),
     )
     verdicts: list[str] = []
-    own_session = "own (pool = max_concurrency)"
+    own_session = "client's own session"
     user_session = f"user's, {USER_SESSION_CONNECTIONS} connections"
     runs = (
         # (The own session's traced memory is left out: it adds 30 s, and RSS already shows the pool's cost.)
