@@ -28,7 +28,6 @@ from aiohttp import web
 
 from benchmarks._common import (
     IMAGE_URL,
-    LogNormal,
     ServerStats,
     SimConfig,
     SimulatorProcess,
@@ -37,15 +36,14 @@ from benchmarks._common import (
     parse_quick_flag,
     percentile,
 )
+
+# The polling benchmark's workload, so that the two compare.
+from benchmarks.polling import DURATIONS, FULL_JOBS, QUICK_JOBS, TIME_SCALE
 from pixverse_async import ImageToVideo, PixVerseClient, PollPolicy
 from pixverse_async.testing import ScaledClock
 from pixverse_async.web import aiohttp_webhook_handler
 
-TIME_SCALE = 0.08
 QUICK_TIME_SCALE = 0.02
-DURATIONS = LogNormal(median=40.0, sigma=0.5)
-FULL_JOBS = 2_000
-QUICK_JOBS = 200
 WEBHOOK_TIMEOUT = 60.0  # simulated seconds: 4.8 s of real time at 0.08
 LOST_SHARE = 0.2
 
