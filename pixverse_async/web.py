@@ -39,10 +39,10 @@ __all__ = [
 
 LIFESPAN_STATE_KEY = "pixverse"
 
-Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]]
+_Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]]
 
 
-def pixverse_lifespan(**client_options: Any) -> Lifespan:
+def pixverse_lifespan(**client_options: Any) -> _Lifespan:
     """An ASGI lifespan (for `Starlette(lifespan=...)` / `FastAPI(lifespan=...)`) that opens one client for
     the app's life and closes it on shutdown. `client_options` go to `PixVerseClient`. Handlers get the
     client with `client_from(request)`."""

@@ -6,6 +6,7 @@ import inspect
 
 import pixverse_async
 import pixverse_async.testing
+import pixverse_async.web
 from pixverse_async import (
     APIConnectionError,
     APIStatusError,
@@ -21,15 +22,20 @@ def _isort_style(name: str) -> tuple[int, str]:
 
 
 def test_all_is_sorted_and_complete() -> None:
-    for module in (pixverse_async, pixverse_async.testing):
+    for module in (pixverse_async, pixverse_async.testing, pixverse_async.web):
         assert module.__all__ == sorted(module.__all__, key=_isort_style), "keep __all__ sorted (ruff RUF022)"
         assert len(set(module.__all__)) == len(module.__all__)
         for name in module.__all__:
             assert hasattr(module, name), name
+        # A package re-exports its private modules' names; a plain module's public names are its own.
+        is_package = hasattr(module, "__path__")
         public = {
             name
             for name, value in vars(module).items()
-            if not name.startswith("_") and not inspect.ismodule(value) and name not in {"annotations"}
+            if not name.startswith("_")
+            and not inspect.ismodule(value)
+            and name not in {"annotations", "TYPE_CHECKING"}
+            and (is_package or getattr(value, "__module__", module.__name__) == module.__name__)
         }
         assert public <= set(module.__all__), public - set(module.__all__)
 
