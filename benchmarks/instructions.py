@@ -8,7 +8,7 @@ with N jobs and with none, and divide the difference by N (the simulator child p
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m benchmarks.instructions lib 0
     (and the same with `raw`)
 
-Measured on 2026-11-26: the raw aiohttp loop 1.03M instructions per job, `as_completed` 1.52M (1.47x).
+Measured on 2026-11-26: the raw aiohttp loop 1.03M instructions per job, `as_completed` 1.47M (1.42x).
 The count comes from the client process only and repeats exactly from run to run.
 """
 
