@@ -332,7 +332,9 @@ class PixVerseClient:
         """Wait until the task ends and return its result.
 
         Raises `TaskFailedError` if it failed, `TaskTimeoutError` if `timeout` seconds pass first (the task
-        keeps running on the server). Polling is shared with every other wait of this client.
+        keeps running on the server). Polling is shared with every other wait of this client. Waiting on a task
+        this client did not submit does not take one of its `max_concurrency` slots (a wait never queues
+        behind the limit).
         """
         task_id = _task_id_of(task)
         check_timeout(timeout)
