@@ -15,7 +15,6 @@ import attrs
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MIN_SIDE_PX = 300
-MAX_ASPECT_RATIO = 2.5
 
 ImageFormat = Literal["jpeg", "png"]
 

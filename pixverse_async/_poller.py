@@ -174,7 +174,6 @@ class Poller:
         self._closed = False
         # Terminal results nobody has asked for yet, so a later wait() costs no request.
         self._unclaimed: OrderedDict[str, TaskResult] = OrderedDict()
-        self.polls_sent = 0
 
     @property
     def pending_count(self) -> int:
@@ -322,7 +321,6 @@ class Poller:
 
     async def _poll(self, pending: PendingTask) -> None:
         try:
-            self.polls_sent += 1
             result = await self._fetch(pending.task_id)
         except RateLimitError as error:
             self._on_poll_rate_limited(pending, error)
