@@ -285,15 +285,17 @@ class AsCompleted:
         finally:
             self.counts.submitting -= 1
         self.counts.running += 1
-        self._emit(JobEvent(EventKind.SUBMITTED, job, task_id))
+        self._emit(EventKind.SUBMITTED, job, task_id)
         if self._closed:
             # The answer of a submission already on the wire arrived after the run was left: keep the paid
             # task in `unfinished`, but poll it no more.
             self._running[task_id] = job
             self._client._limiter.release()
             return
-        self._state.poller.track(task_id, holds_slot=True)
-        self._watch(job, task_id)
+        deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
+        waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id)
+        self._running[task_id] = waiter
+        await self._state.poller.follow(task_id, waiter, holds_slot=True)
 
     async def _submit(self, job: Job) -> str:
         if isinstance(job, Task | str):
@@ -319,17 +321,11 @@ class AsCompleted:
             raise
 
         def on_retry(attempt: int, error: PixVerseError) -> None:
-            self._emit(JobEvent(EventKind.RETRIED, job, error=error, attempt=attempt))
+            self._emit(EventKind.RETRIED, job, error=error, attempt=attempt)
 
         return await self._client._submit_holding_slot(
             self._state, job, body, on_retry=on_retry, finish_sent_requests=True
         )
-
-    def _watch(self, job: Job, task_id: str) -> None:
-        deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
-        waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id)
-        self._running[task_id] = waiter
-        self._state.poller.watch(task_id, waiter)
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job
@@ -356,18 +352,28 @@ class AsCompleted:
         )
         if job_result.ok:
             self.counts.succeeded += 1
-            self._emit(JobEvent(EventKind.SUCCEEDED, job, task_id, progress_percent=100.0))
+            self._emit(EventKind.SUCCEEDED, job, task_id, progress_percent=100.0)
         else:
             self.counts.failed += 1
-            self._emit(JobEvent(EventKind.FAILED, job, task_id, error=error))
+            self._emit(EventKind.FAILED, job, task_id, error=error)
         self._ready.append(job_result)
         self._notify()
 
-    def _emit(self, event: JobEvent) -> None:
-        if self._on_event is None:
+    def _emit(
+        self,
+        kind: EventKind,
+        job: Job,
+        task_id: str | None = None,
+        *,
+        progress_percent: float | None = None,
+        eta: float | None = None,
+        error: PixVerseError | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        if self._on_event is None:  # checked before building the event: this runs several times per job
             return
         try:
-            self._on_event(event)
+            self._on_event(JobEvent(kind, job, task_id, progress_percent, eta, error, attempt))
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
@@ -385,8 +391,9 @@ class _JobWaiter(Waiter):
         self.run._on_outcome(self, outcome)
 
     def progress(self, result: TaskResult) -> None:
-        if self.run._on_event is not None:
-            self.run._emit(JobEvent(EventKind.PROGRESS, self.job, self.task_id, result.progress_percent, result.eta))
+        self.run._emit(
+            EventKind.PROGRESS, self.job, self.task_id, progress_percent=result.progress_percent, eta=result.eta
+        )
 
 
 def _job_of(entry: _JobWaiter | Job) -> Job:

@@ -186,10 +186,52 @@ class Poller:
     def track(self, task_id: str, *, holds_slot: bool) -> None:
         """Start following a task this client just submitted."""
         now = self._clock.now()
+        self._schedule(self._add(task_id, now, holds_slot), now + self._first_poll_delay())
+
+    async def follow(self, task_id: str, waiter: Waiter, *, holds_slot: bool) -> None:
+        """Start following a task this client just submitted, with its first waiter.
+
+        When the first poll is due at once (`first_poll_after=0`) and may start now, it is made here, in the
+        caller's task, rather than handed to the loop: that saves a task and a wake-up per job.
+        """
+        if self._closed or task_id in self._pending or task_id in self._unclaimed:
+            # A resumed task that is already followed (a wait() on it) or has ended: share what is there.
+            if holds_slot:
+                self._take_over_slot(task_id)
+            self.watch(task_id, waiter)
+            return
+        now = self._clock.now()
+        pending = self._add(task_id, now, holds_slot)
+        pending.waiters = (waiter,)
+        first = now + self._first_poll_delay()
+        if waiter.deadline is not None:
+            first = min(first, waiter.deadline)
+        if first > now or not self._may_start_poll(now):
+            self._schedule(pending, first)
+            return
+        self._claim(pending)
+        try:
+            await self._poll(pending)
+        finally:
+            if not pending.done and not pending.in_flight and math.isinf(pending.due):
+                # Cancelled mid-poll: whoever still needs the task gets it polled by the loop.
+                self._schedule(pending, self._clock.now())
+
+    def _take_over_slot(self, task_id: str) -> None:
+        """The caller took a running-task slot for a task this poller already knows: the task keeps one."""
+        pending = self._pending.get(task_id)
+        if pending is not None and not pending.holds_slot and not pending.done:
+            pending.holds_slot = True
+        else:
+            self._limiter.release()
+
+    def _add(self, task_id: str, now: float, holds_slot: bool) -> PendingTask:
         pending = PendingTask(task_id=task_id, started_at=now, holds_slot=holds_slot)
         self._pending[task_id] = pending
-        first = self._policy.webhook_fallback if self._webhooks else self._policy.first_poll_after
-        self._schedule(pending, now + first)
+        return pending
+
+    def _first_poll_delay(self) -> float:
+        return self._policy.webhook_fallback if self._webhooks else self._policy.first_poll_after
 
     def confirm(self, task_id: str) -> bool:
         """A webhook says the task ended: poll it now to confirm. False if the task is not followed here."""
@@ -302,11 +344,20 @@ class Poller:
             if wait_for_token > 0:
                 return wait_for_token
             heapq.heappop(self._heap)
-            pending.due = math.inf
-            pending.in_flight = True
-            self._in_flight += 1
+            self._claim(pending)
             polls.start_soon(self._poll, pending)
         return math.inf
+
+    def _may_start_poll(self, now: float) -> bool:
+        """Whether a poll may start now (in flight, 429 pause, rate), taking a rate token if so."""
+        if self._in_flight >= self._policy.max_polls_in_flight or self._paused_until > now:
+            return False
+        return self._take_token(now) == 0
+
+    def _claim(self, pending: PendingTask) -> None:
+        pending.due = math.inf  # any heap entry of it is stale from now on
+        pending.in_flight = True
+        self._in_flight += 1
 
     def _take_token(self, now: float) -> float:
         rate = self._policy.max_polls_per_second

@@ -270,6 +270,55 @@ async def test_as_completed_and_wait_share_one_poller() -> None:
     assert sim.counters.polls_by_task[task.task_id] <= 6
 
 
+async def test_resuming_a_task_that_is_awaited_shares_its_polls_and_its_slot() -> None:
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=2) as client:
+        task = await client.submit(ImageToVideo("run 40", URL))
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.wait, task)
+            await anyio.wait_all_tasks_blocked()
+            (resumed,) = await collect(client, [task])
+        polls_of_the_task = sim.counters.polls_by_task[task.task_id]
+        later = await collect(client, jobs(4, "run 5"))
+    assert resumed.ok and all(r.ok for r in later)
+    assert polls_of_the_task <= 6
+    # Both slots came back: two of the later jobs ran side by side, never three.
+    assert sim.counters.max_running_by_key[KEY] == 2
+
+
+async def test_first_polls_made_right_after_submitting_respect_the_poll_limits() -> None:
+    polls_on_the_wire = 0
+    peak = 0
+    created = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal polls_on_the_wire, peak, created
+        if request.method == "POST":
+            created += 1
+            return web.json_response({"task_id": f"t{created}"})
+        polls_on_the_wire += 1
+        peak = max(peak, polls_on_the_wire)
+        await anyio.sleep(0.005)  # holds the answer so that polls overlap
+        polls_on_the_wire -= 1
+        task = {"task_id": request.query["task_id"], "status": "TASK_STATUS_SUCCEED"}
+        return web.json_response({"task": task, "videos": []})
+
+    policy = PollPolicy(first_poll_after=0, max_polls_per_second=None, max_polls_in_flight=3)
+    async with (
+        tiny_server(handler) as url,
+        PixVerseClient(
+            KEY,
+            base_url=url,
+            clock=ScaledClock(SCALE),
+            max_concurrency=30,
+            max_submissions_in_flight=10,
+            polling=policy,
+        ) as client,
+    ):
+        results = await collect(client, jobs(30))
+    assert len(results) == 30 and all(r.ok for r in results)
+    assert 2 <= peak <= 3
+
+
 async def test_a_429_on_polls_pauses_every_poll() -> None:
     clock = ScaledClock(SCALE)
     poll_times: list[float] = []
