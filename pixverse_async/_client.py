@@ -219,7 +219,7 @@ class PixVerseClient:
             return await anyio.to_thread.run_sync(
                 lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
             )
-        if isinstance(image, str) and not image.lower().startswith("data:"):
+        if isinstance(image, str) and image[:5].lower() != "data:":
             return image
         return encode_image(bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri)
 

@@ -22,10 +22,15 @@ _converter = cattrs.Converter()
 
 
 def _lenient_float(value: object) -> float | None:
-    if isinstance(value, bool):
+    if type(value) is float:  # what the API sends, tested first: this runs several times per poll
+        number = value
+    elif value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        number = float(value)
+    elif isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -42,9 +47,9 @@ def _lenient_int(value: object) -> int | None:
 
 
 def _lenient_str(value: object) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else str(value)
+    if type(value) is str:
+        return value
+    return "" if value is None else str(value)
 
 
 _VIDEO_FIELDS = {
@@ -57,6 +62,8 @@ _converter.register_unstructure_hook(Video, make_dict_unstructure_fn(Video, _con
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
     return value if isinstance(value, Mapping) else {}
 
 
@@ -66,11 +73,14 @@ def _structure_task_result(body: object, _: object = None, received_at: datetime
     top = _mapping(body)
     task = _mapping(top.get("task"))
     raw_videos = top.get("videos")
-    videos = tuple(
-        _structure_video(video, received_at or datetime.now(UTC))
-        for video in (raw_videos if isinstance(raw_videos, list) else ())
-        if isinstance(video, Mapping) and isinstance(video.get("video_url"), str) and video["video_url"]
-    )
+    videos: tuple[Video, ...] = ()
+    if raw_videos and isinstance(raw_videos, list):
+        received_at = received_at or datetime.now(UTC)
+        videos = tuple(
+            _structure_video(video, received_at)
+            for video in raw_videos
+            if isinstance(video, Mapping) and isinstance(video.get("video_url"), str) and video["video_url"]
+        )
     raw_status = _lenient_str(task.get("status"))
     return TaskResult(
         task_id=_lenient_str(task.get("task_id")),
