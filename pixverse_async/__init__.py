@@ -35,8 +35,7 @@ from ._http import Timeouts
 from ._models import ImageToVideo, Resolution, Style, Task, TaskResult, TaskStatus, Video
 from ._poller import PollPolicy
 from ._retry import RetryPolicy
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_BASE_URL",

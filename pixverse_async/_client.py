@@ -44,7 +44,7 @@ from ._exceptions import (
     TaskFailedError,
     VideoExpiredError,
 )
-from ._http import AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts
+from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts
 from ._limiter import RunningTaskLimiter
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout, read_image_file
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
@@ -146,7 +146,9 @@ class PixVerseClient:
             if session is None:
                 # Connections are needed only for requests in flight (submissions, polls, downloads), not one
                 # per running task.
-                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=_CONNECTION_POOL_SIZE))
+                session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=_CONNECTION_POOL_SIZE), headers={"User-Agent": USER_AGENT}
+                )
                 stack.push_async_callback(session.close)
             transport = ApiTransport(session, self.base_url, self._api_key, self.timeouts)
             poller = Poller(

@@ -30,6 +30,7 @@ from ._exceptions import (
     ServerError,
 )
 from ._retry import parse_retry_after
+from ._version import __version__
 
 _AUTH_REASONS = frozenset({"MISSING_API_KEY", "INVALID_API_KEY", "BILLING_AUTH_FAILED"})
 _BALANCE_REASONS = frozenset({"BILLING_BALANCE_NOT_ENOUGH"})
@@ -40,7 +41,7 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     404: NotFoundError,
     429: RateLimitError,
 }
-_USER_AGENT = "pixverse-async"
+USER_AGENT = f"pixverse-async/{__version__}"
 _HTML_TAG = re.compile(r"<[^>]+>")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -121,12 +122,9 @@ class ApiTransport:
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeouts.for_api()
-        # Built once: aiohttp copies them into each request.
-        self._headers = {
-            "Authorization": f"Bearer {api_key.reveal()}",
-            "Accept": "application/json",
-            "User-Agent": _USER_AGENT,
-        }
+        # Built once, and only what must go with each request: aiohttp merges every header it is given, one
+        # by one, on every request. The User-Agent is a default of the session the client creates.
+        self._headers = {"Authorization": f"Bearer {api_key.reveal()}"}
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
 
     def redact(self, text: str) -> str:

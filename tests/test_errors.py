@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import pytest
 from aiohttp import web
 
+import pixverse_async
 from pixverse_async import (
     APIResponseError,
     APIStatusError,
@@ -115,15 +116,15 @@ async def test_a_server_echoing_the_key_never_gets_it_into_an_error() -> None:
 
 
 async def test_the_key_goes_only_to_the_api_host() -> None:
-    seen: list[str | None] = []
+    seen: list[tuple[str | None, str | None]] = []
 
     async def handler(request: web.Request) -> web.Response:
-        seen.append(request.headers.get("Authorization"))
+        seen.append((request.headers.get("Authorization"), request.headers.get("User-Agent")))
         return web.json_response({"task_id": "t1"})
 
     async with tiny_server(handler) as url, PixVerseClient(KEY, base_url=url) as client:
         await client.submit(ImageToVideo("p", "https://example.com/a.png"))
-    assert seen == [f"Bearer {KEY}"]
+    assert seen == [(f"Bearer {KEY}", f"pixverse-async/{pixverse_async.__version__}")]
 
 
 class FlakyServer:
