@@ -4,13 +4,14 @@ Each job is one submission and, since the simulator ends every task immediately 
 poll. The baseline is the least a client can do: N workers pulling from one shared iterator, each doing one
 POST and one GET per job with a bare `aiohttp.ClientSession`. The library runs the same jobs through
 `client.as_completed()` at `max_concurrency=N`, first with polls as soon as possible
-(`PollPolicy(max_polls_per_second=None, first_poll_after=0)`), then with the default `PollPolicy()`.
-Both keep the client's default caps on requests on the wire (32 submissions, 64 polls): raising them to N,
-like the loop's N workers, measured slower here (smaller batches are not the bottleneck; more concurrent
-requests cost the simulator and the client more per job).
+(`PollPolicy(max_polls_per_second=None, first_poll_after=0)`: the submitter then makes the first poll
+itself), then with the default `PollPolicy()`. Both keep the client's default caps on requests on the wire
+(64 submissions, 64 polls).
 
 The simulator runs in another process, so `time.process_time()` of this process is the client's CPU alone.
-Contenders are interleaved over several rounds and each figure is the median of its rounds.
+This machine is shared and its speed swings by tens of percent within seconds, so each contender's 10,000
+jobs run as 10 rounds of 1,000, interleaved (the order reverses every round), and every ratio is the median
+of the per-round ratios to the raw loop's run in the same round.
 
     python -m benchmarks.throughput [--quick]
 """
@@ -40,10 +41,10 @@ from pixverse_async import ImageToVideo, PixVerseClient, PollPolicy
 from pixverse_async.testing import ScaledClock
 
 TIME_SCALE = 0.001
-FULL_JOBS = 10_000
-QUICK_JOBS = 1_000
+JOBS_PER_ROUND = 1_000
+FULL_ROUNDS = 10
+QUICK_ROUNDS = 3
 CONCURRENCIES = (64, 256)
-ROUNDS = 2
 WARM_UP_JOBS = 300
 GOAL_RATIO = 0.9
 
@@ -141,16 +142,19 @@ async def measure(sim: SimulatorProcess, contender: Contender, jobs: int, concur
     )
 
 
-async def benchmark_concurrency(sim: SimulatorProcess, jobs: int, concurrency: int) -> Table:
+async def benchmark_concurrency(sim: SimulatorProcess, rounds: int, concurrency: int) -> Table:
+    jobs = JOBS_PER_ROUND
     for contender in CONTENDERS:  # connections, imports and caches warm before anything is timed
         await contender.run(sim, WARM_UP_JOBS, concurrency)
-    rounds: dict[str, list[Measurement]] = {contender.name: [] for contender in CONTENDERS}
-    for _ in range(ROUNDS):
-        for contender in CONTENDERS:
-            rounds[contender.name].append(await measure(sim, contender, jobs, concurrency))
+    runs: dict[str, list[Measurement]] = {contender.name: [] for contender in CONTENDERS}
+    for round_index in range(rounds):
+        order = CONTENDERS if round_index % 2 == 0 else CONTENDERS[::-1]
+        for contender in order:
+            runs[contender.name].append(await measure(sim, contender, jobs, concurrency))
 
     table = Table(
-        f"Throughput: {jobs:,} instant jobs at concurrency {concurrency} (median of {ROUNDS} interleaved rounds)",
+        f"Throughput: {rounds * jobs:,} instant jobs at concurrency {concurrency} "
+        f"({rounds} interleaved rounds of {jobs:,}; medians, ratios paired by round)",
         (
             "contender",
             "jobs/s",
@@ -162,45 +166,43 @@ async def benchmark_concurrency(sim: SimulatorProcess, jobs: int, concurrency: i
             "failed",
         ),
     )
-    baseline_name = CONTENDERS[0].name
-    baseline_rate = median([jobs / m.seconds for m in rounds[baseline_name]])
-    baseline_cpu = median([m.client_cpu_seconds / jobs for m in rounds[baseline_name]])
+    baseline = runs[CONTENDERS[0].name]
     ratios: dict[str, float] = {}
     for contender in CONTENDERS:
-        runs = rounds[contender.name]
-        rate = median([jobs / m.seconds for m in runs])
-        cpu_per_job = median([m.client_cpu_seconds / jobs for m in runs])
-        ratios[contender.name] = rate / baseline_rate
+        measured = runs[contender.name]
+        ratios[contender.name] = median([base.seconds / m.seconds for base, m in zip(baseline, measured, strict=True)])
         table.add(
             contender.name,
-            rate,
+            median([jobs / m.seconds for m in measured]),
             ratios[contender.name],
-            median([m.requests / jobs for m in runs]),
-            cpu_per_job * 1e6,
-            cpu_per_job / baseline_cpu,
-            median([m.server_cpu_seconds / jobs for m in runs]) * 1e6,
-            sum(m.failed for m in runs),
+            median([m.requests / jobs for m in measured]),
+            median([m.client_cpu_seconds / jobs for m in measured]) * 1e6,
+            median(
+                [m.client_cpu_seconds / base.client_cpu_seconds for base, m in zip(baseline, measured, strict=True)]
+            ),
+            median([m.server_cpu_seconds / jobs for m in measured]) * 1e6,
+            sum(m.failed for m in measured),
         )
-        if any(m.tasks_created != jobs for m in runs):
-            table.notes.append(f"WARNING: {contender.name} created {[m.tasks_created for m in runs]} tasks")
+        if any(m.tasks_created != jobs for m in measured):
+            table.notes.append(f"WARNING: {contender.name} created {[m.tasks_created for m in measured]} tasks")
     asap_ratio = ratios[CONTENDERS[1].name]
     table.notes.append(
         f"goal: as_completed (polls ASAP) >= {GOAL_RATIO}x the raw loop's jobs/s: {asap_ratio:.2f}x, "
         f"{goal_text(asap_ratio >= GOAL_RATIO)}"
     )
     table.notes.append(
-        "ratio = jobs/s over the baseline's; CPU ratio = client CPU per job over the baseline's "
-        "(both processes share 2 cores, so CPU per job is the steadier figure)"
+        "ratio = median over rounds of jobs/s over the baseline's in the same round; CPU ratio = the same for "
+        "client CPU per job"
     )
     return table
 
 
 async def run(quick: bool = False) -> list[Table]:
-    jobs = QUICK_JOBS if quick else FULL_JOBS
+    rounds = QUICK_ROUNDS if quick else FULL_ROUNDS
     tables = []
     with SimulatorProcess(SimConfig(time_scale=TIME_SCALE, duration=0.0)) as sim:
         for concurrency in CONCURRENCIES:
-            table = await benchmark_concurrency(sim, jobs, concurrency)
+            table = await benchmark_concurrency(sim, rounds, concurrency)
             table.print()
             tables.append(table)
     return tables

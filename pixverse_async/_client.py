@@ -52,10 +52,13 @@ from ._retry import RetryPolicy
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
 DEFAULT_MAX_CONCURRENCY = 64
+# As many as the poller's default polls in flight: together they fill the connection pool. Fewer halves the
+# requests in flight at max_concurrency=64, and each turn of the event loop then serves fewer of them.
+DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
 SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
 TASK_RESULT_PATH = "/v3/async/task-result"
 _DOWNLOAD_BUFFER_BYTES = 1 << 20
-_CONNECTION_POOL_SIZE = 128
+_DOWNLOAD_CONNECTIONS = 32
 
 T = TypeVar("T")
 RetryCallback = Callable[[int, PixVerseError], None]
@@ -79,7 +82,7 @@ class PixVerseClient:
 
     `api_key` falls back to `$PIXVERSE_API_KEY`, `base_url` to `$PIXVERSE_BASE_URL`, then
     `https://api.myrouter.ai`. `max_concurrency` (default 64) bounds the tasks this client has running on the
-    server at once, across every call; `max_submissions_in_flight` (default 32) the submissions that
+    server at once, across every call; `max_submissions_in_flight` (default 64) the submissions that
     `as_completed` has on the wire at once. An `aiohttp.ClientSession` you pass is used and left open; it must not
     carry an `Authorization` default header (it would go to the video host too). `clock` is where all waiting
     happens (tests pass a faster one).
@@ -92,7 +95,7 @@ class PixVerseClient:
         base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        max_submissions_in_flight: int = 32,
+        max_submissions_in_flight: int = DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT,
         timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen value
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen value
         polling: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
@@ -144,10 +147,11 @@ class PixVerseClient:
         async with contextlib.AsyncExitStack() as stack:
             session = self._given_session
             if session is None:
-                # Connections are needed only for requests in flight (submissions, polls, downloads), not one
-                # per running task.
+                # Connections are needed only for requests in flight, not one per running task: enough for
+                # every submission and poll the caps allow, plus some for downloads.
+                pool_size = self.max_submissions_in_flight + self.polling.max_polls_in_flight + _DOWNLOAD_CONNECTIONS
                 session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=_CONNECTION_POOL_SIZE), headers={"User-Agent": USER_AGENT}
+                    connector=aiohttp.TCPConnector(limit=pool_size), headers={"User-Agent": USER_AGENT}
                 )
                 stack.push_async_callback(session.close)
             transport = ApiTransport(session, self.base_url, self._api_key, self.timeouts)
