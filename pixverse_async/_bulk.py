@@ -2,7 +2,8 @@
 
 Input is pulled lazily: the next job is taken only once a running-task slot is free and fewer than
 `max_concurrency` results wait to be read, so memory stays flat however long the input. A fixed pool of
-`max_submissions_in_flight` submitters does the submitting; the client's shared poller follows every task.
+`max_submissions_in_flight` submitters does the submitting; the client's shared poller follows every task
+(when a first poll is due at once, the submitter makes it itself: see `Poller.follow`).
 Leaving early (break, exception, cancellation) cancels the feeding and the waiting at once; submissions
 already on the wire are allowed to get their answer, so every task that was paid for is listed in
 `unfinished`.
