@@ -28,6 +28,7 @@ from pixverse_async import (
     TaskFailedError,
     TaskStatus,
     TaskTimeoutError,
+    Timeouts,
 )
 from pixverse_async.testing import Fault, ScaledClock, Simulator, TaskPlan
 from tests.helpers import KEY, SCALE, client_for, tiny_server
@@ -192,6 +193,55 @@ async def test_leaving_early_stops_everything_and_keeps_the_paid_task_ids(how: s
             yielded = created - unfinished
             assert unfinished <= created and len(yielded) <= 1
             assert all(task.request is not None for task in stream.unfinished)
+
+
+async def test_leaving_during_a_first_poll_made_by_a_submitter_stops_it_at_once() -> None:
+    poll_on_the_wire = anyio.Event()
+    answer_polls = anyio.Event()
+    created = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal created
+        if request.method == "POST":
+            created += 1
+            return web.json_response({"task_id": f"t{created}"})
+        poll_on_the_wire.set()
+        await answer_polls.wait()
+        return web.json_response({"task": {"task_id": request.query["task_id"], "status": "TASK_STATUS_SUCCEED"}})
+
+    policy = PollPolicy(first_poll_after=0)
+    async with (
+        tiny_server(handler) as url,
+        PixVerseClient(
+            KEY,
+            base_url=url,
+            clock=ScaledClock(SCALE),
+            polling=policy,
+            max_concurrency=1,
+            timeouts=Timeouts(read=3),  # were the poll not cancelled, leaving would wait this long for it
+        ) as client,
+    ):
+        before = live_tasks()
+        stream = client.as_completed(jobs(3))
+
+        async def consume() -> None:
+            async with stream as results:
+                async for _ in results:
+                    pass
+
+        with anyio.fail_after(5):  # leaving must not wait for the held poll's answer
+            async with anyio.create_task_group() as group:
+                group.start_soon(consume)
+                await poll_on_the_wire.wait()
+                group.cancel_scope.cancel()
+        await _settle(client, stream)
+        assert client.polls_in_flight == 0 and client.pending_tasks == 0
+        assert [task.task_id for task in stream.unfinished] == ["t1"]
+        assert created == 1
+        with anyio.fail_after(5):  # the run's own task winds down on the next turns of the loop
+            while live_tasks() != before:
+                await anyio.sleep(0.001)
+        answer_polls.set()
 
 
 async def _settle(client: PixVerseClient, stream: AsCompleted) -> None:
