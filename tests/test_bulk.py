@@ -336,25 +336,10 @@ async def test_resuming_a_task_that_is_awaited_shares_its_polls_and_its_slot() -
 
 
 async def test_first_polls_made_right_after_submitting_respect_the_poll_limits() -> None:
-    polls_on_the_wire = 0
-    peak = 0
-    created = 0
-
-    async def handler(request: web.Request) -> web.Response:
-        nonlocal polls_on_the_wire, peak, created
-        if request.method == "POST":
-            created += 1
-            return web.json_response({"task_id": f"t{created}"})
-        polls_on_the_wire += 1
-        peak = max(peak, polls_on_the_wire)
-        await anyio.sleep(0.005)  # holds the answer so that polls overlap
-        polls_on_the_wire -= 1
-        task = {"task_id": request.query["task_id"], "status": "TASK_STATUS_SUCCEED"}
-        return web.json_response({"task": task, "videos": []})
-
+    server = OverlappingAnswers(held_method="GET")
     policy = PollPolicy(first_poll_after=0, max_polls_per_second=None, max_polls_in_flight=3)
     async with (
-        tiny_server(handler) as url,
+        tiny_server(server.handle) as url,
         PixVerseClient(
             KEY,
             base_url=url,
@@ -366,7 +351,7 @@ async def test_first_polls_made_right_after_submitting_respect_the_poll_limits()
     ):
         results = await collect(client, jobs(30))
     assert len(results) == 30 and all(r.ok for r in results)
-    assert 2 <= peak <= 3
+    assert 2 <= server.peak <= 3
 
 
 async def test_a_429_on_polls_pauses_every_poll() -> None:
@@ -428,28 +413,37 @@ async def test_a_callback_refusing_submitting_stops_the_run_before_that_job_is_s
 
 
 async def test_submissions_on_the_wire_are_bounded_apart_from_running_tasks() -> None:
-    on_the_wire = 0
-    peak = 0
-    created = 0
-
-    async def handler(request: web.Request) -> web.Response:
-        nonlocal on_the_wire, peak, created
-        if request.method == "GET":
-            task = {"task_id": request.query["task_id"], "status": "TASK_STATUS_SUCCEED"}
-            return web.json_response({"task": task, "videos": []})
-        on_the_wire += 1
-        peak = max(peak, on_the_wire)
-        await anyio.sleep(0.005)  # holds the answer so that submissions overlap
-        on_the_wire -= 1
-        created += 1
-        return web.json_response({"task_id": f"t{created}"})
-
+    server = OverlappingAnswers(held_method="POST")
     async with (
-        tiny_server(handler) as url,
+        tiny_server(server.handle) as url,
         PixVerseClient(
             KEY, base_url=url, clock=ScaledClock(SCALE), max_concurrency=40, max_submissions_in_flight=4
         ) as client,
     ):
         results = await collect(client, jobs(40))
-    assert len(results) == 40 and created == 40
-    assert 2 <= peak <= 4
+    assert len(results) == 40 and server.created == 40
+    assert 2 <= server.peak <= 4
+
+
+class OverlappingAnswers:
+    """A server whose answers to one method (`POST` submissions or `GET` polls) are held a moment, so that
+    they overlap; it counts the most of them on the wire at once. Every task has succeeded."""
+
+    def __init__(self, held_method: str) -> None:
+        self.held_method = held_method
+        self.on_the_wire = 0
+        self.peak = 0
+        self.created = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        held = request.method == self.held_method
+        if held:
+            self.on_the_wire += 1
+            self.peak = max(self.peak, self.on_the_wire)
+            await anyio.sleep(0.005)
+            self.on_the_wire -= 1
+        if request.method == "POST":
+            self.created += 1
+            return web.json_response({"task_id": f"t{self.created}"})
+        task = {"task_id": request.query["task_id"], "status": "TASK_STATUS_SUCCEED"}
+        return web.json_response({"task": task, "videos": []})
