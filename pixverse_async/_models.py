@@ -204,7 +204,8 @@ class TaskStatus(enum.Enum):
     @classmethod
     def parse(cls, value: object) -> TaskStatus:
         """The status for an API value; `UNKNOWN` for anything else."""
-        # A dict lookup, not cls(value): this runs on every poll, and calling the enum costs about three times as much.
+        # A dict lookup, not cls(value): this runs on every poll, and calling the enum costs about three times
+        # as much.
         member = cls._value2member_map_.get(value) if isinstance(value, str) else None
         return member if isinstance(member, TaskStatus) else cls.UNKNOWN
 

@@ -6,7 +6,8 @@ back with its next time, which comes from the server's hints (`eta`, else `progr
 age, else the age alone), with jitter, a floor and a cap. A 429 on a poll pauses every poll, not just one
 task's. Nobody is polled after it is known to be terminal. Waiters (`wait()`, `as_completed()`) attach
 waiters with an optional deadline; a task nobody waits for is still polled until it ends when it holds one
-of the client's running-task slots, so that the slot is given back.
+of the client's running-task slots, so that the slot is given back. A first poll due at once, right after a
+submission, is made by the submitting task itself (`follow`), under the same limits.
 """
 
 from __future__ import annotations
