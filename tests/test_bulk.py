@@ -317,7 +317,7 @@ async def test_as_completed_and_wait_share_one_poller() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(client.wait, task)
             group.start_soon(collect, client, [task])
-    assert sim.counters.polls_by_task[task.task_id] <= 6
+    assert sim.counters.polls_by_task[task.task_id] <= 4
 
 
 async def test_resuming_a_task_that_is_awaited_shares_its_polls_and_its_slot() -> None:
@@ -330,7 +330,7 @@ async def test_resuming_a_task_that_is_awaited_shares_its_polls_and_its_slot() -
         polls_of_the_task = sim.counters.polls_by_task[task.task_id]
         later = await collect(client, jobs(4, "run 5"))
     assert resumed.ok and all(r.ok for r in later)
-    assert polls_of_the_task <= 6
+    assert polls_of_the_task <= 4  # one record's polls (3 here); two records made 6
     # Both slots came back: two of the later jobs ran side by side, never three.
     assert sim.counters.max_running_by_key[KEY] == 2
 
