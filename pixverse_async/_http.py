@@ -42,6 +42,8 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     429: RateLimitError,
 }
 USER_AGENT = f"pixverse-async/{__version__}"
+# One encoder for every body: json.dumps with any non-default option builds a new encoder on each call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _HTML_TAG = re.compile(r"<[^>]+>")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -134,7 +136,7 @@ class ApiTransport:
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
     ) -> Response:
         url = self._base_url + path
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        data = None if body is None else _COMPACT_JSON.encode(body).encode()
         headers = self._headers if data is None else self._json_headers
         try:
             # No redirects: following one could carry the key to another host.
