@@ -115,7 +115,7 @@ async def test_a_server_echoing_the_key_never_gets_it_into_an_error() -> None:
     assert "***" in error.message
 
 
-async def test_the_key_goes_only_to_the_api_host() -> None:
+async def test_the_api_host_gets_the_key_and_our_user_agent() -> None:
     seen: list[tuple[str | None, str | None]] = []
 
     async def handler(request: web.Request) -> web.Response:
