@@ -22,11 +22,10 @@ _converter = cattrs.Converter()
 
 
 def _lenient_float(value: object) -> float | None:
-    if type(value) is float:  # what the API sends, tested first: this runs several times per poll
+    # Exact types first (the API sends plain numbers): this runs several times per poll.
+    if type(value) is float:
         number = value
-    elif value is None or isinstance(value, bool):
-        return None
-    elif isinstance(value, int | float):
+    elif type(value) is int or (isinstance(value, int | float) and not isinstance(value, bool)):
         try:
             number = float(value)
         except OverflowError:
@@ -42,6 +41,8 @@ def _lenient_float(value: object) -> float | None:
 
 
 def _lenient_int(value: object) -> int | None:
+    if type(value) is str and value.isascii() and value.isdigit():  # how the API sends the seed
+        return int(value)
     number = _lenient_float(value)
     return int(number) if number is not None and number.is_integer() else None
 
