@@ -8,7 +8,7 @@ with N jobs and with none, and divide the difference by N (the simulator child p
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m benchmarks.instructions lib 0
     (and the same with `raw`)
 
-Measured on 2026-11-26: the raw aiohttp loop 1.03M instructions per job, `as_completed` 1.24M (1.21x); the
+Measured on 2026-11-26: the raw aiohttp loop 1.03M instructions per job, `as_completed` 1.24M (1.20x); the
 history is in benchmarks/README.md. The count comes from the client process only (not the kernel, not the
 server) and repeats within about 0.5% from run to run.
 """
