@@ -256,25 +256,27 @@ class AsCompleted:
         memory stays flat however long the input."""
         limiter = self._client._limiter
         backlog_limit = self._client.max_concurrency
-        while self._stop_error is None:
-            while len(self._ready) >= backlog_limit:
-                await self._wait_changed()
-            await limiter.acquire()
-            try:
-                job = await jobs.next()
-            except BaseException:
-                limiter.release()
-                raise
-            if job is _EXHAUSTED or self._stop_error is not None:
-                limiter.release()
-                return
-            await self._start_job(job)
+        with anyio.CancelScope() as scope:
+            wire_guard = WireGuard(scope=scope, stop=self._scope)
+            while self._stop_error is None and not self._closed:
+                while len(self._ready) >= backlog_limit:
+                    await self._wait_changed()
+                await limiter.acquire()
+                try:
+                    job = await jobs.next()
+                except BaseException:
+                    limiter.release()
+                    raise
+                if job is _EXHAUSTED or self._stop_error is not None:
+                    limiter.release()
+                    return
+                await self._start_job(job, wire_guard)
 
-    async def _start_job(self, job: Job) -> None:
+    async def _start_job(self, job: Job, wire_guard: WireGuard) -> None:
         """Submit (or adopt) one job while holding a running-task slot, then hand it to the poller."""
         self.counts.submitting += 1
         try:
-            task_id = await self._submit(job)
+            task_id = await self._submit(job, wire_guard)
         except PixVerseError as error:
             if isinstance(error, AuthenticationError | InsufficientBalanceError):
                 self._stop_error = self._stop_error or error
@@ -298,7 +300,7 @@ class AsCompleted:
         self._running[task_id] = waiter
         await self._state.poller.follow(task_id, waiter, holds_slot=True)
 
-    async def _submit(self, job: Job) -> str:
+    async def _submit(self, job: Job, wire_guard: WireGuard) -> str:
         if isinstance(job, Task | str):
             task_id = job if isinstance(job, str) else job.task_id
             if not isinstance(task_id, str) or not task_id.strip():
@@ -324,9 +326,7 @@ class AsCompleted:
         def on_retry(attempt: int, error: PixVerseError) -> None:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt)
 
-        return await self._client._submit_holding_slot(
-            self._state, job, body, on_retry=on_retry, finish_sent_requests=True
-        )
+        return await self._client._submit_holding_slot(self._state, job, body, on_retry=on_retry, wire_guard=wire_guard)
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job
@@ -378,6 +378,20 @@ class AsCompleted:
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
+
+
+@attrs.frozen
+class WireGuard:
+    """How a submitter sends billed requests so that leaving the run loses nothing and sends nothing new.
+
+    `scope`, a cancel scope the submitter runs in, is shielded only while a request is on the wire: a
+    cancellation then waits for the answer (bounded by the read timeout). Toggling one scope per submitter
+    costs far less than entering a new shielded scope per request. Nothing is sent once `stop`, the run's
+    scope, has been cancelled.
+    """
+
+    scope: anyio.CancelScope
+    stop: anyio.CancelScope
 
 
 @attrs.define(slots=True, eq=False)

@@ -25,10 +25,11 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
 
-from ._bulk import AsCompleted, EventCallback, Job
+from ._bulk import AsCompleted, EventCallback, Job, WireGuard
 from ._clock import Clock, SystemClock
 from ._convert import encode_image, parse_task_result, request_body
 from ._exceptions import (
@@ -236,21 +237,30 @@ class PixVerseClient:
         body: object,
         *,
         on_retry: RetryCallback | None = None,
-        finish_sent_requests: bool = False,
+        wire_guard: WireGuard | None = None,
     ) -> str:
         """Submit with one running-task slot already taken, and return the new task's id.
 
         On success the slot stays taken: the poller gives it back when the task ends. On failure it is given
-        back here. With `finish_sent_requests`, a cancellation that arrives while the request is on the wire
-        waits for the answer (bounded by the read timeout), so a task the server created is not lost.
+        back here. With a `wire_guard` (see there), leaving waits for the answer of a request on the wire, so
+        that a task the server created is not lost, and sends no new one.
         """
         attempt = 0
         while True:
             attempt += 1
             try:
-                shield = anyio.CancelScope(shield=True) if finish_sent_requests else contextlib.nullcontext()
-                with shield:
+                if wire_guard is None:
                     response = await state.transport.send("POST", SUBMIT_PATH, body=body)
+                else:
+                    if wire_guard.stop.cancel_called:
+                        # Cancelled without an await since at which to hear it (woken in the very turn the
+                        # run was left): hear it now, before anything is sent.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                    wire_guard.scope.shield = True
+                    try:
+                        response = await state.transport.send("POST", SUBMIT_PATH, body=body)
+                    finally:
+                        wire_guard.scope.shield = False
                 if response.status == 200:
                     task_id = _task_id_from(response)
                     self._limiter.on_accepted()

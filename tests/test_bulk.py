@@ -31,7 +31,7 @@ from pixverse_async import (
     Timeouts,
 )
 from pixverse_async.testing import Fault, ScaledClock, Simulator, TaskPlan
-from tests.helpers import KEY, SCALE, client_for, tiny_server
+from tests.helpers import KEY, SCALE, client_for, eventually, tiny_server
 from tests.images import png
 
 pytestmark = pytest.mark.anyio
@@ -242,6 +242,25 @@ async def test_leaving_during_a_first_poll_made_by_a_submitter_stops_it_at_once(
             while live_tasks() != before:
                 await anyio.sleep(0.001)
         answer_polls.set()
+
+
+async def test_leaving_sends_no_new_submission_even_from_a_submitter_woken_at_that_moment() -> None:
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=2) as client:
+        async with client.as_completed(jobs(10, "run 0")) as results:
+            # Every submitter waits for the reader: results are unread, nothing runs.
+            counts = results.counts
+            await eventually(lambda: counts.done >= 2 and counts.submitting == counts.running == 0)
+            submitted = sim.counters.submit_requests
+            read = 0
+            # Reading below the backlog limit wakes the submitters, in the very turn of the loop in which the
+            # reader leaves: they must not send another job.
+            async for _ in results:
+                read += 1
+                if results.counts.done - read < client.max_concurrency:
+                    break
+        await _settle(client, results)
+    assert sim.counters.submit_requests == submitted
+    assert len(results.unfinished) == submitted - read
 
 
 async def _settle(client: PixVerseClient, stream: AsCompleted) -> None:
