@@ -142,6 +142,7 @@ class AsCompleted:
         # error, an exception from the input iterable, or an on_event callback that refused a SUBMITTING.
         self._stop_error: BaseException | None = None
         self._started = False
+        self._in_context = False
         self._closed = False
         self._scope = anyio.CancelScope()
         # Submitted tasks not yet yielded: their waiter, or just the job when its answer came after the run closed.
@@ -157,6 +158,7 @@ class AsCompleted:
 
     async def __aenter__(self) -> Self:
         self._start()
+        self._in_context = True
         return self
 
     async def __aexit__(
@@ -185,7 +187,8 @@ class AsCompleted:
         self._notify()
 
     def __aiter__(self) -> AsyncIterator[JobResult]:
-        return self._iterate()
+        # Inside `async with`, leaving the block stops the run: iterate directly, without a generator.
+        return self if self._in_context else self._iterate()
 
     async def _iterate(self) -> AsyncIterator[JobResult]:
         # An async generator, so that a plain `async for` that breaks out still stops the run: asyncio
