@@ -167,6 +167,7 @@ class PixVerseClient:
             )
             background = await stack.enter_async_context(anyio.create_task_group())
             await background.start(poller.run, name="pixverse-poller")
+            background.start_soon(transport.deadlines.watch, name="pixverse-request-deadlines")
             stack.callback(background.cancel_scope.cancel)
             self._open = _OpenState(
                 session=session, transport=transport, poller=poller, background=background, stack=stack.pop_all()

@@ -7,6 +7,7 @@ out (read timeout, reset, a body cut short) means it may have been acted on: `An
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ import aiohttp
 import attrs
 from multidict import CIMultiDictProxy
 
+from ._deadlines import Deadlines
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -67,8 +69,10 @@ class Secret:
 class Timeouts:
     """Seconds the client waits, per request. `None` waits without limit.
 
-    `connect`: to open a connection (safe to retry: nothing was sent). `read`: between bytes of an answer
-    (on a submission, running out means the answer is lost). `download_read`: the same for video downloads.
+    `connect`: to open a connection (safe to retry: nothing was sent). `read`: for an API request, from its
+    start to its answer's last byte, give or take an eighth (on a submission, running out means the answer
+    is lost; keep it above `connect`, which a new connection's time also counts against). `download_read`:
+    between bytes of a video download.
     """
 
     connect: float | None = attrs.field(default=10.0)
@@ -76,7 +80,8 @@ class Timeouts:
     download_read: float | None = attrs.field(default=60.0)
 
     def for_api(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.read)
+        # No sock_read: `read` is kept by the client's `Deadlines` watchdog, without a timer per request.
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=None)
 
     def for_download(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.download_read)
@@ -124,6 +129,8 @@ class ApiTransport:
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeouts.for_api()
+        # Its watch() must run while the client is open.
+        self.deadlines = Deadlines(timeouts.read)
         # Built once, and only what must go with each request: aiohttp merges every header it is given, one
         # by one, on every request. The User-Agent is a default of the session the client creates.
         self._headers = {"Authorization": f"Bearer {api_key.reveal()}"}
@@ -138,6 +145,7 @@ class ApiTransport:
         url = self._base_url + path
         data = None if body is None else _COMPACT_JSON.encode(body).encode()
         headers = self._headers if data is None else self._json_headers
+        deadline = self.deadlines.arm()
         try:
             # No redirects: following one could carry the key to another host.
             async with self._session.request(
@@ -145,6 +153,10 @@ class ApiTransport:
             ) as response:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)
+        except asyncio.CancelledError:
+            if self.deadlines.expired(deadline):
+                raise AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout")) from None
+            raise
         except aiohttp.ConnectionTimeoutError:
             raise RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time")) from None
         except aiohttp.ClientConnectorError as error:
@@ -157,6 +169,8 @@ class ApiTransport:
         except aiohttp.ClientError as error:
             detail = self.redact(str(error)) or type(error).__name__
             raise AnswerLost(APIConnectionError(f"{method} {path}: {detail}")) from None
+        finally:
+            self.deadlines.disarm(deadline)
 
     def status_error(self, response: Response) -> APIStatusError:
         """The typed error for a non-2xx answer, whatever its body (JSON, an HTML page, or nothing)."""

@@ -23,6 +23,7 @@ from pixverse_async import (
     RetryPolicy,
     ServerError,
     SubmissionUncertainError,
+    Task,
     TaskFailedError,
     TaskStatus,
     TaskTimeoutError,
@@ -163,6 +164,45 @@ async def test_polls_survive_transient_faults(sim: Simulator) -> None:
         sim.advance(2)
         assert (await client.wait(task)).status is TaskStatus.SUCCEED
     assert sum(sim.counters.faults_applied.values()) == 6
+
+
+async def finished_task(client: PixVerseClient, sim: Simulator) -> Task:
+    """A task that has ended, so that the client's poller leaves it alone."""
+    task = await client.submit(ImageToVideo("run 1", URL_IMAGE))
+    sim.advance(2)
+    await client.wait(task)
+    return task
+
+
+async def test_a_stalled_poll_times_out_at_the_read_limit_and_is_retried(sim: Simulator) -> None:
+    read = 0.2
+    async with client_for(sim, timeouts=Timeouts(read=read)) as client:
+        task = await finished_task(client, sim)
+        polls = sim.counters.polls_by_task[task.task_id]
+        sim.inject(Fault("poll", "slow", delay=60_000))  # a minute of real time: only the read limit ends it
+        started = anyio.current_time()
+        result = await client.get_task(task)
+        waited = anyio.current_time() - started
+    assert result.status is TaskStatus.SUCCEED
+    assert sim.counters.polls_by_task[task.task_id] == polls + 2
+    assert read <= waited < read * 5  # never early; late by at most an eighth, plus this machine's noise
+
+
+@pytest.mark.parametrize("request_kind", ["poll", "submit"])
+async def test_a_request_cancelled_from_outside_is_cancelled_not_timed_out(sim: Simulator, request_kind: str) -> None:
+    async with client_for(sim, timeouts=Timeouts(read=0.2)) as client:
+        task = await finished_task(client, sim)
+        sim.inject(Fault(request_kind, "slow", delay=60_000))  # type: ignore[arg-type]
+        with anyio.move_on_after(0.05) as scope:
+            if request_kind == "poll":
+                await client.get_task(task)
+            else:
+                await client.submit(ImageToVideo("cancelled by the caller", URL_IMAGE))
+        assert scope.cancelled_caught
+        # Past the cancelled request's deadline: its watchdog entry is gone and cancels nothing else.
+        await anyio.sleep(0.3)
+        assert (await client.get_task(task)).task_id == task.task_id
+    assert sim.counters.faults_applied[f"{request_kind}:slow"] == 1
 
 
 def _closed_port() -> int:
