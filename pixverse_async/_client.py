@@ -218,18 +218,19 @@ class PixVerseClient:
         return Task(task_id=task_id, request=request)
 
     async def _request_body(self, request: ImageToVideo) -> dict[str, Any]:
-        return request_body(request, await self._image_field(request), webhook_url=self.webhook_url)
-
-    async def _image_field(self, request: ImageToVideo) -> str:
         image = request.image
         if isinstance(image, Path):
             # The file may have changed since the request was built: it is read and checked again here.
-            return await anyio.to_thread.run_sync(
+            field = await anyio.to_thread.run_sync(
                 lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
             )
-        if isinstance(image, str) and image[:5].lower() != "data:":
-            return image
-        return encode_image(bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri)
+        elif isinstance(image, str) and image[:5].lower() != "data:":
+            field = image
+        else:
+            field = encode_image(
+                bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri
+            )
+        return request_body(request, field, webhook_url=self.webhook_url)
 
     async def _submit_holding_slot(
         self,

@@ -102,16 +102,23 @@ def _structure_videos(raw_videos: object, received_at: datetime | None) -> tuple
     if not isinstance(raw_videos, list):
         return ()
     received_at = received_at or datetime.now(UTC)
-    return tuple(
-        Video(
-            url=video["video_url"],
-            ttl=_lenient_float(video.get("video_url_ttl")),
-            type=_lenient_str(video.get("video_type")) or "mp4",
-            received_at=received_at,
+    videos = []
+    for video in raw_videos:
+        fields = video if type(video) is dict else _mapping(video)
+        url = fields.get("video_url")
+        if type(url) is not str or not url:
+            continue
+        ttl = fields.get("video_url_ttl")
+        kind = fields.get("video_type")
+        videos.append(
+            Video(
+                url=url,
+                ttl=None if ttl is None else _lenient_float(ttl),
+                type=(kind if type(kind) is str else _lenient_str(kind)) or "mp4",
+                received_at=received_at,
+            )
         )
-        for video in raw_videos
-        if isinstance(video, Mapping) and isinstance(video.get("video_url"), str) and video["video_url"]
-    )
+    return tuple(videos)
 
 
 def _unstructure_task_result(result: TaskResult) -> dict[str, Any]:
