@@ -64,13 +64,25 @@ class Deadlines:
         return deadline is not None and deadline.expired and deadline.task.uncancel() <= deadline.cancelling
 
     async def watch(self) -> None:
-        """Cancel every request past its deadline, until cancelled; at most an eighth of the limit late."""
+        """Cancel every request past its deadline, until cancelled; at most an eighth of the limit late.
+
+        Cancelled (the client closing), it goes on while requests remain: a submission shielded to learn its
+        task id still needs its deadline.
+        """
         if self.limit is None:
             return
-        while True:
-            await anyio.sleep(self.limit / _CHECKS_PER_LIMIT)
-            now = time.monotonic()
-            for deadline in self._armed:
-                if deadline.at <= now and not deadline.expired:
-                    deadline.expired = True
-                    deadline.task.cancel()
+        try:
+            while True:
+                await self._check_after(self.limit / _CHECKS_PER_LIMIT)
+        finally:
+            with anyio.CancelScope(shield=True):
+                while any(not deadline.expired for deadline in self._armed):
+                    await self._check_after(self.limit / _CHECKS_PER_LIMIT)
+
+    async def _check_after(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+        now = time.monotonic()
+        for deadline in self._armed:
+            if deadline.at <= now and not deadline.expired:
+                deadline.expired = True
+                deadline.task.cancel()

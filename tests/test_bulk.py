@@ -263,6 +263,39 @@ async def test_leaving_sends_no_new_submission_even_from_a_submitter_woken_at_th
     assert len(results.unfinished) == submitted - read
 
 
+async def test_closing_the_client_mid_submission_still_ends_it_by_the_read_limit() -> None:
+    on_the_wire = anyio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            on_the_wire.set()
+            await anyio.sleep(3)  # far past the read limit: only the client's deadline ends it sooner
+        return web.json_response({"task_id": "t1"})
+
+    class Leave(Exception):
+        pass
+
+    leaving_at = 0.0
+
+    async def leave_once_on_the_wire() -> None:
+        nonlocal leaving_at
+        await on_the_wire.wait()
+        leaving_at = anyio.current_time()
+        raise Leave
+
+    async with tiny_server(handler) as url:
+        client = PixVerseClient(KEY, base_url=url, clock=ScaledClock(SCALE), timeouts=Timeouts(read=0.2))
+        # A plain `async for` left by an exception: the run is still submitting when the client closes, and its
+        # submission, shielded to learn the task id, must still end by its deadline.
+        with pytest.raises(ExceptionGroup):
+            async with client, anyio.create_task_group() as group:
+                group.start_soon(leave_once_on_the_wire)
+                async for _ in client.as_completed(jobs(1)):
+                    pass
+        closed_at = anyio.current_time()
+    assert closed_at - leaving_at < 1.0
+
+
 async def _settle(client: PixVerseClient, stream: AsCompleted) -> None:
     """Wait until a left run has wound down: a plain `async for` is cleaned up only once asyncio closes its
     dropped iterator, and a submission already on the wire may still get its answer."""
