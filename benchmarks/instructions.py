@@ -4,13 +4,14 @@ Wall-clock and CPU time vary by tens of percent here (shared cores, no hardware 
 for deciding whether a change to the hot path helps, count instructions instead. Run each contender twice,
 with N jobs and with none, and divide the difference by N (the simulator child process is not counted):
 
+    export PYTHONHASHSEED=0   # set iteration order varies with it, and so does the count, by about 0.5%
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m benchmarks.instructions lib 400
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m benchmarks.instructions lib 0
     (and the same with `raw`)
 
-Measured on 2026-11-26: the raw aiohttp loop 1.03M instructions per job, `as_completed` 1.24M (1.20x); the
+Measured on 2026-11-26: the raw aiohttp loop 1.034M instructions per job, `as_completed` 1.154M (1.12x); the
 history is in benchmarks/README.md. The count comes from the client process only (not the kernel, not the
-server) and repeats within about 0.5% from run to run.
+server).
 """
 
 from __future__ import annotations
