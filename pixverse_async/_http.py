@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, final
@@ -26,6 +27,7 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     InsufficientBalanceError,
+    InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -65,6 +67,16 @@ class Secret:
     __str__ = __repr__
 
 
+def _check_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    # Zero would not mean "no limit" (that is None) but a watchdog checking without pause.
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidRequestError(
+            attribute.name, f"must be a number of seconds > 0, or None for no limit, not {value!r}"
+        )
+
+
 @attrs.frozen
 class Timeouts:
     """Seconds the client waits, per request. `None` waits without limit.
@@ -75,9 +87,9 @@ class Timeouts:
     between bytes of a video download.
     """
 
-    connect: float | None = attrs.field(default=10.0)
-    read: float | None = attrs.field(default=60.0)
-    download_read: float | None = attrs.field(default=60.0)
+    connect: float | None = attrs.field(default=10.0, validator=_check_seconds)
+    read: float | None = attrs.field(default=60.0, validator=_check_seconds)
+    download_read: float | None = attrs.field(default=60.0, validator=_check_seconds)
 
     def for_api(self) -> aiohttp.ClientTimeout:
         # No sock_read: `read` is kept by the client's `Deadlines` watchdog, without a timer per request.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -359,6 +360,10 @@ def test_missing_key_and_bad_settings_fail_at_construction(monkeypatch: pytest.M
         PixVerseClient(KEY, base_url="api.example.com")
     with pytest.raises(InvalidRequestError, match="max_concurrency"):
         PixVerseClient(KEY, max_concurrency=0)
+    for bad in (0, -1.0, math.nan, math.inf, "60", True):
+        with pytest.raises(InvalidRequestError, match="read"):
+            Timeouts(read=bad)  # type: ignore[arg-type]
+    assert Timeouts(connect=None, read=None, download_read=None).read is None
 
 
 def test_repr_never_shows_the_key() -> None:
