@@ -354,7 +354,7 @@ class AsCompleted:
             error=error,
             result=result,
         )
-        if error is None and job_result.status is TaskStatus.SUCCEED:  # job_result.ok, without the call
+        if job_result.ok:
             self.counts.succeeded += 1
             self._emit(EventKind.SUCCEEDED, job, task_id, progress_percent=100.0)
         else:
