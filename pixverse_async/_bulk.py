@@ -30,6 +30,7 @@ from ._exceptions import (
 )
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video
 from ._poller import Outcome, Waiter
+from ._wire import WireGuard
 
 if TYPE_CHECKING:
     from ._client import PixVerseClient, _OpenState
@@ -381,20 +382,6 @@ class AsCompleted:
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
-
-
-@attrs.frozen
-class WireGuard:
-    """How a submitter sends billed requests so that leaving the run loses nothing and sends nothing new.
-
-    `scope`, a cancel scope the submitter runs in, is shielded only while a request is on the wire: a
-    cancellation then waits for the answer (bounded by the read timeout). Toggling one scope per submitter
-    costs far less than entering a new shielded scope per request. Nothing is sent once `stop`, the run's
-    scope, has been cancelled.
-    """
-
-    scope: anyio.CancelScope
-    stop: anyio.CancelScope
 
 
 @attrs.define(slots=True, eq=False)

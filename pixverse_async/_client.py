@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import random
@@ -29,7 +30,7 @@ import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
 
-from ._bulk import AsCompleted, EventCallback, Job, WireGuard
+from ._bulk import AsCompleted, EventCallback, Job
 from ._clock import Clock, SystemClock
 from ._convert import encode_image, parse_task_result, request_body
 from ._exceptions import (
@@ -50,6 +51,7 @@ from ._limiter import RunningTaskLimiter
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout, read_image_file
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._retry import RetryPolicy
+from ._wire import WireGuard
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
 DEFAULT_MAX_CONCURRENCY = 64
@@ -62,7 +64,21 @@ _DOWNLOAD_BUFFER_BYTES = 1 << 20
 _DOWNLOAD_CONNECTIONS = 32
 
 T = TypeVar("T")
+_log = logging.getLogger("pixverse_async")
 RetryCallback = Callable[[int, PixVerseError], None]
+
+
+@final
+@attrs.define
+class _Submission:
+    """One `submit()` call: what its request task reports back, and the scope that stops it from sending
+    once the caller is gone."""
+
+    request: ImageToVideo
+    answered: anyio.Event = attrs.field(factory=anyio.Event)
+    stop: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    task: Task | None = None
+    error: Exception | None = None
 
 
 @final
@@ -137,6 +153,7 @@ class PixVerseClient:
         self._rng = random.Random()
         self._limiter = RunningTaskLimiter(max_concurrency)
         self._open: _OpenState | None = None
+        self._abandoned: list[Task] = []
 
     def __repr__(self) -> str:
         state = "open" if self._open is not None else "closed"
@@ -191,6 +208,13 @@ class PixVerseClient:
         return self._open.poller.pending_count if self._open is not None else 0
 
     @property
+    def abandoned_tasks(self) -> list[Task]:
+        """Tasks whose `submit()` was cancelled while the request was on the wire: the answer came anyway, so
+        they exist and are billed. The client follows each until it ends (a slot stays taken meanwhile); pass
+        them to `wait()` or `as_completed()` to get their results."""
+        return list(self._abandoned)
+
+    @property
     def polls_in_flight(self) -> int:
         """How many polls are on the wire right now (for metrics)."""
         return self._open.poller.polls_in_flight if self._open is not None else 0
@@ -213,9 +237,45 @@ class PixVerseClient:
         state = self._state()
         body = await self._request_body(request)
         await self._limiter.acquire()
-        task_id = await self._submit_holding_slot(state, request, body)
-        state.poller.track(task_id, holds_slot=True)
-        return Task(task_id=task_id, request=request)
+        # Sent from the client's own task, so that the caller can be cancelled at once (by anyio or asyncio)
+        # while a request already on the wire still gets its answer: see `abandoned_tasks`.
+        submission = _Submission(request)
+        try:
+            state.background.start_soon(self._submit_for, state, body, submission, name="pixverse-submit")
+        except BaseException:
+            self._limiter.release()
+            raise
+        try:
+            await submission.answered.wait()
+        finally:
+            if not submission.answered.is_set():
+                submission.stop.cancel()
+        if submission.error is not None:
+            raise submission.error
+        if submission.task is None:  # the client closed before the request was sent
+            raise ClientClosedError("the client was closed before the submission was sent")
+        return submission.task
+
+    async def _submit_for(self, state: _OpenState, body: object, submission: _Submission) -> None:
+        """`submit()`'s request, holding the slot its caller took; never raises into the client's tasks."""
+        try:
+            with submission.stop, anyio.CancelScope() as scope:
+                task_id = await self._submit_holding_slot(
+                    state, submission.request, body, wire_guard=WireGuard(scope=scope, stop=submission.stop)
+                )
+                state.poller.track(task_id, holds_slot=True)
+                submission.task = Task(task_id=task_id, request=submission.request)
+                if submission.stop.cancel_called:
+                    self._abandoned.append(submission.task)
+                    _log.warning(
+                        "submit() was cancelled while its request was on the wire: task %s exists and is billed; "
+                        "the client follows it until it ends (see client.abandoned_tasks)",
+                        task_id,
+                    )
+        except Exception as error:
+            submission.error = error
+        finally:
+            submission.answered.set()
 
     async def _request_body(self, request: ImageToVideo) -> dict[str, Any]:
         image = request.image

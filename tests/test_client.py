@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 from collections.abc import AsyncIterator
@@ -256,6 +257,67 @@ async def test_lost_answer_raises_uncertain_and_never_retries(
     assert isinstance(caught.value.__cause__, cause)
     assert sim.counters.submit_requests == 1
     assert sim.counters.tasks_created_by_prompt["lost answer"] == 1
+
+
+@pytest.mark.parametrize("canceller", ["anyio", "asyncio"])
+async def test_a_submission_left_on_the_wire_keeps_its_paid_task(
+    sim: Simulator, canceller: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.inject(Fault("submit", "slow", delay=300))  # the task is created, then the answer takes 0.3 s
+    request = ImageToVideo("left mid-request", URL_IMAGE)
+    async with client_for(sim) as client:
+        started = anyio.current_time()
+        if canceller == "anyio":
+            with anyio.move_on_after(0.05):
+                await client.submit(request)
+        else:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.submit(request), 0.05)
+        assert anyio.current_time() - started < 0.25  # the caller left at once, not with the answer
+        assert client.abandoned_tasks == []
+        await eventually(lambda: bool(client.abandoned_tasks))
+        [task] = client.abandoned_tasks
+        assert task.request is request and task.task_id in sim.tasks
+        assert task.task_id in caplog.text
+        sim.advance(10)
+        assert (await client.wait(task)).status is TaskStatus.SUCCEED
+    assert sim.counters.submit_requests == 1
+
+
+@pytest.mark.parametrize("left_while", ["waiting for a slot", "backing off after a 429"])
+async def test_a_submission_left_before_it_was_sent_sends_nothing(sim: Simulator, left_while: str) -> None:
+    async with client_for(sim, max_concurrency=1) as client:
+        if left_while == "waiting for a slot":
+            running = await client.submit(ImageToVideo("run 100", URL_IMAGE))
+        else:
+            sim.inject(Fault("submit", "rate_limit", retry_after=200))  # 0.2 s of real time
+        with anyio.move_on_after(0.05) as scope:
+            await client.submit(ImageToVideo("left", URL_IMAGE))
+        assert scope.cancelled_caught
+        await anyio.sleep(0.3)  # past the backoff: a submission not stopped would be sent again by now
+        assert client.abandoned_tasks == []
+        if left_while == "waiting for a slot":
+            sim.advance(200)
+            await client.wait(running)
+        # The slot the left call held or waited for is free again.
+        assert (await client.submit(ImageToVideo("run 1", URL_IMAGE))).task_id in sim.tasks
+    assert sim.counters.tasks_created_by_prompt["left"] == 0
+    assert sim.counters.submit_requests == 2
+
+
+async def test_a_submission_cut_off_by_closing_the_client_raises_client_closed(sim: Simulator) -> None:
+    sim.inject(Fault("submit", "rate_limit", retry_after=10_000))  # it is to back off for 10 s of real time
+
+    async def submit(client: PixVerseClient) -> None:
+        with pytest.raises(ClientClosedError):
+            await client.submit(ImageToVideo("never sent again", URL_IMAGE))
+
+    async with anyio.create_task_group() as group:
+        async with client_for(sim, retry=RetryPolicy(max_retry_after=20_000)) as client:
+            group.start_soon(submit, client)
+            await eventually(lambda: sim.counters.submit_requests == 1)
+        # The client is closed while that submit() backs off.
+    assert sim.counters.submit_requests == 1 and sim.counters.tasks_created == 0
 
 
 @pytest.mark.parametrize("kind", ["html_error", "empty_error"])
