@@ -82,9 +82,9 @@ class Timeouts:
     """Seconds the client waits, per request. `None` waits without limit.
 
     `connect`: to open a connection (safe to retry: nothing was sent). `read`: for an API request, from its
-    start to its answer's last byte, give or take an eighth (on a submission, running out means the answer
-    is lost; keep it above `connect`, which a new connection's time also counts against). `download_read`:
-    between bytes of a video download.
+    start to its answer's last byte, enforced at most an eighth late (on a submission, running out means
+    the answer is lost). Opening a connection, and with a session you pass in waiting for a free one, count
+    against `read` too: keep it well above `connect`. `download_read`: between bytes of a video download.
     """
 
     connect: float | None = attrs.field(default=10.0, validator=_check_seconds)
