@@ -316,7 +316,7 @@ class PixVerseClient:
                 else:
                     if wire_guard.stop.cancel_called:
                         # Cancelled without an await since at which to hear it (woken in the very turn the
-                        # run was left): hear it now, before anything is sent.
+                        # caller left): hear it now, before anything is sent.
                         await anyio.lowlevel.checkpoint_if_cancelled()
                     wire_guard.scope.shield = True
                     try:
