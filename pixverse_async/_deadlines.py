@@ -58,7 +58,7 @@ class Deadlines:
             self._armed.discard(deadline)
 
     @staticmethod
-    def expired(deadline: Deadline | None) -> bool:
+    def timed_out(deadline: Deadline | None) -> bool:
         """On a `CancelledError` in the request: whether it came from its deadline alone. If so it is taken
         back, and the caller raises its timeout error instead."""
         return deadline is not None and deadline.expired and deadline.task.uncancel() <= deadline.cancelling

@@ -166,7 +166,7 @@ class ApiTransport:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)
         except asyncio.CancelledError:
-            if self.deadlines.expired(deadline):
+            if self.deadlines.timed_out(deadline):
                 raise AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout")) from None
             raise
         except aiohttp.ConnectionTimeoutError:
