@@ -72,6 +72,12 @@ class SimConfig:
     duration_by_prompt: bool = False
     webhook_timeout: float = 5.0
     webhook_drop_rate: float = 0.0
+    #: The simulator's hint modes (see "Hints" in its documentation) and a busy account's queue.
+    eta: str = "exact"
+    eta_noise: float = 0.35
+    progress: str = "linear"
+    progress_step: int = 25
+    max_processing_per_key: int | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +255,11 @@ async def _serve(connection: Connection, config: SimConfig) -> None:
         seed=config.seed,
         webhook_timeout=config.webhook_timeout,
         webhook_drop_rate=config.webhook_drop_rate,
+        eta=config.eta,  # type: ignore[arg-type]  # checked by the simulator
+        eta_noise=config.eta_noise,
+        progress=config.progress,  # type: ignore[arg-type]
+        progress_step=config.progress_step,
+        max_processing_per_key=config.max_processing_per_key,
     ) as sim:
         connection.send((sim.base_url, sim.now(), time.monotonic()))
         cpu_at_reset = time.process_time()

@@ -80,9 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     simulate.add_argument("--api-key", action="append", dest="api_keys", help="accepted key (repeatable; sk-test)")
     simulate.add_argument("--time-scale", type=float, default=1.0, help="real seconds per simulated second")
-    simulate.add_argument("--duration", type=float, default=30.0, help="simulated seconds per task")
+    simulate.add_argument(
+        "--duration", type=float, default=None, help="simulated seconds per task (default: log-normal around 40)"
+    )
     simulate.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail (0..1)")
     simulate.add_argument("--max-running-per-key", type=int, default=None, help="answer 429 beyond this many")
+    simulate.add_argument(
+        "--max-processing-per-key", type=int, default=None, help="tasks beyond this many wait QUEUED (a busy account)"
+    )
+    simulate.add_argument("--eta", choices=("exact", "noisy", "absent"), default="exact", help="what task.eta says")
+    simulate.add_argument("--eta-noise", type=float, default=0.35, help="sigma of each task's eta factor (noisy)")
+    simulate.add_argument(
+        "--progress", choices=("linear", "steps", "absent"), default="linear", help="what progress_percent says"
+    )
+    simulate.add_argument("--progress-step", type=int, default=25, help="percent per step (--progress steps)")
     return parser
 
 
@@ -181,10 +192,16 @@ def _simulate(args: argparse.Namespace) -> int:
     options = {
         "api_keys": tuple(args.api_keys or ("sk-test",)),
         "time_scale": args.time_scale,
-        "duration": args.duration,
         "failure_rate": args.failure_rate,
         "max_running_per_key": args.max_running_per_key,
+        "max_processing_per_key": args.max_processing_per_key,
+        "eta": args.eta,
+        "eta_noise": args.eta_noise,
+        "progress": args.progress,
+        "progress_step": args.progress_step,
     }
+    if args.duration is not None:
+        options["duration"] = args.duration
     anyio.run(lambda: serve_forever(args.port, args.host, **options))
     return 0
 

@@ -10,14 +10,17 @@ The simulator also POSTs webhooks (``extra.webhook.url``) when tasks end, with r
 
 from pixverse_async._clock import InstantClock, ScaledClock
 from pixverse_async.testing._simulator import (
+    DEFAULT_DURATION,
     DEFAULT_FAIL_REASON,
     WEBHOOK_CONCURRENCY,
     WEBHOOK_EVENT_TYPE,
     WEBHOOK_RETRY_DELAYS,
     WEBHOOK_TIMEOUT,
+    EtaMode,
     Fault,
     FaultEndpoint,
     FaultKind,
+    ProgressMode,
     SimCounters,
     SimTask,
     Simulator,
@@ -28,15 +31,18 @@ from pixverse_async.testing._simulator import (
 )
 
 __all__ = [
+    "DEFAULT_DURATION",
     "DEFAULT_FAIL_REASON",
     "WEBHOOK_CONCURRENCY",
     "WEBHOOK_EVENT_TYPE",
     "WEBHOOK_RETRY_DELAYS",
     "WEBHOOK_TIMEOUT",
+    "EtaMode",
     "Fault",
     "FaultEndpoint",
     "FaultKind",
     "InstantClock",
+    "ProgressMode",
     "ScaledClock",
     "SimCounters",
     "SimTask",

@@ -47,22 +47,42 @@ Submit: ``POST /v3/async/pixverse-v4.5-i2v``
     A task is ``TASK_STATUS_QUEUED`` for the first ``queue_fraction`` of its duration, then
     ``TASK_STATUS_PROCESSING``, then ends ``TASK_STATUS_SUCCEED`` or ``TASK_STATUS_FAILED`` (chance
     ``failure_rate``, reason :data:`DEFAULT_FAIL_REASON`). ``duration`` is a number of simulated seconds or a
-    function of a :class:`random.Random` (see :func:`lognormal_durations`). ``plan`` can decide per
-    submission from its JSON body: return a :class:`TaskPlan` to fix the duration and outcome, or ``None``
-    for the defaults.
+    function of a :class:`random.Random` (see :func:`lognormal_durations`); by default log-normal around 40 s
+    (:data:`DEFAULT_DURATION`: median 40, sigma 0.3, so most tasks take 25 to 65 s, as real PixVerse jobs do).
+    ``plan`` can decide per submission from its JSON body: return a :class:`TaskPlan` to fix the duration and
+    outcome, or ``None`` for the defaults.
+
+    A busy account (``max_processing_per_key``): at most that many of a key's tasks are PROCESSING at once;
+    a task submitted beyond that sits ``TASK_STATUS_QUEUED`` (no progress, its ``eta`` counting the wait)
+    until an earlier one ends, first come first served, and then runs for its whole duration.
 
 Poll: ``GET /v3/async/task-result?task_id=<id>``
     Same authentication. No ``task_id`` -> 400 ``INVALID_REQUEST_BODY``; an unknown task or one created with
     another key -> 404 ``TASK_NOT_FOUND``. The answer has the real API's shape: ``extra.seed`` (the
     submitted seed, or a random one, as a string), ``extra.debug_info`` (times in simulated epoch
-    milliseconds, as strings, empty until reached), ``task.eta`` (whole simulated seconds left, rounded up;
-    0 once terminal), ``task.progress_percent`` (0 while queued, linear in time while processing and capped
-    at 99, 100 on success, 0 on failure), ``task.reason`` ("" unless failed), ``images: []``, ``audios: []``
+    milliseconds, as strings, empty until reached), ``task.eta``, ``task.progress_percent`` (see Hints),
+    ``task.reason`` ("" unless failed), ``images: []``, ``audios: []``
     and ``videos``: empty until success, then one entry whose ``video_url`` is signed afresh at every poll
     (a new expiry ``video_ttl`` simulated seconds from now, so polling again refreshes an expired link) and
     whose ``video_url_ttl`` is a string, as the real API sends it.
 
-    Any other path or method on the API site -> 404 ``API_NOT_FOUND``. Error bodies are
+    Any other path or method on the API site -> 404 ``API_NOT_FOUND``.
+
+Hints: ``eta`` and ``progress_percent``
+    The real API's hints cannot be trusted to be there or to be right (see ``shared/API.md``), so each has
+    modes. ``eta`` (0 once terminal, whatever the mode):
+
+    - ``"exact"`` (default): whole simulated seconds left, rounded up;
+    - ``"noisy"``: the same times a per-task factor drawn log-normal with sigma ``eta_noise`` (default 0.35)
+      when the task is created, so one task's estimate is consistently off (it counts down ``factor`` times
+      too fast or too slow); the draws come from their own RNG, so they shift no task ids or durations;
+    - ``"absent"``: always 0, as a router that does not fill the field sends it.
+
+    ``progress_percent`` (100 on success, 0 on failure and while queued, whatever the mode):
+
+    - ``"linear"`` (default): linear in processing time, whole percents, capped at 99;
+    - ``"steps"``: the linear value rounded down to a multiple of ``progress_step`` (default 25);
+    - ``"absent"``: 0 until the task ends. Error bodies are
     ``{"code": <status>, "reason": "<REASON>", "message": "...", "metadata": {}}``.
 
 Video site: ``GET /videos/<task_id>.mp4?expires=<unix sim seconds>&signature=<hmac-sha256 hex>``
@@ -153,14 +173,17 @@ from pixverse_async._images import ImageError, probe_image
 from pixverse_async.testing._video import mp4_for_task
 
 __all__ = [
+    "DEFAULT_DURATION",
     "DEFAULT_FAIL_REASON",
     "WEBHOOK_CONCURRENCY",
     "WEBHOOK_EVENT_TYPE",
     "WEBHOOK_RETRY_DELAYS",
     "WEBHOOK_TIMEOUT",
+    "EtaMode",
     "Fault",
     "FaultEndpoint",
     "FaultKind",
+    "ProgressMode",
     "SimCounters",
     "SimTask",
     "Simulator",
@@ -192,6 +215,9 @@ WEBHOOK_RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 #: At most this many webhook attempts in flight at once to one receiver (scheme, host and port); the others
 #: wait for a slot. Kept well under a typical listen backlog (128), past which connections stall for seconds.
 WEBHOOK_CONCURRENCY: Final = 32
+
+EtaMode = Literal["exact", "noisy", "absent"]
+ProgressMode = Literal["linear", "steps", "absent"]
 
 MAX_PROMPT_CHARS: Final = 2048
 MAX_SEED: Final = 2_147_483_647
@@ -241,6 +267,10 @@ def lognormal_durations(median: float = 40.0, sigma: float = 0.5) -> Callable[[r
         return rng.lognormvariate(mu, sigma)
 
     return draw
+
+
+#: The default ``Simulator(duration=...)``: log-normal, median 40 simulated seconds, sigma 0.3.
+DEFAULT_DURATION: Final = lognormal_durations(40.0, 0.3)
 
 
 @attrs.frozen
@@ -352,6 +382,8 @@ class SimTask:
     terminal_seen: bool = False
     # ``extra.webhook.url`` of the submission: where the result is POSTed when the task ends (None: nowhere).
     webhook_url: str | None = None
+    # ``eta="noisy"``: what this task's eta is multiplied by (1.0: exact).
+    eta_factor: float = 1.0
 
     @property
     def prompt(self) -> str:
@@ -363,6 +395,7 @@ class SimTask:
         return QUEUED if now < self.processing_at else PROCESSING
 
     def progress_at(self, now: float) -> int:
+        """The true progress, whole percents (``Simulator(progress=...)`` decides what a poll shows)."""
         status = self.status_at(now)
         if status == SUCCEED:
             return 100
@@ -370,6 +403,10 @@ class SimTask:
             return 0
         processing_time = self.ends_at - self.processing_at
         return min(99, int(100 * (now - self.processing_at) / processing_time))
+
+    def remaining_at(self, now: float) -> float:
+        """Simulated seconds until the task ends (0 once it has)."""
+        return max(0.0, self.ends_at - now)
 
 
 @typing.final
@@ -598,6 +635,11 @@ class Simulator:
     video_ttl: float
     webhook_timeout: float
     webhook_drop_rate: float
+    eta: EtaMode
+    eta_noise: float
+    progress: ProgressMode
+    progress_step: int
+    max_processing_per_key: int | None
     counters: SimCounters
 
     _rng: random.Random
@@ -609,6 +651,10 @@ class Simulator:
     # Per key: end times of tasks that may still be running, as a min-heap; finished ones are popped lazily.
     _running_ends: dict[str, list[float]]
     _created_by_key: collections.Counter[str]
+    # Per key, with max_processing_per_key: when each processing place frees up next, as a min-heap.
+    _processing_free_at: dict[str, list[float]]
+    # Per-task eta factors (eta="noisy"), drawn apart from ``_rng`` so that they shift no ids or durations.
+    _hint_rng: random.Random
     _faults: list[_PendingFault]
     _runners: list[web.AppRunner]
     _base_url: str | None
@@ -634,7 +680,7 @@ class Simulator:
         port: int = 0,
         video_port: int = 0,
         time_scale: float = 1.0,
-        duration: float | Callable[[random.Random], float] = 30.0,
+        duration: float | Callable[[random.Random], float] = DEFAULT_DURATION,
         queue_fraction: float = 0.1,
         failure_rate: float = 0.0,
         seed: int | None = None,
@@ -645,6 +691,11 @@ class Simulator:
         video_ttl: float = 3600.0,
         webhook_timeout: float = WEBHOOK_TIMEOUT,
         webhook_drop_rate: float = 0.0,
+        eta: EtaMode = "exact",
+        eta_noise: float = 0.35,
+        progress: ProgressMode = "linear",
+        progress_step: int = 25,
+        max_processing_per_key: int | None = None,
     ) -> None:
         """Configure the simulator; nothing listens until ``start()`` or ``async with``.
 
@@ -665,6 +716,11 @@ class Simulator:
             default); raise it to keep a loaded receiver from being retried at a small ``time_scale``.
         :param webhook_drop_rate: probability that a webhook delivery is lost (never sent, not retried);
             1.0 loses them all.
+        :param eta: what ``task.eta`` says while a task runs: "exact", "noisy" or "absent" (see Hints).
+        :param eta_noise: with ``eta="noisy"``, the sigma of each task's log-normal eta factor.
+        :param progress: what ``task.progress_percent`` says: "linear", "steps" or "absent" (see Hints).
+        :param progress_step: with ``progress="steps"``, the step in percent (1 to 100).
+        :param max_processing_per_key: at most this many tasks of a key PROCESSING at once; later ones queue.
         """
         if isinstance(api_keys, str):
             raise TypeError("api_keys must be a collection of keys, not one string")
@@ -684,6 +740,16 @@ class Simulator:
             raise ValueError(f"webhook_timeout must be > 0, got {webhook_timeout}")
         if not 0.0 <= webhook_drop_rate <= 1.0:
             raise ValueError(f"webhook_drop_rate must be in [0, 1], got {webhook_drop_rate}")
+        if eta not in typing.get_args(EtaMode):
+            raise ValueError(f"eta must be one of {typing.get_args(EtaMode)}, got {eta!r}")
+        if progress not in typing.get_args(ProgressMode):
+            raise ValueError(f"progress must be one of {typing.get_args(ProgressMode)}, got {progress!r}")
+        if not eta_noise >= 0:
+            raise ValueError(f"eta_noise must be >= 0, got {eta_noise}")
+        if isinstance(progress_step, bool) or not isinstance(progress_step, int) or not 1 <= progress_step <= 100:
+            raise ValueError(f"progress_step must be an int in 1..100, got {progress_step!r}")
+        if max_processing_per_key is not None and max_processing_per_key < 1:
+            raise ValueError(f"max_processing_per_key must be >= 1, got {max_processing_per_key}")
         self.__attrs_init__(
             api_keys=frozenset(api_keys),
             host=host,
@@ -700,6 +766,11 @@ class Simulator:
             video_ttl=video_ttl,
             webhook_timeout=webhook_timeout,
             webhook_drop_rate=webhook_drop_rate,
+            eta=eta,
+            eta_noise=eta_noise,
+            progress=progress,
+            progress_step=progress_step,
+            max_processing_per_key=max_processing_per_key,
             counters=SimCounters(),
             rng=random.Random(seed),
             signing_key=secrets.token_bytes(32),
@@ -709,6 +780,8 @@ class Simulator:
             tasks={},
             running_ends={},
             created_by_key=collections.Counter(),
+            processing_free_at={},
+            hint_rng=random.Random(f"hints:{seed}") if seed is not None else random.Random(),
             faults=[],
             runners=[],
             base_url=None,
@@ -988,6 +1061,7 @@ class Simulator:
         seed = body["seed"] if "seed" in body else self._rng.randint(0, MAX_SEED)
         # Ids come from the seeded RNG, so a seeded simulator replays the same ids.
         task_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        starts_at = self._processing_place(key, now, duration)
         task = SimTask(
             task_id=task_id,
             api_key=key,
@@ -995,16 +1069,40 @@ class Simulator:
             image=image,
             seed=seed,
             submitted_at=now,
-            processing_at=now + duration * self.queue_fraction,
-            ends_at=now + duration,
+            processing_at=starts_at + duration * self.queue_fraction,
+            ends_at=starts_at + duration,
             fail_reason=fail_reason,
             webhook_url=_webhook_url(body),
+            eta_factor=self._hint_rng.lognormvariate(0.0, self.eta_noise) if self.eta == "noisy" else 1.0,
         )
         self._tasks[task_id] = task
         self._created_by_key[key] += 1
         if task.webhook_url is not None:
             self._schedule_webhook(task.ends_at, _Delivery(task, task.webhook_url))
         return task
+
+    def _processing_place(self, key: str, now: float, duration: float) -> float:
+        """When a task of ``key`` submitted now starts running: now, or (a busy account) when a place frees."""
+        if self.max_processing_per_key is None:
+            return now
+        places = self._processing_free_at.setdefault(key, [])
+        # Full: this task takes the place that frees first (FIFO), from when it does.
+        starts_at = now if len(places) < self.max_processing_per_key else max(now, heapq.heappop(places))
+        heapq.heappush(places, starts_at + duration)
+        return starts_at
+
+    def _eta_at(self, task: SimTask, now: float) -> int:
+        if self.eta == "absent" or now >= task.ends_at:
+            return 0
+        return math.ceil(task.eta_factor * (task.ends_at - now))
+
+    def _progress_at(self, task: SimTask, now: float) -> int:
+        progress = task.progress_at(now)
+        if progress == 100 or self.progress == "linear":
+            return progress
+        if self.progress == "absent":
+            return 0
+        return progress - progress % self.progress_step
 
     async def _handle_poll(self, request: web.Request) -> web.StreamResponse:
         counters = self.counters
@@ -1075,8 +1173,8 @@ class Simulator:
                 "status": status,
                 "reason": task.fail_reason if status == FAILED and task.fail_reason is not None else "",
                 "task_type": TASK_TYPE,
-                "eta": 0 if terminal else math.ceil(task.ends_at - now),
-                "progress_percent": task.progress_at(now),
+                "eta": self._eta_at(task, now),
+                "progress_percent": self._progress_at(task, now),
             },
             "images": [],
             "audios": [],
