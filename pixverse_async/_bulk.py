@@ -28,6 +28,7 @@ from ._exceptions import (
     PixVerseError,
     TaskFailedError,
 )
+from ._forecast import kind_of
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video
 from ._poller import Outcome, Waiter
 from ._wire import WireGuard
@@ -302,7 +303,10 @@ class AsCompleted:
         deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
         waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id)
         self._running[task_id] = waiter
-        await self._state.poller.follow(task_id, waiter, holds_slot=True)
+        if isinstance(job, ImageToVideo):
+            await self._state.poller.follow(task_id, waiter, holds_slot=True, kind=kind_of(job))
+        else:  # resumed: submitted earlier, so its age here says nothing about how long tasks take
+            await self._state.poller.follow(task_id, waiter, holds_slot=True, learns=False)
 
     async def _submit(self, job: Job, wire_guard: WireGuard) -> str:
         if isinstance(job, Task | str):

@@ -46,6 +46,7 @@ from ._exceptions import (
     TaskFailedError,
     VideoExpiredError,
 )
+from ._forecast import kind_of
 from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts
 from ._limiter import RunningTaskLimiter
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout, read_image_file
@@ -263,7 +264,7 @@ class PixVerseClient:
                 task_id = await self._submit_holding_slot(
                     state, submission.request, body, wire_guard=WireGuard(scope=scope, stop=submission.stop)
                 )
-                state.poller.track(task_id, holds_slot=True)
+                state.poller.track(task_id, holds_slot=True, kind=kind_of(submission.request))
                 submission.task = Task(task_id=task_id, request=submission.request)
                 if submission.stop.cancel_called:
                     self._abandoned.append(submission.task)

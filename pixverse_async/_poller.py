@@ -35,62 +35,60 @@ from ._exceptions import (
     ServerError,
     TaskTimeoutError,
 )
+from ._forecast import Evidence, Forecaster, Kind
 from ._limiter import RunningTaskLimiter
 from ._models import TaskResult
 from ._retry import RetryPolicy
 
 Outcome = TaskResult | PixVerseError
+#: With webhooks, a fallback poll comes this long after the end a task's hints predict (a delivery is late by
+#: well under a second when it comes at all).
+_WEBHOOK_GRACE = 2.0
+#: Every pending task's plan is revisited when the number of ended tasks reaches 8, 16, 32, ...
+_REPLAN_FROM = 8
 FetchTask = Callable[[str], Awaitable[TaskResult]]
 ProgressCallback = Callable[[TaskResult], None]
 
 
 @attrs.frozen
 class PollPolicy:
-    """When the shared poller looks at a task again, in the API's seconds.
+    """When the shared poller looks at a task again, in the API's seconds (see `_forecast.py` for how).
 
-    The first poll comes `first_poll_after` a submission. After that, the poller aims `lead` seconds before
-    the finish the server predicts (its `eta`, or an estimate from `progress_percent` and the task's age),
-    then looks every `min_interval` until the task ends, never waiting more than `max_interval`. Without any
-    hint it waits `age_factor` times the task's age. Jitter (`jitter` of the wait, at most `lead` when aiming
-    at a predicted finish) spreads polls out; it only ever makes a poll earlier than the predicted finish,
-    never later. `max_polls_per_second` bounds the whole client's poll rate; `max_polls_in_flight` its
-    concurrent polls.
-    With webhooks on (`PixVerseClient(webhook_url=...)`), a task is polled only every `webhook_fallback`
-    seconds, as a fallback for lost deliveries: each webhook triggers one confirming poll instead.
+    `delay_cost` is the one knob that trades polls for lateness: how many polls one second of delay (from a
+    task's end to the poll that sees it) is worth. With a usable hint the poller aims at `1 / delay_cost`
+    seconds after the earliest likely finish; with none, it spaces polls by the learnt hazard of the task's
+    age, more densely where many tasks of that kind end. The default, 2.0, comes from `benchmarks.polling`:
+    see the README's Performance section.
+
+    The first poll comes `first_poll_after` seconds after a submission, or, when None (the default), when it
+    pays off by the learnt durations. `expected_duration` and `duration_spread` (a log-normal median and
+    sigma) are the prior a new client starts from, before any task has ended. No task is polled again
+    sooner than `min_interval` after its last poll, or later than `max_interval`. Jitter (`jitter` of the
+    wait) only ever makes a poll earlier, never later than planned and never before the likely finish.
+    `max_polls_per_second` bounds the whole client's poll rate; `max_polls_in_flight` its concurrent polls.
+
+    With webhooks on (`PixVerseClient(webhook_url=...)`), polls are a fallback for lost deliveries: a task
+    is polled when, by the learnt durations, it would have ended with chance `1 - webhook_tail` (shortly
+    after the end its hints predict, if a poll has read any), then likewise from there, never waiting more
+    than `webhook_fallback` seconds. Each delivery triggers one confirming poll instead.
     """
 
-    first_poll_after: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
+    first_poll_after: float | None = attrs.field(default=None)
+    delay_cost: float = attrs.field(default=2.0, validator=attrs.validators.gt(0.0))
     min_interval: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
-    max_interval: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
-    lead: float = attrs.field(default=0.25, validator=attrs.validators.ge(0.0))
-    age_factor: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
+    max_interval: float = attrs.field(default=60.0, validator=attrs.validators.gt(0.0))
     jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
+    expected_duration: float = attrs.field(default=40.0, validator=attrs.validators.gt(0.0))
+    duration_spread: float = attrs.field(default=0.5, validator=attrs.validators.gt(0.0))
     max_polls_per_second: float | None = attrs.field(default=200.0)
     max_polls_in_flight: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    webhook_tail: float = attrs.field(default=0.2, validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)])
     webhook_fallback: float = attrs.field(default=300.0, validator=attrs.validators.gt(0.0))
 
-    def next_interval(self, result: TaskResult, age: float, rng: random.Random) -> float:
-        remaining = self._predicted_remaining(result, age)
-        spread = self.jitter * rng.random()
-        if remaining is None:
-            interval = age * self.age_factor * (1.0 + spread)
-        elif remaining - self.lead > self.max_interval:
-            interval = self.max_interval * (1.0 - spread)
-        elif remaining > self.lead + self.min_interval:
-            aim = remaining - self.lead
-            interval = aim - min(self.lead, aim * spread)
-        else:
-            interval = self.min_interval
-        return min(self.max_interval, max(self.min_interval, interval))
-
-    @staticmethod
-    def _predicted_remaining(result: TaskResult, age: float) -> float | None:
-        if result.eta is not None and result.eta >= 0:
-            return result.eta
-        progress = result.progress_percent
-        if progress is not None and 0 < progress < 100 and age > 0:
-            return age * (100 - progress) / progress
-        return None
+    @first_poll_after.validator
+    def _check_first_poll_after(self, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+        if value is not None and not value >= 0:
+            raise ValueError(f"first_poll_after must be >= 0 or None, not {value!r}")
 
 
 @attrs.define(slots=True, eq=False)
@@ -124,15 +122,20 @@ class CallbackWaiter(Waiter):
 
 
 @attrs.define(slots=True, eq=False)
-class PendingTask:
-    task_id: str
-    started_at: float
-    holds_slot: bool
-    waiters: tuple[Waiter, ...] = ()
-    due: float = 0.0
-    failures: int = 0
-    in_flight: bool = False
-    done: bool = False
+class PendingTask(Evidence):
+    """One followed task: its hints (`Evidence`) and its place in the poller's heap."""
+
+    task_id: str = attrs.field(kw_only=True)
+    holds_slot: bool = attrs.field(kw_only=True)
+    #: Submitted by this client just now: its age is its real age, so its end teaches the forecaster.
+    learns: bool = attrs.field(default=True, kw_only=True)
+    waiters: tuple[Waiter, ...] = attrs.field(default=(), kw_only=True)
+    due: float = attrs.field(default=0.0, kw_only=True)
+    #: `due` came from the forecaster (not a deadline, a webhook or a new waiter), so it may be re-planned.
+    planned: bool = attrs.field(default=False, kw_only=True)
+    failures: int = attrs.field(default=0, kw_only=True)
+    in_flight: bool = attrs.field(default=False, kw_only=True)
+    done: bool = attrs.field(default=False, kw_only=True)
 
 
 @final
@@ -157,6 +160,7 @@ class Poller:
         self._retry = retry
         self._limiter = limiter
         self._rng = rng
+        self.forecaster = Forecaster(prior_median=policy.expected_duration, prior_sigma=policy.duration_spread)
         self._keep_unclaimed = keep_unclaimed
         self._webhooks = webhooks
         self._pending: dict[str, PendingTask] = {}
@@ -184,12 +188,14 @@ class Poller:
     def polls_in_flight(self) -> int:
         return self._in_flight
 
-    def track(self, task_id: str, *, holds_slot: bool) -> None:
-        """Start following a task this client just submitted."""
-        now = self._clock.now()
-        self._schedule(self._add(task_id, now, holds_slot), now + self._first_poll_delay())
+    def track(self, task_id: str, *, holds_slot: bool, kind: Kind = None) -> None:
+        """Start following a task this client just submitted; `kind` groups tasks of alike durations."""
+        pending = self._add(task_id, self._clock.now(), holds_slot, kind)
+        self._schedule(pending, self._first_due(pending), planned=True)
 
-    async def follow(self, task_id: str, waiter: Waiter, *, holds_slot: bool) -> None:
+    async def follow(
+        self, task_id: str, waiter: Waiter, *, holds_slot: bool, kind: Kind = None, learns: bool = True
+    ) -> None:
         """Start following a task this client just submitted, with its first waiter.
 
         When the first poll is due at once (`first_poll_after=0`) and may start now, it is made here, in the
@@ -202,13 +208,14 @@ class Poller:
             self.watch(task_id, waiter)
             return
         now = self._clock.now()
-        pending = self._add(task_id, now, holds_slot)
+        pending = self._add(task_id, now, holds_slot, kind)
+        pending.learns = learns
         pending.waiters = (waiter,)
-        first = now + self._first_poll_delay()
+        first = self._first_due(pending)
         if waiter.deadline is not None:
             first = min(first, waiter.deadline)
         if first > now or not self._may_start_poll(now):
-            self._schedule(pending, first)
+            self._schedule(pending, first, planned=first < (waiter.deadline or math.inf))
             return
         self._claim(pending)
         try:
@@ -226,21 +233,49 @@ class Poller:
         else:
             self._limiter.release()
 
-    def _add(self, task_id: str, now: float, holds_slot: bool) -> PendingTask:
-        pending = PendingTask(task_id=task_id, started_at=now, holds_slot=holds_slot)
+    def _add(self, task_id: str, now: float, holds_slot: bool, kind: Kind) -> PendingTask:
+        pending = PendingTask(now, kind, task_id=task_id, holds_slot=holds_slot)
         self._pending[task_id] = pending
         return pending
 
-    def _first_poll_delay(self) -> float:
-        return self._policy.webhook_fallback if self._webhooks else self._policy.first_poll_after
+    def _first_due(self, pending: PendingTask) -> float:
+        fixed = self._policy.first_poll_after
+        if fixed is not None and not self._webhooks:
+            return pending.submitted_at + fixed
+        return self._plan(pending, pending.submitted_at, self._rng.random())
+
+    def _plan(self, pending: PendingTask, last_poll: float, random_fraction: float) -> float:
+        """When to poll next, on the clock, from what the task and the forecaster know; `last_poll` is the
+        time of the last poll (its submission before the first)."""
+        policy = self._policy
+        forecaster = self.forecaster
+        if self._webhooks:
+            window = forecaster.window(pending)
+            if window is not None and window[1] > last_poll:
+                return window[1] + _WEBHOOK_GRACE
+            age = last_poll - pending.submitted_at
+            wait = forecaster.webhook_fallback(pending.kind, age, policy.webhook_tail, policy.webhook_fallback)
+            return last_poll + max(policy.min_interval, wait * (1.0 - policy.jitter * random_fraction))
+        return forecaster.next_poll(
+            pending,
+            last_poll,
+            delay_cost=policy.delay_cost,
+            min_interval=policy.min_interval,
+            max_interval=policy.max_interval,
+            jitter=policy.jitter,
+            random_fraction=random_fraction,
+        )
 
     def confirm(self, task_id: str) -> bool:
         """A webhook says the task ended: poll it now to confirm. False if the task is not followed here."""
         pending = self._pending.get(task_id)
         if pending is None or pending.done:
             return False
+        now = self._clock.now()
+        # The task ended just before the delivery was sent: its end is known to about now.
+        pending.seen_running_at = max(pending.seen_running_at or pending.submitted_at, now)
         if not pending.in_flight:
-            self._schedule(pending, self._clock.now())
+            self._schedule(pending, now)
         return True
 
     def watch(self, task_id: str, waiter: Waiter) -> None:
@@ -255,7 +290,8 @@ class Poller:
         pending = self._pending.get(task_id)
         now = self._clock.now()
         if pending is None:
-            pending = PendingTask(task_id=task_id, started_at=now, holds_slot=False)
+            # Not submitted here: its age is unknown, so its end teaches the forecaster nothing.
+            pending = PendingTask(now, None, task_id=task_id, holds_slot=False, learns=False)
             self._pending[task_id] = pending
             self._schedule(pending, now)
         pending.waiters += (waiter,)
@@ -314,8 +350,9 @@ class Poller:
             for waiter in task.waiters:
                 waiter.deliver(ClientClosedError(f"the client was closed while waiting for task {task.task_id}"))
 
-    def _schedule(self, pending: PendingTask, due: float) -> None:
+    def _schedule(self, pending: PendingTask, due: float, *, planned: bool = False) -> None:
         pending.due = due
+        pending.planned = planned
         self._sequence += 1
         heapq.heappush(self._heap, (due, self._sequence, pending))
         if due < self._sleeping_until:
@@ -336,6 +373,8 @@ class Poller:
                 continue
             if due > now:
                 return due - now
+            if pending.planned and self._replanned_later(pending, now):
+                continue
             if self._in_flight >= self._policy.max_polls_in_flight:
                 self._waiting_for_slot = True  # a finishing poll wakes the loop
                 return math.inf
@@ -348,6 +387,27 @@ class Poller:
             self._claim(pending)
             polls.start_soon(self._poll, pending)
         return math.inf
+
+    def _replanned_later(self, pending: PendingTask, now: float) -> bool:
+        """What was learnt since this task's poll was planned puts it off: file it again, later."""
+        last_poll = pending.seen_running_at if pending.seen_running_at is not None else pending.submitted_at
+        # Planned with the most jitter (the earliest it could be): later than now means not due yet.
+        if self._capped_by_deadlines(pending, self._plan(pending, last_poll, 1.0)) <= now:
+            return False
+        due = self._capped_by_deadlines(pending, self._plan(pending, last_poll, self._rng.random()))
+        self._schedule(pending, max(due, now), planned=True)
+        return True
+
+    def _replan_all(self) -> None:
+        """The forecaster learnt a lot since the tasks' polls were planned: bring forward those now due earlier
+        (those due later are put off when they come up)."""
+        for pending in self._pending.values():
+            if not pending.planned or pending.in_flight or pending.done:
+                continue
+            last_poll = pending.seen_running_at if pending.seen_running_at is not None else pending.submitted_at
+            due = self._capped_by_deadlines(pending, self._plan(pending, last_poll, self._rng.random()))
+            if due < pending.due:
+                self._schedule(pending, due, planned=True)
 
     def _may_start_poll(self, now: float) -> bool:
         """Whether a poll may start now (in flight, 429 pause, rate), taking a rate token if so."""
@@ -396,15 +456,17 @@ class Poller:
             self._finish(pending, result)
             return
         now = self._clock.now()
+        if pending.learns:
+            self.forecaster.running(pending, now, result.eta, result.progress_percent)
+        else:
+            pending.record(now, result.eta, result.progress_percent)
         for waiter in pending.waiters:
             waiter.progress(result)
         self._expire_waiters(pending, now)
         if not self._drop_if_unneeded(pending):
-            if self._webhooks:
-                interval = self._policy.webhook_fallback * (1.0 + self._policy.jitter * self._rng.random())
-            else:
-                interval = self._policy.next_interval(result, now - pending.started_at, self._rng)
-            self._schedule(pending, self._capped_by_deadlines(pending, now + interval))
+            due = self._plan(pending, now, self._rng.random())
+            capped = self._capped_by_deadlines(pending, due)
+            self._schedule(pending, capped, planned=capped == due)
 
     def _on_poll_rate_limited(self, pending: PendingTask, error: RateLimitError) -> None:
         # The API is telling the whole key to slow down: pause every poll, not just this task's.
@@ -451,6 +513,12 @@ class Poller:
     def _finish(self, pending: PendingTask, outcome: Outcome) -> None:
         pending.done = True
         self._pending.pop(pending.task_id, None)
+        if pending.learns and isinstance(outcome, TaskResult):
+            forecaster = self.forecaster
+            forecaster.ended_between(pending, pending.seen_running_at, self._clock.now())
+            ended = forecaster.ended
+            if ended >= _REPLAN_FROM and ended & (ended - 1) == 0:  # 8, 16, 32...: the model changed a lot
+                self._replan_all()
         if pending.holds_slot:
             pending.holds_slot = False
             self._limiter.release()
