@@ -42,8 +42,9 @@ BIN_BASE: Final = 1.2
 BIN_COUNT: Final = 48  # up to about 1.2**48 s, 2.4 hours; older tasks share the last bin
 #: How many task-seconds of the prior every bin starts with (a few tasks' worth of evidence).
 PRIOR_EXPOSURE: Final = 30.0
-#: How many ended tasks' worth of weight the priors of the eta ratio and the queueing share carry.
-PRIOR_WEIGHT: Final = 1.0
+#: How many measurements' worth of weight the priors of the eta ratio and the queueing share carry: little, so
+#: that a server whose hints are consistently right is soon trusted.
+PRIOR_WEIGHT: Final = 0.2
 #: Prior of the eta ratio: its log has mean 0 (the server is right on average) and this spread.
 PRIOR_ETA_SPREAD: Final = 0.5
 #: Prior of the share of a task's life spent before progress moves (queueing): mean and spread.
@@ -319,11 +320,19 @@ class Forecaster:
             found = from_eta or from_progress
         else:
             lo, hi = max(from_eta[0], from_progress[0]), min(from_eta[1], from_progress[1])
-            found = (lo, hi) if lo <= hi else from_progress  # they disagree: progress is measured
+            if lo <= hi:
+                found = (lo, hi)
+            else:  # they disagree: a measured slope beats the server's word, which beats a learnt habit
+                found = from_progress if self._progress_slope_known(evidence) else from_eta
         if found is None:
             return None
         floor = evidence.seen_running_at if evidence.seen_running_at is not None else evidence.submitted_at
         return max(found[0], floor), max(found[1], floor)
+
+    @staticmethod
+    def _progress_slope_known(evidence: Evidence) -> bool:
+        first, latest = evidence.first_progress, evidence.progress
+        return first is not None and latest is not None and latest > first
 
     def _eta_window(self, evidence: Evidence) -> tuple[float, float] | None:
         eta, at = evidence.eta, evidence.eta_at
@@ -392,9 +401,13 @@ class Forecaster:
                 gap = min(gap, max(patience, (now - window[1]) / 4))
             due = now + gap * (1.0 - jitter * random_fraction)
         else:
+            # The finish is somewhere in the window: a wide one is crossed in a few steps, each the longer the
+            # more of the window is left (sqrt(2 w / cost) balances a poll against the delay it saves), a
+            # narrow one in one step to its end.
             lo, hi = window
-            aim = min(hi, max(now, lo) + patience)
             earliest = max(now, lo)
+            step = max(patience, math.sqrt(2 * (hi - earliest) * patience))
+            aim = min(hi, earliest + step)
             due = aim - jitter * random_fraction * (aim - earliest)
         return min(now + max_interval, max(now + min_interval, due))
 

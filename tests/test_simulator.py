@@ -1202,3 +1202,84 @@ async def test_many_deliveries_due_at_once() -> None:
         await wait_until(lambda: h.sim.counters.webhooks_delivered == 150)
         assert receiver.task_ids() == dict.fromkeys(ids, 1)
         assert h.sim.counters.webhooks_sent == 150
+
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hint modes
+
+
+async def hints(h: Harness, task_id: str) -> tuple[str, int, int]:
+    task = (await h.task(task_id))["task"]
+    return task["status"], task["eta"], task["progress_percent"]
+
+
+@pytest.mark.anyio
+async def test_eta_absent_is_zero_while_running_and_noisy_is_consistently_off_per_task() -> None:
+    async with running(time_scale=1.0, duration=100.0, queue_fraction=0.0, eta="absent") as h:
+        task_id = await h.create()
+        h.sim.advance(30)
+        assert await hints(h, task_id) == ("TASK_STATUS_PROCESSING", 0, 30)
+    async with running(time_scale=1.0, duration=100.0, queue_fraction=0.0, eta="noisy", eta_noise=0.5) as h:
+        ids = [await h.create() for _ in range(20)]
+        h.sim.advance(20)
+        first = [(await hints(h, task_id))[1] for task_id in ids]
+        h.sim.advance(40)
+        second = [(await hints(h, task_id))[1] for task_id in ids]
+    factors = [h.sim.tasks[task_id].eta_factor for task_id in ids]
+    assert len(set(factors)) == 20 and min(factors) < 0.9 and max(factors) > 1.1
+    for eta_then, eta_now, factor in zip(first, second, factors, strict=True):
+        assert abs(eta_then - factor * 80) <= 1  # rounded up to whole seconds
+        assert abs((eta_then - eta_now) - factor * 40) <= 1  # counts down `factor` times as fast
+
+
+@pytest.mark.anyio
+async def test_noisy_eta_draws_shift_no_task_ids_or_durations() -> None:
+    async with running(time_scale=1.0, duration=Simulator.lognormal(40, 0.3)) as plain:
+        plain_ids = [await plain.create() for _ in range(5)]
+    async with running(time_scale=1.0, duration=Simulator.lognormal(40, 0.3), eta="noisy") as noisy:
+        noisy_ids = [await noisy.create() for _ in range(5)]
+    assert plain_ids == noisy_ids
+    assert [plain.sim.tasks[i].ends_at - plain.sim.tasks[i].submitted_at for i in plain_ids] == pytest.approx(
+        [noisy.sim.tasks[i].ends_at - noisy.sim.tasks[i].submitted_at for i in noisy_ids]
+    )
+
+
+@pytest.mark.anyio
+async def test_progress_in_steps_or_absent() -> None:
+    async with running(time_scale=1.0, duration=100.0, queue_fraction=0.0, progress="steps", progress_step=25) as h:
+        task_id = await h.create()
+        seen = []
+        for _ in range(4):
+            h.sim.advance(20)
+            seen.append((await hints(h, task_id))[2])
+        assert seen == [0, 25, 50, 75]
+        h.sim.advance(30)
+        assert await hints(h, task_id) == ("TASK_STATUS_SUCCEED", 0, 100)
+    async with running(time_scale=1.0, duration=100.0, queue_fraction=0.0, progress="absent") as h:
+        task_id = await h.create()
+        h.sim.advance(90)
+        assert (await hints(h, task_id))[2] == 0
+
+
+@pytest.mark.anyio
+async def test_a_busy_account_queues_tasks_without_progress_until_a_place_frees() -> None:
+    async with running(time_scale=1.0, duration=100.0, queue_fraction=0.0, max_processing_per_key=2) as h:
+        first, second, third = [await h.create() for _ in range(3)]
+        h.sim.advance(50)
+        assert (await hints(h, first))[0] == "TASK_STATUS_PROCESSING"
+        assert await hints(h, third) == ("TASK_STATUS_QUEUED", 150, 0)  # waits 50 s more, then runs 100 s
+        h.sim.advance(60)
+        assert (await hints(h, first))[0] == "TASK_STATUS_SUCCEED"
+        assert await hints(h, third) == ("TASK_STATUS_PROCESSING", 90, 10)
+
+
+def test_hint_modes_are_checked() -> None:
+    with pytest.raises(ValueError, match="eta"):
+        Simulator(eta="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="progress"):
+        Simulator(progress="jumpy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="progress_step"):
+        Simulator(progress_step=0)
+    with pytest.raises(ValueError, match="max_processing_per_key"):
+        Simulator(max_processing_per_key=0)
