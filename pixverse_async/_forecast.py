@@ -320,10 +320,9 @@ class Forecaster:
             found = from_eta or from_progress
         else:
             lo, hi = max(from_eta[0], from_progress[0]), min(from_eta[1], from_progress[1])
-            if lo <= hi:
-                found = (lo, hi)
-            else:  # they disagree: a measured slope beats the server's word, which beats a learnt habit
-                found = from_progress if self._progress_slope_known(evidence) else from_eta
+            # When they disagree, a measured slope beats the server's word, which beats a learnt habit.
+            disagreeing = from_progress if self._progress_slope_known(evidence) else from_eta
+            found = (lo, hi) if lo <= hi else disagreeing
         if found is None:
             return None
         floor = evidence.seen_running_at if evidence.seen_running_at is not None else evidence.submitted_at

@@ -154,8 +154,7 @@ async def test_every_hint_mode_costs_few_polls_and_no_poll_after_the_end(mode: s
     assert sim.counters.polls_after_terminal == 0
     polls_per_task = sim.counters.poll_requests / jobs
     # The fixed 5 s loop's cost on these durations, as a ceiling for the modes without a tight bound.
-    five_second_loop = sum(
-        math.ceil((task.ends_at - task.submitted_at) / 5.0) for task in sim.tasks.values()
-    ) / len(sim.tasks)
+    loop_polls = [math.ceil((task.ends_at - task.submitted_at) / 5.0) for task in sim.tasks.values()]
+    five_second_loop = sum(loop_polls) / len(loop_polls)
     assert polls_per_task <= POLL_BOUNDS.get(mode, five_second_loop)
     assert min(Counter(sim.counters.polls_by_task).values()) >= 1

@@ -1204,7 +1204,6 @@ async def test_many_deliveries_due_at_once() -> None:
         assert h.sim.counters.webhooks_sent == 150
 
 
-
 # --------------------------------------------------------------------------------------------------------
 # Hint modes
 
@@ -1265,7 +1264,7 @@ async def test_progress_in_steps_or_absent() -> None:
 @pytest.mark.anyio
 async def test_a_busy_account_queues_tasks_without_progress_until_a_place_frees() -> None:
     async with running(time_scale=1.0, duration=100.0, queue_fraction=0.0, max_processing_per_key=2) as h:
-        first, second, third = [await h.create() for _ in range(3)]
+        first, _, third = [await h.create() for _ in range(3)]
         h.sim.advance(50)
         assert (await hints(h, first))[0] == "TASK_STATUS_PROCESSING"
         assert await hints(h, third) == ("TASK_STATUS_QUEUED", 150, 0)  # waits 50 s more, then runs 100 s
