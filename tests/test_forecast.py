@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -126,7 +127,7 @@ def test_without_hints_polls_are_sparse_while_few_tasks_end_and_dense_where_many
     assert late <= in_the_bulk * 1.01  # a late task is not polled more and more rarely
 
 
-MODES = {
+MODES: dict[str, dict[str, Any]] = {
     "exact eta": {"eta": "exact"},
     "noisy eta": {"eta": "noisy"},
     "progress only": {"eta": "absent"},
@@ -142,9 +143,9 @@ POLL_BOUNDS = {"exact eta": 4.0, "noisy eta": 4.0, "progress only": 4.0}
 @pytest.mark.parametrize("mode", list(MODES))
 async def test_every_hint_mode_costs_few_polls_and_no_poll_after_the_end(mode: str) -> None:
     jobs = 60
-    options = {"duration": lognormal_durations(40.0, 0.3), "seed": 7, **MODES[mode]}
+    options: dict[str, Any] = {"duration": lognormal_durations(40.0, 0.3), "seed": 7, **MODES[mode]}
     async with (
-        Simulator(time_scale=0.005, **options) as sim,  # type: ignore[arg-type]
+        Simulator(time_scale=0.005, **options) as sim,
         client_for(sim, max_concurrency=20, polling=PollPolicy(max_polls_per_second=None)) as client,
     ):
         requests = [ImageToVideo(f"job {index}", URL) for index in range(jobs)]
