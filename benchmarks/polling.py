@@ -70,6 +70,8 @@ DURATIONS = LogNormal(median=40.0, sigma=0.3)
 FULL_JOBS = 2_000
 QUICK_JOBS = 200
 CONCURRENCY = 200
+#: The cold-start row (all jobs at once) runs this many times slower (see `run`).
+COLD_SLOWDOWN = 5
 QUICK_CONCURRENCY = 50
 
 
@@ -212,7 +214,7 @@ async def run(quick: bool = False) -> list[Table]:
     concurrency = QUICK_CONCURRENCY if quick else CONCURRENCY
     time_scale = QUICK_TIME_SCALE if quick else TIME_SCALE
     library = Contender("library, default PollPolicy", library_as_completed(PollPolicy()), jobs, concurrency)
-    cold = Contender("library, all at once (cold start)", library.run, jobs, jobs)
+    cold = Contender("library, all at once (cold start, slower clock)", library.run, jobs, jobs)
     loops = [
         Contender("fixed 5 s loop", fixed_interval_loop(5.0), jobs, concurrency),
         Contender("fixed 1 s loop", fixed_interval_loop(1.0), jobs, concurrency),
@@ -220,14 +222,17 @@ async def run(quick: bool = False) -> list[Table]:
     outcomes: list[Outcome] = []
     for mode in MODES:
         contenders = [library]
-        if mode is MODES[0]:
-            contenders += [cold, *loops]
-        elif mode.busy:
+        if mode is MODES[0] or mode.busy:  # a fixed loop ignores hints: the plain and the busy server
             contenders += loops
         with SimulatorProcess(sim_config(mode, time_scale, concurrency)) as sim:
             await library.run(sim, 3, 3)  # warm up connections and imports
             for contender in contenders:
                 outcomes.append(await measure(sim, mode, contender))
+    # All at once, the first polls of every task fall due together: at the main time scale that burst alone
+    # takes the machine longer than a task lives, so this row runs on a slower clock.
+    with SimulatorProcess(sim_config(MODES[0], time_scale * COLD_SLOWDOWN, jobs)) as sim:
+        await library.run(sim, 3, 3)
+        outcomes.append(await measure(sim, MODES[0], cold))
 
     def loop_outcome(name: str, busy: bool) -> Outcome:
         return next(o for o in outcomes if o.contender.name == name and o.mode.busy == busy)

@@ -320,8 +320,11 @@ class Forecaster:
             found = from_eta or from_progress
         else:
             lo, hi = max(from_eta[0], from_progress[0]), min(from_eta[1], from_progress[1])
-            # When they disagree, a measured slope beats the server's word, which beats a learnt habit.
-            disagreeing = from_progress if self._progress_slope_known(evidence) else from_eta
+            # When they disagree, a measured slope beats both; otherwise either may be the wrong one.
+            if self._progress_slope_known(evidence):
+                disagreeing = from_progress
+            else:
+                disagreeing = (min(from_eta[0], from_progress[0]), max(from_eta[1], from_progress[1]))
             found = (lo, hi) if lo <= hi else disagreeing
         if found is None:
             return None

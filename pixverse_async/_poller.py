@@ -389,7 +389,14 @@ class Poller:
         return math.inf
 
     def _replanned_later(self, pending: PendingTask, now: float) -> bool:
-        """What was learnt since this task's poll was planned puts it off: file it again, later."""
+        """What was learnt since this task's poll was planned puts it off: file it again, later.
+
+        Only a task whose hints bracket its finish is put off. Without hints, the learnt durations lag: a task
+        that ended is counted only once a poll sees it, so while the first polls are under way, the ages just
+        past them look safer than they are, and putting polls off would chase that edge.
+        """
+        if self.forecaster.window(pending) is None:
+            return False
         last_poll = pending.seen_running_at if pending.seen_running_at is not None else pending.submitted_at
         # Planned with the most jitter (the earliest it could be): later than now means not due yet.
         if self._capped_by_deadlines(pending, self._plan(pending, last_poll, 1.0)) <= now:
