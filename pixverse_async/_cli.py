@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=float, default=30.0, help="simulated seconds per task")
     simulate.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail (0..1)")
     simulate.add_argument("--max-running-per-key", type=int, default=None, help="answer 429 beyond this many")
+    simulate.add_argument(
+        "--accept-field", action="append", dest="accept_fields", help="accept this undocumented field (repeatable)"
+    )
     return parser
 
 
@@ -184,6 +187,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "duration": args.duration,
         "failure_rate": args.failure_rate,
         "max_running_per_key": args.max_running_per_key,
+        "accept_fields": tuple(args.accept_fields or ()),
     }
     anyio.run(lambda: serve_forever(args.port, args.host, **options))
     return 0
