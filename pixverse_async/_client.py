@@ -31,7 +31,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
-from ._clock import Clock, SystemClock
+from ._clock import Clock, default_clock
 from ._convert import encode_image, parse_task_result, request_body
 from ._exceptions import (
     APIConnectionError,
@@ -102,7 +102,8 @@ class PixVerseClient:
     server at once, across every call; `max_submissions_in_flight` (default 64) the submissions that
     `as_completed` has on the wire at once. An `aiohttp.ClientSession` you pass is used and left open; it must not
     carry an `Authorization` default header (it would go to the video host too). `clock` is where all waiting
-    happens (tests pass a faster one).
+    happens (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's scale
+    while a test using it runs).
     """
 
     def __init__(
@@ -148,7 +149,7 @@ class PixVerseClient:
         self.polling = polling
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock if clock is not None else default_clock()
         self._given_session = session
         self._rng = random.Random()
         self._limiter = RunningTaskLimiter(max_concurrency)
