@@ -25,8 +25,8 @@ _EXAMPLES = {
   pixverse-async run jobs.csv --out videos/ --dry-run              # what it would do; sends nothing
 
 manifest rows (JSON Lines or CSV): prompt, image (URL or path relative to the manifest), and optionally
-id (names <id>.mp4), resolution, negative_prompt, fast_mode, style, seed. Exit code 0 only if every row
-succeeded.""",
+id (names <id>.mp4), resolution, negative_prompt, fast_mode, style, seed, extra (a JSON object of fields
+to add to the request). Exit code 0 only if every row succeeded; --dry-run needs no key and sends nothing.""",
     "status": """examples:
   pixverse-async status --journal videos/pixverse-journal.sqlite
   pixverse-async status --journal videos/pixverse-journal.sqlite --json""",

@@ -4,7 +4,8 @@ journal that makes a rerun resume instead of paying twice.
 On start the journal decides each row's fate: `succeeded` rows whose file is there are skipped (a missing
 file is fetched again through task-result), `submitted` rows are polled by task id, `submitting` rows (the
 process died while the request was out) become `uncertain`, and `uncertain` and `failed` rows are reported
-and left alone unless `--resubmit-uncertain` / `--retry-failed` is given.
+and left alone unless `--resubmit-uncertain` / `--retry-failed` is given. `plan_rows` decides that without
+writing anything, so that `run --dry-run` shares it; a run then writes its decisions to the journal.
 """
 
 from __future__ import annotations
