@@ -185,3 +185,13 @@ def test_importing_the_library_does_not_import_rich() -> None:
     assert done.stdout.strip() == "[]"
     cli = "import sys, pixverse_async._cli, pixverse_async._runner; print('rich' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True, check=True).stdout == "True\n"
+
+
+async def test_the_demo_fits_a_60_column_terminal_too(tmp_path: Path) -> None:
+    code, output = await run_in_terminal(
+        "demo", "--count", "2", "--out", str(tmp_path / "a-long-demo-folder"), columns=60
+    )
+    lines = screen_lines(output)
+    assert code == 0, output
+    assert max(map(cell_len, lines)) <= 60, max(lines, key=cell_len)
+    assert any("2 done · 0 failed · 0 running · 0 queued" in line for line in lines)
