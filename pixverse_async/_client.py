@@ -30,8 +30,8 @@ import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
 
-from ._bulk import AsCompleted, EventCallback, Job
-from ._clock import Clock, SystemClock
+from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
+from ._clock import Clock, default_clock
 from ._convert import encode_image, parse_task_result, request_body
 from ._exceptions import (
     APIConnectionError,
@@ -103,7 +103,8 @@ class PixVerseClient:
     server at once, across every call; `max_submissions_in_flight` (default 64) the submissions that
     `as_completed` has on the wire at once. An `aiohttp.ClientSession` you pass is used and left open; it must not
     carry an `Authorization` default header (it would go to the video host too). `clock` is where all waiting
-    happens (tests pass a faster one).
+    happens (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's scale
+    while a test using it runs).
     """
 
     def __init__(
@@ -149,7 +150,7 @@ class PixVerseClient:
         self.polling = polling
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock if clock is not None else default_clock()
         self._given_session = session
         self._rng = random.Random()
         self._limiter = RunningTaskLimiter(max_concurrency)
@@ -358,7 +359,7 @@ class PixVerseClient:
 
     def as_completed(
         self,
-        jobs: Iterable[Job] | AsyncIterable[Job],
+        jobs: Iterable[Job | KeyedJob] | AsyncIterable[Job | KeyedJob],
         *,
         timeout: float | None = None,
         on_event: EventCallback | None = None,
@@ -366,11 +367,12 @@ class PixVerseClient:
         """Run many jobs and yield one `JobResult` each as they finish, in completion order.
 
         `jobs` is an iterable or async iterable of `ImageToVideo` (to submit) or of `Task`s / task ids (to
-        resume). It is pulled lazily. At most `max_concurrency` tasks of this client run at once. `timeout`
-        bounds each job from submission to result. A failed job is yielded with its `error` and never stops
-        the batch; an `AuthenticationError` or `InsufficientBalanceError` stops new submissions, the running
-        jobs are still yielded, then it is raised. `on_event` receives a `JobEvent` for every submission,
-        retry, progress report and end, for progress bars and metrics.
+        resume), or of `(key, job)` pairs whose key (any hashable value: a row id, say) comes back as
+        `JobResult.key` and `JobEvent.key`. It is pulled lazily. At most `max_concurrency` tasks of this client
+        run at once. `timeout` bounds each job from submission to result. A failed job is yielded with its
+        `error` and never stops the batch; an `AuthenticationError` or `InsufficientBalanceError` stops new
+        submissions, the running jobs are still yielded, then it is raised. `on_event` receives a `JobEvent` for
+        every submission, retry, progress report and end, for progress bars and metrics.
 
             async with client.as_completed(requests) as results:
                 async for result in results:
@@ -486,8 +488,10 @@ class PixVerseClient:
 
     # -- download -------------------------------------------------------------------------------------------
 
-    async def download(self, video: TaskResult | Video, path: str | os.PathLike[str]) -> Path:
+    async def download(self, video: JobResult | TaskResult | Video, path: str | os.PathLike[str]) -> Path:
         """Stream a finished video to `path` (a file, or an existing directory) and return the file's path.
+
+        A `JobResult` or `TaskResult` means its first video; one without a video raises `DownloadError`.
 
         The file appears whole or not at all (written to a temporary file, then renamed). The API key is
         never sent to the video host. Raises `VideoExpiredError` when the signed link has expired.
@@ -593,18 +597,29 @@ def _task_id_of(task: Task | TaskResult | str) -> str:
     return task_id
 
 
-def _video_of(video: TaskResult | Video) -> Video:
+def _video_of(video: JobResult | TaskResult | Video) -> Video:
     if isinstance(video, Video):
         return video
     if isinstance(video, TaskResult):
         if not video.videos:
             raise DownloadError(f"task {video.task_id} has no video (status {video.status.name})")
         return video.videos[0]
-    raise InvalidRequestError("video", f"must be a TaskResult or a Video, not {type(video).__name__}")
+    if isinstance(video, JobResult):
+        if not video.videos:
+            job = f"job {video.key!r}" if video.key is not None else "the job"
+            if video.task_id is None:
+                why = f"it was never submitted ({video.error})"
+            elif video.error is not None:
+                why = f"task {video.task_id} did not succeed ({video.error})"
+            else:
+                why = f"task {video.task_id} ended {video.status.name if video.status else 'without a status'}"
+            raise DownloadError(f"{job} has no video: {why}")
+        return video.videos[0]
+    raise InvalidRequestError("video", f"must be a JobResult, a TaskResult or a Video, not {type(video).__name__}")
 
 
-def _file_name_for(video: Video, source: TaskResult | Video) -> str:
-    if isinstance(source, TaskResult) and source.task_id:
+def _file_name_for(video: Video, source: JobResult | TaskResult | Video) -> str:
+    if isinstance(source, TaskResult | JobResult) and source.task_id:
         stem = source.task_id
     else:
         stem = PurePosixPath(unquote(urlsplit(video.url).path)).stem or "video"

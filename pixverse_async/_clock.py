@@ -2,6 +2,12 @@
 
 Tests swap in a faster clock (`pixverse_async.testing.ScaledClock` to match the simulator's time scale,
 `InstantClock` to make backoff take no time at all) instead of waiting real seconds.
+
+A client built without a clock takes `default_clock()`: `SystemClock()`, except while a test that uses the
+pytest plugin's `pixverse_simulator` fixture runs. That fixture (and nothing else) sets `_testing_default` to
+a `ScaledClock` at its simulator's time scale for the test's duration, so that application code which builds
+`PixVerseClient()` unchanged keeps the simulator's time. Production code never sees it: nothing sets it
+unless that fixture is used.
 """
 
 from __future__ import annotations
@@ -75,3 +81,14 @@ class InstantClock:
         self.sleeps.append(seconds)
         self.current += seconds
         await anyio.lowlevel.checkpoint()
+
+
+# Set only by the pytest plugin's `pixverse_simulator` fixture, for the duration of one test (see above).
+# A module global rather than a context variable: the test's client may be built in another thread or in an
+# event loop's task that was created before the fixture ran, and must still see it.
+_testing_default: Clock | None = None
+
+
+def default_clock() -> Clock:
+    """The clock of a client built without one: real time, unless a `pixverse_simulator` test is running."""
+    return _testing_default if _testing_default is not None else SystemClock()

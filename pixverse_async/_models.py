@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import math
 import re
+from collections.abc import Hashable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import attrs
@@ -156,6 +158,55 @@ def check_timeout(timeout: object) -> None:
         raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
 
 
+# The fields `ImageToVideo` sends itself: `extra_body` may not set them (that would bypass their checks).
+REQUEST_FIELDS = ("prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed")
+_MAX_JSON_DEPTH = 64
+
+
+def _json_copy(value: object, path: str, depth: int = 0) -> Any:
+    """A deep copy of `value` made of JSON values only (dict with str keys, list, str, int, finite float,
+    bool, None), or an `InvalidRequestError` naming where it is not."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRequestError("extra_body", f"{path} is {value!r}; JSON has no NaN or infinity")
+        return value
+    if depth >= _MAX_JSON_DEPTH:
+        raise InvalidRequestError(
+            "extra_body", f"{path[:60]}... is nested more than {_MAX_JSON_DEPTH} deep (or contains itself)"
+        )
+    if isinstance(value, Mapping):
+        copy = {}
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise InvalidRequestError("extra_body", f"{path} has a key {name!r}; JSON object keys are str")
+            copy[name] = _json_copy(item, f"{path}[{name!r}]", depth + 1)
+        return copy
+    if isinstance(value, list | tuple):
+        return [_json_copy(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
+    raise InvalidRequestError(
+        "extra_body",
+        f"{path} is of type {type(value).__name__}; only JSON values (dict, list, str, int, float, bool, None)",
+    )
+
+
+def _extra_body(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidRequestError("extra_body", f"must be a dict of extra request fields or None, not {value!r}")
+    known = [name for name in value if name in REQUEST_FIELDS]
+    if known:
+        raise InvalidRequestError(
+            "extra_body",
+            f"{', '.join(map(repr, known))} is a field of ImageToVideo: pass it as "
+            f"{', '.join(f'{name}=...' for name in known)} so that it is checked",
+        )
+    copy: dict[str, Any] = _json_copy(value, "extra_body")
+    return copy
+
+
 def _image_repr(value: ImageInput) -> str:
     # A request's repr shows up in logs and errors: never dump megabytes of image data into them.
     if isinstance(value, bytes | bytearray):
@@ -172,6 +223,10 @@ class ImageToVideo:
     `image` is the first frame: an `http(s)://` URL (sent as is), a `data:image/...;base64,` URI, a
     `pathlib.Path` to a JPEG or PNG file, or the file's bytes. Local images are checked from their content:
     JPEG or PNG, at most 10 MB, both sides >= 300 px, aspect ratio between 1:2.5 and 2.5:1.
+
+    `extra_body` adds fields this library does not know (yet) to the request body, for forward
+    compatibility: JSON values only, and none of the documented fields above. An `extra` object there is
+    merged with the client's `webhook_url`.
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
@@ -182,6 +237,8 @@ class ImageToVideo:
     fast_mode: bool = attrs.field(default=False, kw_only=True, validator=_check_fast_mode)
     style: Style | None = attrs.field(default=None, kw_only=True, validator=_check_style)
     seed: int | None = attrs.field(default=None, kw_only=True, validator=_check_seed)
+    # Copied and checked at construction; left out of the hash (a dict is not hashable), not of equality.
+    extra_body: dict[str, Any] | None = attrs.field(default=None, kw_only=True, converter=_extra_body, hash=False)
 
     def __attrs_post_init__(self) -> None:
         # The image is checked last, after the cheap field rules, because it may mean reading a file.
@@ -247,7 +304,12 @@ class TaskResult:
 
 @attrs.frozen
 class Task:
-    """A submitted (and paid for) task: keep `task_id` to poll it, even from another process."""
+    """A submitted (and paid for) task: keep `task_id` to poll it, even from another process.
+
+    `key` is the key of a keyed job of `as_completed` (see there), None otherwise; passed back to
+    `as_completed`, a Task's key comes back on its `JobResult`.
+    """
 
     task_id: str
     request: ImageToVideo | None = None
+    key: Hashable = attrs.field(default=None, kw_only=True)
