@@ -266,6 +266,10 @@ class AsCompleted:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
                 await limiter.acquire()
+                if len(self._ready) >= backlog_limit:
+                    # Results landed while this submitter waited for the slot: nobody is reading them.
+                    limiter.release()
+                    continue
                 try:
                     job = await jobs.next()
                 except BaseException:
