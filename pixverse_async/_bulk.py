@@ -6,7 +6,7 @@ Input is pulled lazily: the next job is taken only once a running-task slot is f
 (when a first poll is due at once, the submitter makes it itself: see `Poller.follow`).
 Leaving early (break, exception, cancellation) cancels the feeding and the waiting at once; submissions
 already on the wire are allowed to get their answer, so every task that was paid for is listed in
-`unfinished`.
+`unfinished` (still running) or `unread` (ended, with its outcome).
 """
 
 from __future__ import annotations
@@ -151,11 +151,16 @@ class AsCompleted:
 
     @property
     def unfinished(self) -> list[Task]:
-        """Tasks submitted (and paid for) whose result you have not received yet: pass them (or their ids) to
-        `as_completed()` or `wait()` to pick them up. Read it after leaving early."""
-        tasks = [Task(task_id, _request_of(_job_of(entry))) for task_id, entry in self._running.items()]
-        tasks.extend(Task(r.task_id, _request_of(r.request)) for r in self._ready if r.task_id)
-        return tasks
+        """Tasks submitted (and paid for) that had not ended when you last looked: pass them (or their ids) to
+        `as_completed()` or `wait()` to pick them up. Read it after leaving early. Jobs that had ended but
+        were not read are in `unread`, with their outcome: they need no more polling."""
+        return [Task(task_id, _request_of(_job_of(entry))) for task_id, entry in self._running.items()]
+
+    @property
+    def unread(self) -> list[JobResult]:
+        """Jobs that ended (succeeded, failed, refused) but were not yielded, in the order they ended. Read it
+        after leaving early: a succeeded one's videos are here, ready to download."""
+        return list(self._ready)
 
     async def __aenter__(self) -> Self:
         self._start()

@@ -376,7 +376,7 @@ class PixVerseClient:
                     ...
 
         Leaving early stops submitting and polling at once; `results.unfinished` then lists the tasks that
-        were paid for but not yielded.
+        were paid for and had not ended, `results.unread` the jobs that had ended but were not yielded.
         """
         return AsCompleted(self, self._state(), jobs, timeout=timeout, on_event=on_event)
 

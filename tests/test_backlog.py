@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import anyio
@@ -40,3 +41,29 @@ async def test_an_iterator_kept_but_not_read_stops_submitting(max_concurrency: i
         # backlog filled can each have had one more in flight.
         assert len(sim.tasks) <= 5 + 2 * max_concurrency
         await it.aclose()  # type: ignore[attr-defined]
+
+
+async def test_results_that_ended_unread_keep_their_outcome_and_are_not_polled_again() -> None:
+    def plan(body: object) -> TaskPlan:
+        return TaskPlan(duration=1.0 if str(body["prompt"]).startswith("quick") else 100_000.0)  # type: ignore[index]
+
+    quick = [ImageToVideo(f"quick {i}", URL) for i in range(2)]
+    slow = [ImageToVideo(f"slow {i}", URL) for i in range(2)]
+    async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=4) as client:
+        async with client.as_completed([*quick, *slow]) as results:
+            counts = results.counts
+            with anyio.fail_after(10):
+                while not (counts.done == 2 and counts.running == 2):
+                    await anyio.sleep(10 * SCALE)
+            # Leave without reading anything: two jobs have ended, two still run.
+        assert {task.request for task in results.unfinished} == set(slow)
+        assert sorted(r.request.prompt for r in results.unread) == ["quick 0", "quick 1"]  # type: ignore[union-attr]
+        assert all(r.ok and r.videos for r in results.unread)
+        ended = {r.task_id for r in results.unread if r.task_id is not None}
+        polls_before = Counter(sim.counters.polls_by_task)
+        sim.advance(100_000)
+        async with client.as_completed(results.unfinished) as resumed:
+            again = [r async for r in resumed]
+        assert {r.task_id for r in again} == {task.task_id for task in results.unfinished}
+        assert all(r.ok for r in again)
+        assert all(sim.counters.polls_by_task[task_id] == polls_before[task_id] for task_id in ended)
