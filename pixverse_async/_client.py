@@ -51,6 +51,7 @@ from ._limiter import RunningTaskLimiter
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout, read_image_file
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._retry import RetryPolicy
+from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
 from ._wire import WireGuard
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
@@ -120,26 +121,28 @@ class PixVerseClient:
         webhook_url: str | None = None,
         clock: Clock | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY", "")
-        if not isinstance(key, str) or not key.strip():
-            raise InvalidRequestError("api_key", "no API key: pass api_key=... or set PIXVERSE_API_KEY")
+        checked = _wrap_api_key(api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY"))
+        # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
+        del api_key
+        if isinstance(checked, str):
+            raise InvalidRequestError("api_key", checked)
         url = (base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequestError("base_url", f"{url!r} is not an http(s):// URL with a host")
-        if webhook_url is not None and (
-            not isinstance(webhook_url, str)
-            or urlsplit(webhook_url).scheme not in ("http", "https")
-            or not urlsplit(webhook_url).hostname
-        ):
-            raise InvalidRequestError("webhook_url", f"{webhook_url!r} is not an http(s):// URL with a host")
-        for name, count in (
-            ("max_concurrency", max_concurrency),
-            ("max_submissions_in_flight", max_submissions_in_flight),
-        ):
-            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise InvalidRequestError(name, f"must be an int >= 1, not {count!r}")
-        self._api_key = Secret(key.strip())
+        check_http_url("base_url", url, credentials_allowed=False)
+        if webhook_url is not None:
+            check_http_url("webhook_url", webhook_url)
+        check_count("max_concurrency", max_concurrency)
+        check_count("max_submissions_in_flight", max_submissions_in_flight)
+        check_instance("timeouts", timeouts, Timeouts)
+        check_instance("retry", retry, RetryPolicy)
+        check_instance("polling", polling, PollPolicy)
+        check_bool("image_as_data_uri", image_as_data_uri)
+        if clock is not None and not all(callable(getattr(clock, method, None)) for method in ("now", "sleep")):
+            raise InvalidRequestError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
+        if session is not None:
+            check_instance("session", session, aiohttp.ClientSession)
+            if (problem := _session_problem(session, checked)) is not None:
+                raise InvalidRequestError("session", problem)
+        self._api_key = checked
         self.base_url = url
         self.max_concurrency = max_concurrency
         self.max_submissions_in_flight = max_submissions_in_flight
@@ -328,6 +331,7 @@ class PixVerseClient:
                     self._limiter.on_accepted()
                     return task_id
                 error: PixVerseError = state.transport.status_error(response)
+                del response  # its body may echo the key: not a local of a frame in the traceback
             except RequestNotSent as failure:
                 error = failure.error
             except (AnswerLost, APIResponseError) as failure:
@@ -519,6 +523,33 @@ class PixVerseClient:
             partial.unlink(missing_ok=True)
 
 
+def _wrap_api_key(value: object) -> Secret | str:
+    """The key, wrapped; or, when it cannot be used, what is wrong with it (never the key itself)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "no API key: pass api_key=... or set PIXVERSE_API_KEY"
+    if not isinstance(value, str):
+        return f"must be a str, not {type(value).__name__}"
+    # Surrounding whitespace is a copy-and-paste or file-reading accident (a trailing newline), not the key.
+    problem = api_key_problem(value.strip())
+    return Secret(value.strip()) if problem is None else problem
+
+
+def _session_problem(session: aiohttp.ClientSession, key: Secret) -> str | None:
+    """Why a session of the caller's cannot be used, or None. It sends its defaults with every request,
+    downloads included: none of them may carry credentials, or the video host (any host the API's answers
+    name) would get them. Returned, not raised, so that no frame of a traceback holds a header's value."""
+    if session.auth is not None:
+        return "it has a default auth=...: it would be sent to the video host too; pass a session without it"
+    for name, value in session.headers.items():
+        if name.lower() in ("authorization", "proxy-authorization") or key.reveal() in value:
+            return (
+                f"its default header {name!r} carries credentials: the session sends it with every request, "
+                "downloads from the video host included; pass a session without it (the client sends the key "
+                "itself, to the API only)"
+            )
+    return None
+
+
 async def _fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
     """One poll, no retries (the caller decides): the task's state, or the typed error."""
     try:
@@ -526,10 +557,14 @@ async def _fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
     except (RequestNotSent, AnswerLost) as failure:
         raise failure.error from None
     if response.status != 200:
-        raise transport.status_error(response)
+        error = transport.status_error(response)
+        del response  # its body may echo the key: not a local of a frame in the traceback
+        raise error
     result = parse_task_result(response.json())
     if not result.task_id:
         result = attrs.evolve(result, task_id=task_id)
+    if result.reason:  # the server's words, which end up in TaskFailedError
+        result = attrs.evolve(result, reason=transport.redact(result.reason))
     return result
 
 
