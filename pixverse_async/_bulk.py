@@ -28,7 +28,7 @@ from ._exceptions import (
     PixVerseError,
     TaskFailedError,
 )
-from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video
+from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout
 from ._poller import Outcome, Waiter
 from ._wire import WireGuard
 
@@ -124,8 +124,7 @@ class AsCompleted:
         timeout: float | None,
         on_event: EventCallback | None,
     ) -> None:
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
-            raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+        check_timeout(timeout)
         if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
             raise InvalidRequestError(
                 "jobs", f"must be an iterable or async iterable of jobs, not {type(jobs).__name__}"

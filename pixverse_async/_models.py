@@ -19,6 +19,7 @@ import attrs
 
 from ._exceptions import InvalidRequestError
 from ._images import MAX_IMAGE_BYTES, ImageError, ImageInfo, probe_image
+from ._validation import check_number
 
 Resolution = Literal["360p", "540p", "720p", "1080p"]
 Style = Literal["anime", "3d_animation", "clay", "comic", "cyberpunk"]
@@ -151,9 +152,8 @@ def decode_data_uri(uri: str) -> tuple[bytes, ImageInfo]:
 
 
 def check_timeout(timeout: object) -> None:
-    """A caller's `timeout`: None, or a number of seconds >= 0."""
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
-        raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+    """A caller's `timeout`: None, or a finite number of seconds >= 0."""
+    check_number("timeout", timeout, at_least=0, none_means="no limit")
 
 
 def _image_repr(value: ImageInput) -> str:

@@ -38,6 +38,7 @@ from ._exceptions import (
 from ._limiter import RunningTaskLimiter
 from ._models import TaskResult
 from ._retry import RetryPolicy
+from ._validation import count, number
 
 Outcome = TaskResult | PixVerseError
 FetchTask = Callable[[str], Awaitable[TaskResult]]
@@ -59,15 +60,15 @@ class PollPolicy:
     seconds, as a fallback for lost deliveries: each webhook triggers one confirming poll instead.
     """
 
-    first_poll_after: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
-    min_interval: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
-    max_interval: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
-    lead: float = attrs.field(default=0.25, validator=attrs.validators.ge(0.0))
-    age_factor: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
-    jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
-    max_polls_per_second: float | None = attrs.field(default=200.0)
-    max_polls_in_flight: int = attrs.field(default=64, validator=attrs.validators.ge(1))
-    webhook_fallback: float = attrs.field(default=300.0, validator=attrs.validators.gt(0.0))
+    first_poll_after: float = attrs.field(default=1.0, validator=number(at_least=0))
+    min_interval: float = attrs.field(default=0.25, validator=number(above=0))
+    max_interval: float = attrs.field(default=30.0, validator=number(above=0))
+    lead: float = attrs.field(default=0.25, validator=number(at_least=0))
+    age_factor: float = attrs.field(default=0.25, validator=number(above=0))
+    jitter: float = attrs.field(default=0.1, validator=number(at_least=0, at_most=1))
+    max_polls_per_second: float | None = attrs.field(default=200.0, validator=number(above=0, none_means="no limit"))
+    max_polls_in_flight: int = attrs.field(default=64, validator=count(at_least=1))
+    webhook_fallback: float = attrs.field(default=300.0, validator=number(above=0))
 
     def next_interval(self, result: TaskResult, age: float, rng: random.Random) -> float:
         remaining = self._predicted_remaining(result, age)
