@@ -54,7 +54,16 @@ from ._exceptions import (
 )
 from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact
 from ._limiter import RunningTaskLimiter
-from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout, read_image_file
+from ._models import (
+    ImageToVideo,
+    Task,
+    TaskResult,
+    TaskStatus,
+    Video,
+    check_image_url,
+    check_timeout,
+    read_image_file,
+)
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._retry import RetryPolicy, parse_retry_after
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
@@ -301,7 +310,7 @@ class PixVerseClient:
                 lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
             )
         elif isinstance(image, str) and image[:5].lower() != "data:":
-            field = image
+            field = check_image_url(image)  # with its scheme in lower case
         else:
             field = encode_image(
                 bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri
