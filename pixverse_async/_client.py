@@ -60,8 +60,8 @@ from ._models import (
     TaskResult,
     TaskStatus,
     Video,
-    check_image_url,
     check_timeout,
+    lowercase_scheme,
     read_image_file,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
@@ -310,7 +310,8 @@ class PixVerseClient:
                 lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
             )
         elif isinstance(image, str) and image[:5].lower() != "data:":
-            field = check_image_url(image)  # with its scheme in lower case
+            # Checked when the request was built (a str cannot change since); only the scheme's case is fixed.
+            field = lowercase_scheme(image)
         else:
             field = encode_image(
                 bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri

@@ -38,6 +38,8 @@ _DATA_URI = re.compile(r"data:image/(?P<subtype>[a-z]+);base64,(?P<payload>.*)",
 _DATA_URI_SUBTYPES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
 _URL_SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
 _WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
+# Whitespace and control characters have no place in a URL (a browser would percent-encode them).
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 # Opening a FIFO for reading waits for a writer unless non-blocking; reads of a regular file are unaffected.
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -123,7 +125,7 @@ def check_image_url(value: str) -> str:
             f"unsupported URL scheme {name!r} in {shown}: only http:// and https:// URLs, data:image/ URIs, "
             "a pathlib.Path or bytes are accepted",
         )
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
+    if _URL_FORBIDDEN.search(value):
         raise InvalidRequestError("image", f"malformed URL {shown}: it holds whitespace or a control character")
     try:
         parts = urlsplit(value)
@@ -132,7 +134,13 @@ def check_image_url(value: str) -> str:
         raise InvalidRequestError("image", f"malformed URL {shown}: {error}") from None
     if not parts.hostname or not value[len(name) :].startswith("://"):
         raise InvalidRequestError("image", f"malformed URL {shown}: it has no host")
-    return name + value[len(name) :]
+    return lowercase_scheme(value)
+
+
+def lowercase_scheme(url: str) -> str:
+    """`url` with its scheme in lower case; the very same str when it already is (the usual case)."""
+    scheme, colon, rest = url.partition(":")
+    return url if scheme.islower() else scheme.lower() + colon + rest
 
 
 def inspect_image_bytes(data: bytes, *, source: str) -> ImageInfo:
