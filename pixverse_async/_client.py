@@ -52,7 +52,7 @@ from ._exceptions import (
     VideoExpiredError,
     VideoHostError,
 )
-from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact
+from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact, shorten
 from ._limiter import RunningTaskLimiter
 from ._models import (
     ImageToVideo,
@@ -552,7 +552,8 @@ class PixVerseClient:
                         continue
                     if response.status != 200:
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                        raise _download_error(response.status, video, await response.read(), retry_after)
+                        text = redact((await response.read())[:2048].decode("utf-8", "replace"), self._api_key)
+                        raise _download_error(response.status, video, text, retry_after)
                     expected = response.content_length
                     written = await _stream_to_file(response, partial)
                 if expected is not None and written != expected:
@@ -567,6 +568,8 @@ class PixVerseClient:
             if isinstance(error, TimeoutError):
                 raise DownloadTimeoutError(f"video download timed out: {detail}") from None
             raise DownloadConnectionError(f"video download failed: {detail}") from None
+        except DownloadError:
+            raise  # DownloadConnectionError is an OSError too, but not one of the file's
         except OSError as error:
             raise DownloadError(f"cannot write {destination}: {error.strerror or error}") from error
         finally:
@@ -666,7 +669,7 @@ def _check_mp4_head(head: bytes, response: aiohttp.ClientResponse) -> None:
         )
 
 
-def _download_error(status: int, video: Video, body: bytes, retry_after: float | None) -> PixVerseError:
+def _download_error(status: int, video: Video, body: str, retry_after: float | None) -> PixVerseError:
     if status in (401, 403, 410):
         expiry = f" (it expired at {video.expires_at:%Y-%m-%d %H:%M:%S} UTC)" if video.expires_at else ""
         return VideoExpiredError(
@@ -675,7 +678,7 @@ def _download_error(status: int, video: Video, body: bytes, retry_after: float |
         )
     if status >= 500 or status == 429:
         return VideoHostError(status, retry_after)
-    return DownloadError(f"the video host answered {status}: {body[:200].decode('utf-8', 'replace')}")
+    return DownloadError(f"the video host answered {status}: {shorten(body)}")
 
 
 def _video_url_problem(url: str) -> str | None:

@@ -178,6 +178,13 @@ async def test_a_host_that_cannot_be_reached_is_a_download_connection_error(tmp_
     assert caught.value.__cause__ is None  # an OSError cause would mean "the file cannot be written"
 
 
+async def test_a_video_host_name_that_does_not_resolve_is_a_connection_error_not_a_disk_error(tmp_path: Path) -> None:
+    async with client(allow_private_video_hosts=False) as c:
+        with pytest.raises(DownloadConnectionError, match="cannot resolve the video host") as caught:
+            await c.download(Video("https://videos.invalid/t1.mp4"), tmp_path / "v.mp4")
+    assert caught.value.__cause__ is None and "cannot write" not in str(caught.value)
+
+
 @pytest.mark.parametrize("name", ["127.0.0.1", "localhost"])
 async def test_private_addresses_are_refused_when_asked(host: VideoHost, tmp_path: Path, name: str) -> None:
     host.answer("/a", mp4)
