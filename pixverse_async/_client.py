@@ -189,6 +189,9 @@ class PixVerseClient:
             raise ClientClosedError("this client is already open")
         async with contextlib.AsyncExitStack() as stack:
             session = self._given_session
+            # Checked again: a session's default headers can be changed after the client was built.
+            if session is not None and (problem := _session_problem(session, self._api_key)) is not None:
+                raise InvalidRequestError("session", problem)
             if session is None:
                 # Connections are needed only for requests in flight, not one per running task: enough for
                 # every submission and poll the caps allow, plus some for downloads.
@@ -530,6 +533,8 @@ class PixVerseClient:
         if await anyio.Path(destination).is_dir():
             destination = destination / _file_name_for(chosen, video)
         state = self._state()
+        if self._given_session is not None and (problem := _session_problem(state.session, self._api_key)):
+            raise InvalidRequestError("session", problem)
         await self._retrying(lambda: self._download_once(state, chosen, destination))
         return destination
 

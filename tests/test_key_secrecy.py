@@ -7,6 +7,7 @@ import types
 import warnings
 from collections import deque
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -30,8 +31,10 @@ from pixverse_async import (
     SubmissionUncertainError,
     TaskFailedError,
     Timeouts,
+    Video,
 )
 from pixverse_async._http import Secret, redact
+from pixverse_async.testing._video import mp4_for_task
 from tests.helpers import tiny_server
 
 pytestmark = pytest.mark.anyio
@@ -277,3 +280,25 @@ async def test_a_session_with_credentials_in_its_defaults_is_refused() -> None:
     assert isinstance(caught.value, ValueError)
     async with aiohttp.ClientSession(headers={"User-Agent": "mine"}) as plain:
         PixVerseClient(KEY, session=plain)
+
+
+async def test_credentials_added_to_a_session_after_construction_are_refused_before_any_download(
+    tmp_path: Path,
+) -> None:
+    seen: list[str | None] = []
+
+    async def video_host(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=mp4_for_task("t1"), content_type="video/mp4")
+
+    async with tiny_server(video_host) as url, aiohttp.ClientSession() as session:
+        c = PixVerseClient(KEY, base_url=url, session=session)
+        session.headers["Authorization"] = f"Bearer {KEY}"
+        with pytest.raises(InvalidRequestError, match=r"^session: "):
+            await c.__aenter__()
+        del session.headers["Authorization"]
+        async with c:
+            session.headers["Authorization"] = f"Bearer {KEY}"
+            with pytest.raises(InvalidRequestError, match=r"^session: "):
+                await c.download(Video(f"{url}/v.mp4"), tmp_path / "v.mp4")
+    assert seen == []
