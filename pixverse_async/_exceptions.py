@@ -30,8 +30,9 @@ are refused, or a body that is not an MP4 file; or a file that cannot be written
 `OSError`).
 
 Account-wide errors (`AuthenticationError`, `InsufficientBalanceError`) are the ones worth stopping a whole
-batch for. No message, repr or attribute of these errors ever contains the API key: the client redacts
-anything the server echoes before it builds an error.
+batch for. No message, repr or attribute of these errors ever contains the API key: the client masks the
+key in every field a server writes (reason, message, metadata, a page, a task's reason) before it cuts the
+text and builds an error, and does not chain aiohttp's errors (their frames hold the request's headers).
 """
 
 from __future__ import annotations
