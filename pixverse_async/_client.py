@@ -712,6 +712,9 @@ def _redirect_target(response: aiohttp.ClientResponse, url: str) -> str:
     except (TypeError, ValueError):
         raise DownloadError(f"the video host redirected to {_shown_url(location)}: not a valid URL") from None
     problem = _video_url_problem(target)
+    if problem is None and yarl.URL(url).scheme == "https" and yarl.URL(target).scheme == "http":
+        # The signed query would then cross the network in clear.
+        problem = "a redirect from https:// to http:// is not followed"
     if problem is not None:
         raise DownloadError(f"the video host redirected to {_shown_url(target)}: refused, {problem}")
     return target

@@ -4,9 +4,13 @@ with the key, an MP4 body or nothing on disk, private addresses refused on reque
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -128,6 +132,53 @@ async def test_a_redirect_is_checked_by_the_same_rules(
     assert type(caught.value) is DownloadError and "pw" not in str(caught.value)
     assert [path for path, _ in host.seen] == ["/a"]  # not retried, and the target never asked
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (key, cert)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+async def test_a_redirect_from_https_to_http_is_refused(
+    host: VideoHost, tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    key, cert = certificate
+
+    async def to_plain_http(request: web.Request) -> web.Response:
+        return redirect(f"{host.base}/c")()
+
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    host.answer("/c", mp4)
+    app = web.Application()
+    app.router.add_get("/a", to_plain_http)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_side)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting)) as session:
+            async with client(session=session) as c:
+                with pytest.raises(DownloadError, match="from https:// to http:// is not followed"):
+                    await c.download(Video(f"https://127.0.0.1:{port}/a"), tmp_path / "v.mp4")
+    finally:
+        await runner.cleanup()
+    assert host.seen == [] and not (tmp_path / "v.mp4").exists()
+    # The same redirect between two http:// hosts is followed: it is the downgrade that is refused.
+    host.answer("/b", redirect(f"{host.base}/c"))
+    async with client() as c:
+        assert (await c.download(Video(f"{host.base}/b"), tmp_path / "v.mp4")).read_bytes() == MP4
 
 
 async def test_endless_redirects_stop_after_five(host: VideoHost, tmp_path: Path) -> None:
