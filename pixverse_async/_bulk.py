@@ -6,7 +6,7 @@ Input is pulled lazily: the next job is taken only once a running-task slot is f
 (when a first poll is due at once, the submitter makes it itself: see `Poller.follow`).
 Leaving early (break, exception, cancellation) cancels the feeding and the waiting at once; submissions
 already on the wire are allowed to get their answer, so every task that was paid for is listed in
-`unfinished`.
+`unfinished` (still running) or `unread` (ended, with its outcome).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ._exceptions import (
     TaskFailedError,
 )
 from ._forecast import kind_of
-from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video
+from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout
 from ._poller import Outcome, Waiter
 from ._wire import WireGuard
 
@@ -131,8 +131,7 @@ class AsCompleted:
         timeout: float | None,
         on_event: EventCallback | None,
     ) -> None:
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
-            raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+        check_timeout(timeout)
         if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
             raise InvalidRequestError(
                 "jobs", f"must be an iterable or async iterable of jobs, not {type(jobs).__name__}"
@@ -159,11 +158,16 @@ class AsCompleted:
 
     @property
     def unfinished(self) -> list[Task]:
-        """Tasks submitted (and paid for) whose result you have not received yet: pass them (or their ids) to
-        `as_completed()` or `wait()` to pick them up. Read it after leaving early."""
-        tasks = [Task(task_id, _request_of(job), key=key) for task_id, (key, job) in map(_parts, self._running.items())]
-        tasks.extend(Task(r.task_id, _request_of(r.request), key=r.key) for r in self._ready if r.task_id)
-        return tasks
+        """Tasks submitted (and paid for) that had not ended when you last looked: pass them (or their ids) to
+        `as_completed()` or `wait()` to pick them up. Read it after leaving early. Jobs that had ended but
+        were not read are in `unread`, with their outcome: they need no more polling."""
+        return [Task(task_id, _request_of(job), key=key) for task_id, (key, job) in map(_parts, self._running.items())]
+
+    @property
+    def unread(self) -> list[JobResult]:
+        """Jobs that ended (succeeded, failed, refused) but were not yielded, in the order they ended. Read it
+        after leaving early: a succeeded one's videos are here, ready to download."""
+        return list(self._ready)
 
     async def __aenter__(self) -> Self:
         self._start()
@@ -274,6 +278,10 @@ class AsCompleted:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
                 await limiter.acquire()
+                if len(self._ready) >= backlog_limit:
+                    # Results landed while this submitter waited for the slot: nobody is reading them.
+                    limiter.release()
+                    continue
                 try:
                     job = await jobs.next()
                 except BaseException:

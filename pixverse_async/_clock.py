@@ -18,6 +18,8 @@ from typing import Protocol, final
 import anyio
 import attrs
 
+from ._validation import number
+
 
 class Clock(Protocol):
     """Where the client reads the time and sleeps. Times are in the API's seconds."""
@@ -52,7 +54,7 @@ class ScaledClock:
     of real time, so client and simulator agree on what a "second" is.
     """
 
-    scale: float = attrs.field(validator=attrs.validators.gt(0.0))
+    scale: float = attrs.field(validator=number(above=0))
 
     def now(self) -> float:
         return time.monotonic() / self.scale
@@ -70,7 +72,7 @@ class InstantClock:
     what the client waited (e.g. that it honoured `Retry-After`).
     """
 
-    current: float = 0.0
+    current: float = attrs.field(default=0.0, validator=number())
     sleeps: list[float] = attrs.field(factory=list)
 
     def now(self) -> float:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import errno
 import math
+import os
 import re
+import stat
 from collections.abc import Hashable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +24,7 @@ import attrs
 
 from ._exceptions import InvalidRequestError
 from ._images import MAX_IMAGE_BYTES, ImageError, ImageInfo, probe_image
+from ._validation import check_number
 
 Resolution = Literal["360p", "540p", "720p", "1080p"]
 Style = Literal["anime", "3d_animation", "clay", "comic", "cyberpunk"]
@@ -34,6 +38,13 @@ MAX_SEED = 2_147_483_647
 _DATA_URI = re.compile(r"data:image/(?P<subtype>[a-z]+);base64,(?P<payload>.*)", re.DOTALL | re.IGNORECASE)
 # What a data URI may declare, for the formats the API takes.
 _DATA_URI_SUBTYPES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
+_URL_SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
+_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
+# Whitespace and control characters have no place in a URL (a browser would percent-encode them).
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+# Opening a FIFO for reading waits for a writer unless non-blocking; reads of a regular file are unaffected.
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _check_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
@@ -82,18 +93,11 @@ def _check_seed(instance: ImageToVideo, attribute: attrs.Attribute[int | None], 
 
 def _check_image(value: object) -> None:
     if isinstance(value, str):
-        if value.startswith(("http://", "https://")):
-            if not urlsplit(value).hostname:
-                raise InvalidRequestError("image", f"URL {value[:80]!r} has no host")
-            return
         if value[:5].lower() == "data:":
             decode_data_uri(value)
             return
-        raise InvalidRequestError(
-            "image",
-            "a str must be an http(s):// URL or a data:image/...;base64, URI; "
-            "for a local file pass pathlib.Path(...), for the image's content pass bytes",
-        )
+        check_image_url(value)
+        return
     if isinstance(value, bytes | bytearray):
         inspect_image_bytes(bytes(value), source="bytes")
         return
@@ -105,6 +109,42 @@ def _check_image(value: object) -> None:
     )
 
 
+def check_image_url(value: str) -> str:
+    """An image given as a str that is not a data URI: an http(s) URL, returned with its scheme in lower case
+    (`HTTPS://` is https; servers compare the scheme as written). Anything else is named as what it is."""
+    shown = repr(value[:80])
+    scheme = _URL_SCHEME.match(value)
+    if scheme is None or _WINDOWS_DRIVE.match(value):
+        raise InvalidRequestError(
+            "image",
+            f"{shown} is not a URL: a str must be an http(s):// URL or a data:image/...;base64, URI; "
+            "for a local file pass pathlib.Path(...), for the image's content pass bytes",
+        )
+    name = scheme["scheme"].lower()
+    if name not in ("http", "https"):
+        raise InvalidRequestError(
+            "image",
+            f"unsupported URL scheme {name!r} in {shown}: only http:// and https:// URLs, data:image/ URIs, "
+            "a pathlib.Path or bytes are accepted",
+        )
+    if _URL_FORBIDDEN.search(value):
+        raise InvalidRequestError("image", f"malformed URL {shown}: it holds whitespace or a control character")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as error:
+        raise InvalidRequestError("image", f"malformed URL {shown}: {error}") from None
+    if not parts.hostname or not value[len(name) :].startswith("://"):
+        raise InvalidRequestError("image", f"malformed URL {shown}: it has no host")
+    return lowercase_scheme(value)
+
+
+def lowercase_scheme(url: str) -> str:
+    """`url` with its scheme in lower case; the very same str when it already is (the usual case)."""
+    scheme, colon, rest = url.partition(":")
+    return url if scheme.islower() else scheme.lower() + colon + rest
+
+
 def inspect_image_bytes(data: bytes, *, source: str) -> ImageInfo:
     """Check an image's content against the API's rules, as an `InvalidRequestError` naming `source`."""
     try:
@@ -114,26 +154,95 @@ def inspect_image_bytes(data: bytes, *, source: str) -> ImageInfo:
 
 
 def read_image_file(path: Path) -> bytes:
-    """Read a first frame from disk, refusing (before reading) anything larger than the API accepts."""
+    """Read a first frame from disk: only a regular file, and at most the size limit plus one byte of it.
+
+    A device (`/dev/zero` never ends), a FIFO (opening it would wait for a writer), a socket or a directory is
+    refused before it is opened; the file is opened without blocking and checked again once open, in case the
+    path was swapped in between.
+    """
     try:
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise InvalidRequestError(
-                "image", f"{path}: file is {size} bytes; the API accepts at most {MAX_IMAGE_BYTES} bytes (10 MB)"
-            )
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidRequestError("image", f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidRequestError("image", f"{path}: is a directory, not an image file") from None
+        status = os.stat(path)
+    except (OSError, ValueError) as error:
+        raise InvalidRequestError("image", f"{_shown_path(path)}: {_path_problem(error)}") from None
+    _check_regular_file(path, status)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_CLOEXEC)
+    except OSError as error:
+        raise InvalidRequestError("image", f"{path}: {_path_problem(error)}") from None
+    try:
+        status = os.fstat(descriptor)
+        _check_regular_file(path, status)
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            data = file.read(MAX_IMAGE_BYTES + 1)
     except OSError as error:
         raise InvalidRequestError("image", f"{path}: cannot be read ({error.strerror or error})") from None
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidRequestError(
+            "image", f"{path}: file is over {MAX_IMAGE_BYTES} bytes; the API accepts at most 10 MB"
+        )
+    return data
+
+
+def _check_regular_file(path: Path, status: os.stat_result) -> None:
+    mode = status.st_mode
+    if stat.S_ISREG(mode):
+        if status.st_size > MAX_IMAGE_BYTES:
+            raise InvalidRequestError(
+                "image",
+                f"{path}: file is {status.st_size} bytes; the API accepts at most {MAX_IMAGE_BYTES} bytes (10 MB)",
+            )
+        return
+    kind = (
+        "a directory"
+        if stat.S_ISDIR(mode)
+        else "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    raise InvalidRequestError("image", f"{path}: is {kind}, not an image file")
+
+
+def _shown_path(path: Path) -> str:
+    # A path the OS refuses may be unprintable or huge: shown as a short repr.
+    text = str(path)
+    return repr(text[:120] + "…") if len(text) > 120 else repr(text) if "\x00" in text else text
+
+
+def _path_problem(error: OSError | ValueError) -> str:
+    if isinstance(error, UnicodeError):
+        return "the path cannot be encoded as a file name"
+    if isinstance(error, ValueError):
+        return "the path holds a NUL character, which no file name can"
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if error.errno == errno.ENAMETOOLONG:
+        return "the path is too long for the file system"
+    if error.errno == errno.ENOTDIR:
+        return "a part of the path is not a directory"
+    return f"cannot be read ({error.strerror or error})"
 
 
 def decode_data_uri(uri: str) -> tuple[bytes, ImageInfo]:
     """Decode a `data:image/...;base64,` URI and check the image it carries."""
     match = _DATA_URI.fullmatch(uri)
     if match is None:
+        media_type = uri[5:].split(",", 1)[0].split(";", 1)[0].strip()[:40]
+        if media_type and not media_type.lower().startswith("image/"):
+            raise InvalidRequestError(
+                "image",
+                f"a data URI of type {media_type!r} is not an image: only data:image/png;base64,... and "
+                "data:image/jpeg;base64,... are accepted",
+            )
         raise InvalidRequestError("image", "a data URI must look like data:image/png;base64,<base64>")
     declared = _DATA_URI_SUBTYPES.get(match["subtype"].lower())
     if declared is None:
@@ -153,9 +262,8 @@ def decode_data_uri(uri: str) -> tuple[bytes, ImageInfo]:
 
 
 def check_timeout(timeout: object) -> None:
-    """A caller's `timeout`: None, or a number of seconds >= 0."""
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
-        raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+    """A caller's `timeout`: None, or a finite number of seconds >= 0."""
+    check_number("timeout", timeout, at_least=0, none_means="no limit")
 
 
 # The fields `ImageToVideo` sends itself: `extra_body` may not set them (that would bypass their checks).
