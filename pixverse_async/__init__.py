@@ -18,7 +18,9 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    DownloadConnectionError,
     DownloadError,
+    DownloadTimeoutError,
     InsufficientBalanceError,
     InvalidRequestError,
     NotFoundError,
@@ -30,6 +32,7 @@ from ._exceptions import (
     TaskFailedError,
     TaskTimeoutError,
     VideoExpiredError,
+    VideoHostError,
 )
 from ._http import Timeouts
 from ._models import ImageToVideo, Resolution, Style, Task, TaskResult, TaskStatus, Video
@@ -51,7 +54,9 @@ __all__ = [
     "BatchCounts",
     "ClientClosedError",
     "Clock",
+    "DownloadConnectionError",
     "DownloadError",
+    "DownloadTimeoutError",
     "EventKind",
     "ImageToVideo",
     "InsufficientBalanceError",
@@ -78,5 +83,6 @@ __all__ = [
     "Timeouts",
     "Video",
     "VideoExpiredError",
+    "VideoHostError",
     "__version__",
 ]

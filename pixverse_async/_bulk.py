@@ -6,7 +6,7 @@ Input is pulled lazily: the next job is taken only once a running-task slot is f
 (when a first poll is due at once, the submitter makes it itself: see `Poller.follow`).
 Leaving early (break, exception, cancellation) cancels the feeding and the waiting at once; submissions
 already on the wire are allowed to get their answer, so every task that was paid for is listed in
-`unfinished`.
+`unfinished` (still running) or `unread` (ended, with its outcome).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, final
 
@@ -29,7 +29,7 @@ from ._exceptions import (
     TaskFailedError,
 )
 from ._forecast import kind_of
-from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video
+from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout
 from ._poller import Outcome, Waiter
 from ._wire import WireGuard
 
@@ -37,12 +37,15 @@ if TYPE_CHECKING:
     from ._client import PixVerseClient, _OpenState
 
 Job = ImageToVideo | Task | str
+# A job with a key of the caller's (a row id, a database key), given back on its result and events.
+KeyedJob = tuple[Hashable, Job]
 _log = logging.getLogger("pixverse_async")
 
 
 @attrs.frozen
 class JobResult:
-    """How one job of `as_completed` ended. `request` is the very object you passed in."""
+    """How one job of `as_completed` ended. `request` is the very object you passed in (the job of a
+    `(key, job)` pair); `key` is that pair's key, or a `Task`'s own `key`, else None."""
 
     request: Job
     task_id: str | None
@@ -50,6 +53,7 @@ class JobResult:
     videos: tuple[Video, ...] = ()
     error: PixVerseError | None = None
     result: TaskResult | None = None
+    key: Hashable = None
 
     @property
     def ok(self) -> bool:
@@ -78,7 +82,8 @@ class JobEvent:
     """Something that happened to one job, for progress bars and metrics (`as_completed(on_event=...)`).
 
     `progress_percent`/`eta` are set on PROGRESS; `error` on FAILED (any failure: task failed, timed out,
-    rejected, uncertain) and on RETRIED (what was retried; `attempt` is the try that failed).
+    rejected, uncertain) and on RETRIED (what was retried; `attempt` is the try that failed). `key` is the
+    job's key, as on its `JobResult`.
     """
 
     kind: EventKind
@@ -88,6 +93,7 @@ class JobEvent:
     eta: float | None = None
     error: PixVerseError | None = None
     attempt: int | None = None
+    key: Hashable = None
 
 
 EventCallback = Callable[[JobEvent], None]
@@ -120,13 +126,12 @@ class AsCompleted:
         self,
         client: PixVerseClient,
         state: _OpenState,
-        jobs: Iterable[Job] | AsyncIterable[Job],
+        jobs: Iterable[Job | KeyedJob] | AsyncIterable[Job | KeyedJob],
         *,
         timeout: float | None,
         on_event: EventCallback | None,
     ) -> None:
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
-            raise InvalidRequestError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+        check_timeout(timeout)
         if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
             raise InvalidRequestError(
                 "jobs", f"must be an iterable or async iterable of jobs, not {type(jobs).__name__}"
@@ -147,16 +152,22 @@ class AsCompleted:
         self._in_context = False
         self._closed = False
         self._scope = anyio.CancelScope()
-        # Submitted tasks not yet yielded: their waiter, or just the job when its answer came after the run closed.
-        self._running: dict[str, _JobWaiter | Job] = {}
+        # Submitted tasks not yet yielded: their waiter, or just (key, job) when its answer came after the run
+        # closed.
+        self._running: dict[str, _JobWaiter | tuple[Hashable, Job]] = {}
 
     @property
     def unfinished(self) -> list[Task]:
-        """Tasks submitted (and paid for) whose result you have not received yet: pass them (or their ids) to
-        `as_completed()` or `wait()` to pick them up. Read it after leaving early."""
-        tasks = [Task(task_id, _request_of(_job_of(entry))) for task_id, entry in self._running.items()]
-        tasks.extend(Task(r.task_id, _request_of(r.request)) for r in self._ready if r.task_id)
-        return tasks
+        """Tasks submitted (and paid for) that had not ended when you last looked: pass them (or their ids) to
+        `as_completed()` or `wait()` to pick them up. Read it after leaving early. Jobs that had ended but
+        were not read are in `unread`, with their outcome: they need no more polling."""
+        return [Task(task_id, _request_of(job), key=key) for task_id, (key, job) in map(_parts, self._running.items())]
+
+    @property
+    def unread(self) -> list[JobResult]:
+        """Jobs that ended (succeeded, failed, refused) but were not yielded, in the order they ended. Read it
+        after leaving early: a succeeded one's videos are here, ready to download."""
+        return list(self._ready)
 
     async def __aenter__(self) -> Self:
         self._start()
@@ -267,6 +278,10 @@ class AsCompleted:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
                 await limiter.acquire()
+                if len(self._ready) >= backlog_limit:
+                    # Results landed while this submitter waited for the slot: nobody is reading them.
+                    limiter.release()
+                    continue
                 try:
                     job = await jobs.next()
                 except BaseException:
@@ -277,15 +292,26 @@ class AsCompleted:
                     return
                 await self._start_job(job, wire_guard)
 
-    async def _start_job(self, job: Job, wire_guard: WireGuard) -> None:
+    async def _start_job(self, job: Job | KeyedJob, wire_guard: WireGuard) -> None:
         """Submit (or adopt) one job while holding a running-task slot, then hand it to the poller."""
+        key: Hashable = None
+        if isinstance(job, tuple):
+            pair: tuple[Any, ...] = job
+            try:
+                key, job = _split_keyed(pair)
+            except InvalidRequestError as error:
+                self._client._limiter.release()
+                self._deliver(pair[1] if len(pair) == 2 else pair, None, error)  # type: ignore[arg-type]
+                return
+        elif isinstance(job, Task):
+            key = job.key
         self.counts.submitting += 1
         try:
-            task_id = await self._submit(job, wire_guard)
+            task_id = await self._submit(job, wire_guard, key)
         except PixVerseError as error:
             if isinstance(error, AuthenticationError | InsufficientBalanceError):
                 self._stop_error = self._stop_error or error
-            self._deliver(job, None, error)
+            self._deliver(job, None, error, key=key)
             return
         except _SubmissionRefused as refused:
             self._stop_error = self._stop_error or refused.cause
@@ -293,22 +319,22 @@ class AsCompleted:
         finally:
             self.counts.submitting -= 1
         self.counts.running += 1
-        self._emit(EventKind.SUBMITTED, job, task_id)
+        self._emit(EventKind.SUBMITTED, job, task_id, key=key)
         if self._closed:
             # The answer of a submission already on the wire arrived after the run was left: keep the paid
             # task in `unfinished`, but poll it no more.
-            self._running[task_id] = job
+            self._running[task_id] = (key, job)
             self._client._limiter.release()
             return
         deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
-        waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id)
+        waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id, key=key)
         self._running[task_id] = waiter
         if isinstance(job, ImageToVideo):
             await self._state.poller.follow(task_id, waiter, holds_slot=True, kind=kind_of(job))
         else:  # resumed: submitted earlier, so its age here says nothing about how long tasks take
             await self._state.poller.follow(task_id, waiter, holds_slot=True, learns=False)
 
-    async def _submit(self, job: Job, wire_guard: WireGuard) -> str:
+    async def _submit(self, job: Job, wire_guard: WireGuard, key: Hashable) -> str:
         if isinstance(job, Task | str):
             task_id = job if isinstance(job, str) else job.task_id
             if not isinstance(task_id, str) or not task_id.strip():
@@ -318,13 +344,14 @@ class AsCompleted:
         try:
             if not isinstance(job, ImageToVideo):
                 raise InvalidRequestError(
-                    "job", f"must be an ImageToVideo, a Task or a task id, not {type(job).__name__}"
+                    "job",
+                    f"must be an ImageToVideo, a Task, a task id or a (key, job) pair, not {type(job).__name__}",
                 )
             body = await self._client._request_body(job)
             if self._on_event is not None:
                 # Not through _emit: a journal that cannot record "submitting" must stop the submission.
                 try:
-                    self._on_event(JobEvent(EventKind.SUBMITTING, job))
+                    self._on_event(JobEvent(EventKind.SUBMITTING, job, key=key))
                 except Exception as error:
                     raise _SubmissionRefused(error) from error
         except BaseException:
@@ -332,7 +359,7 @@ class AsCompleted:
             raise
 
         def on_retry(attempt: int, error: PixVerseError) -> None:
-            self._emit(EventKind.RETRIED, job, error=error, attempt=attempt)
+            self._emit(EventKind.RETRIED, job, error=error, attempt=attempt, key=key)
 
         return await self._client._submit_holding_slot(self._state, job, body, on_retry=on_retry, wire_guard=wire_guard)
 
@@ -342,14 +369,20 @@ class AsCompleted:
         self.counts.running -= 1
         if isinstance(outcome, TaskResult):
             error = TaskFailedError(task_id, outcome.reason) if outcome.status is TaskStatus.FAILED else None
-            self._deliver(job, task_id, error, outcome)
+            self._deliver(job, task_id, error, outcome, key=waiter.key)
             return
         if isinstance(outcome, AuthenticationError | InsufficientBalanceError):
             self._stop_error = self._stop_error or outcome
-        self._deliver(job, task_id, outcome)
+        self._deliver(job, task_id, outcome, key=waiter.key)
 
     def _deliver(
-        self, job: Job, task_id: str | None, error: PixVerseError | None, result: TaskResult | None = None
+        self,
+        job: Job,
+        task_id: str | None,
+        error: PixVerseError | None,
+        result: TaskResult | None = None,
+        *,
+        key: Hashable = None,
     ) -> None:
         job_result = JobResult(
             request=job,
@@ -358,13 +391,14 @@ class AsCompleted:
             videos=result.videos if result is not None else (),
             error=error,
             result=result,
+            key=key,
         )
         if job_result.ok:
             self.counts.succeeded += 1
-            self._emit(EventKind.SUCCEEDED, job, task_id, progress_percent=100.0)
+            self._emit(EventKind.SUCCEEDED, job, task_id, progress_percent=100.0, key=key)
         else:
             self.counts.failed += 1
-            self._emit(EventKind.FAILED, job, task_id, error=error)
+            self._emit(EventKind.FAILED, job, task_id, error=error, key=key)
         self._ready.append(job_result)
         self._notify()
 
@@ -378,11 +412,12 @@ class AsCompleted:
         eta: float | None = None,
         error: PixVerseError | None = None,
         attempt: int | None = None,
+        key: Hashable = None,
     ) -> None:
         if self._on_event is None:  # checked before building the event: this runs several times per job
             return
         try:
-            self._on_event(JobEvent(kind, job, task_id, progress_percent, eta, error, attempt))
+            self._on_event(JobEvent(kind, job, task_id, progress_percent, eta, error, attempt, key))
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
@@ -395,18 +430,41 @@ class _JobWaiter(Waiter):
     run: AsCompleted = attrs.field(kw_only=True)
     job: Job = attrs.field(kw_only=True)
     task_id: str = attrs.field(kw_only=True)
+    key: Hashable = attrs.field(kw_only=True)
 
     def deliver(self, outcome: Outcome) -> None:
         self.run._on_outcome(self, outcome)
 
     def progress(self, result: TaskResult) -> None:
         self.run._emit(
-            EventKind.PROGRESS, self.job, self.task_id, progress_percent=result.progress_percent, eta=result.eta
+            EventKind.PROGRESS,
+            self.job,
+            self.task_id,
+            progress_percent=result.progress_percent,
+            eta=result.eta,
+            key=self.key,
         )
 
 
-def _job_of(entry: _JobWaiter | Job) -> Job:
-    return entry.job if isinstance(entry, _JobWaiter) else entry
+def _parts(item: tuple[str, _JobWaiter | tuple[Hashable, Job]]) -> tuple[str, tuple[Hashable, Job]]:
+    task_id, entry = item
+    return task_id, ((entry.key, entry.job) if isinstance(entry, _JobWaiter) else entry)
+
+
+def _split_keyed(pair: tuple[Any, ...]) -> tuple[Hashable, Job]:
+    """`(key, job)` into its parts, or `InvalidRequestError` for a tuple that is not such a pair."""
+    if len(pair) != 2 or not isinstance(pair[1], ImageToVideo | Task | str):
+        raise InvalidRequestError(
+            "job", "a tuple must be a (key, job) pair whose job is an ImageToVideo, a Task or a task id"
+        )
+    key, job = pair[0], pair[1]
+    try:
+        hash(key)
+    except TypeError:
+        raise InvalidRequestError(
+            "key", f"the key of a (key, job) pair must be hashable, not {type(key).__name__}"
+        ) from None
+    return key, job
 
 
 class _SubmissionRefused(Exception):
@@ -431,7 +489,7 @@ class _JobSource:
     """The input, shared by the submitters: a plain iterator is read directly, an async one under a lock
     (an async generator may not be advanced by two tasks at once)."""
 
-    def __init__(self, jobs: Iterable[Job] | AsyncIterable[Job]) -> None:
+    def __init__(self, jobs: Iterable[Job | KeyedJob] | AsyncIterable[Job | KeyedJob]) -> None:
         self._sync = iter(jobs) if not isinstance(jobs, AsyncIterable) else None
         self._async = aiter(jobs) if isinstance(jobs, AsyncIterable) else None
         self._lock = anyio.Lock(fast_acquire=True)

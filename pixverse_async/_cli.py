@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -21,10 +22,11 @@ _EXAMPLES = {
     "run": """examples:
   PIXVERSE_API_KEY=sk-... pixverse-async run jobs.jsonl --out videos/
   pixverse-async run jobs.csv --out videos/ --concurrency 32      # run it again to resume after a crash
+  pixverse-async run jobs.csv --out videos/ --dry-run              # what it would do; sends nothing
 
 manifest rows (JSON Lines or CSV): prompt, image (URL or path relative to the manifest), and optionally
-id (names <id>.mp4), resolution, negative_prompt, fast_mode, style, seed. Exit code 0 only if every row
-succeeded.""",
+id (names <id>.mp4), resolution, negative_prompt, fast_mode, style, seed, extra (a JSON object of fields
+to add to the request). Exit code 0 only if every row succeeded; --dry-run needs no key and sends nothing.""",
     "status": """examples:
   pixverse-async status --journal videos/pixverse-journal.sqlite
   pixverse-async status --journal videos/pixverse-journal.sqlite --json""",
@@ -61,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resubmit-uncertain", action="store_true", help="submit again rows whose answer was lost")
     run.add_argument("--retry-failed", action="store_true", help="submit again rows whose task failed")
     run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the manifest and the journal, print what the run would do, send nothing (no key needed)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="plain log lines, no live progress bar")
+    run.add_argument(
         "--time-scale",
         type=float,
         default=None,
@@ -94,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", choices=("linear", "steps", "absent"), default="linear", help="what progress_percent says"
     )
     simulate.add_argument("--progress-step", type=int, default=25, help="percent per step (--progress steps)")
+    simulate.add_argument(
+        "--accept-field", action="append", dest="accept_fields", help="accept this undocumented field (repeatable)"
+    )
     return parser
 
 
@@ -142,11 +153,21 @@ def _run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
     )
     clock = ScaledClock(args.time_scale) if args.time_scale else None
+    if args.dry_run:
+        from ._runner import dry_run
+
+        # The client is built (so its options are checked as a run checks them) but never opened: nothing is
+        # sent, and a dry run works without a key (a stand-in that goes nowhere) and without a network.
+        has_key = bool(os.environ.get("PIXVERSE_API_KEY", "").strip())
+        checked = PixVerseClient(
+            None if has_key else "dry-run", base_url=args.base_url, max_concurrency=options.concurrency, clock=clock
+        )
+        return dry_run(options, base_url=checked.base_url, has_key=has_key)
     client = PixVerseClient(base_url=args.base_url, max_concurrency=options.concurrency, clock=clock)
 
     async def go() -> int:
         async with client:
-            return await run_manifest(options, client)
+            return await run_manifest(options, client, live=not args.no_progress)
 
     return _unwrapped(lambda: anyio.run(go))
 
@@ -179,10 +200,9 @@ def _status(path: Path, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps([attrs.asdict(row) for row in rows], indent=2))
         return 0
-    print(f"{'row':<16} {'line':>5}  {'state':<10} {'task':<38} detail")
-    for row in rows:
-        detail = row.reason if row.state in ("failed", "uncertain") else row.file or ""
-        print(f"{row.key:<16} {row.line:>5}  {row.state:<10} {row.task_id or '':<38} {detail or ''}")
+    from ._progress import console_for, status_table
+
+    console_for(sys.stdout).print(status_table(rows))
     return 0
 
 
@@ -199,6 +219,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "eta_noise": args.eta_noise,
         "progress": args.progress,
         "progress_step": args.progress_step,
+        "accept_fields": tuple(args.accept_fields or ()),
     }
     if args.duration is not None:
         options["duration"] = args.duration

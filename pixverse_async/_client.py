@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
 import math
 import os
 import random
 import secrets
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -28,16 +30,19 @@ import aiohttp
 import anyio
 import anyio.lowlevel
 import attrs
+import yarl
 from anyio.abc import TaskGroup
 
-from ._bulk import AsCompleted, EventCallback, Job
-from ._clock import Clock, SystemClock
+from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
+from ._clock import Clock, default_clock
 from ._convert import encode_image, parse_task_result, request_body
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
     ClientClosedError,
+    DownloadConnectionError,
     DownloadError,
+    DownloadTimeoutError,
     InvalidRequestError,
     PixVerseError,
     RateLimitError,
@@ -45,13 +50,24 @@ from ._exceptions import (
     SubmissionUncertainError,
     TaskFailedError,
     VideoExpiredError,
+    VideoHostError,
 )
 from ._forecast import kind_of
-from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts
+from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact, shorten
 from ._limiter import RunningTaskLimiter
-from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout, read_image_file
+from ._models import (
+    ImageToVideo,
+    Task,
+    TaskResult,
+    TaskStatus,
+    Video,
+    check_timeout,
+    lowercase_scheme,
+    read_image_file,
+)
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, parse_retry_after
+from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
 from ._wire import WireGuard
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
@@ -63,6 +79,9 @@ SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
 TASK_RESULT_PATH = "/v3/async/task-result"
 _DOWNLOAD_BUFFER_BYTES = 1 << 20
 _DOWNLOAD_CONNECTIONS = 32
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+_MP4_HEAD_BYTES = 8
 
 T = TypeVar("T")
 _log = logging.getLogger("pixverse_async")
@@ -102,8 +121,10 @@ class PixVerseClient:
     `https://api.myrouter.ai`. `max_concurrency` (default 64) bounds the tasks this client has running on the
     server at once, across every call; `max_submissions_in_flight` (default 64) the submissions that
     `as_completed` has on the wire at once. An `aiohttp.ClientSession` you pass is used and left open; it must not
-    carry an `Authorization` default header (it would go to the video host too). `clock` is where all waiting
-    happens (tests pass a faster one).
+    carry credentials in its defaults (they would go to the video host too). `allow_private_video_hosts=False`
+    refuses downloads from loopback, private, link-local and other non-global addresses. `clock` is where all
+    waiting happens (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's
+    scale while a test using it runs).
     """
 
     def __init__(
@@ -119,28 +140,32 @@ class PixVerseClient:
         polling: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
         image_as_data_uri: bool = False,
         webhook_url: str | None = None,
+        allow_private_video_hosts: bool = True,
         clock: Clock | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY", "")
-        if not isinstance(key, str) or not key.strip():
-            raise InvalidRequestError("api_key", "no API key: pass api_key=... or set PIXVERSE_API_KEY")
+        checked = _wrap_api_key(api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY"))
+        # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
+        del api_key
+        if isinstance(checked, str):
+            raise InvalidRequestError("api_key", checked)
         url = (base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequestError("base_url", f"{url!r} is not an http(s):// URL with a host")
-        if webhook_url is not None and (
-            not isinstance(webhook_url, str)
-            or urlsplit(webhook_url).scheme not in ("http", "https")
-            or not urlsplit(webhook_url).hostname
-        ):
-            raise InvalidRequestError("webhook_url", f"{webhook_url!r} is not an http(s):// URL with a host")
-        for name, count in (
-            ("max_concurrency", max_concurrency),
-            ("max_submissions_in_flight", max_submissions_in_flight),
-        ):
-            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise InvalidRequestError(name, f"must be an int >= 1, not {count!r}")
-        self._api_key = Secret(key.strip())
+        check_http_url("base_url", url, credentials_allowed=False)
+        if webhook_url is not None:
+            check_http_url("webhook_url", webhook_url)
+        check_count("max_concurrency", max_concurrency)
+        check_count("max_submissions_in_flight", max_submissions_in_flight)
+        check_instance("timeouts", timeouts, Timeouts)
+        check_instance("retry", retry, RetryPolicy)
+        check_instance("polling", polling, PollPolicy)
+        check_bool("image_as_data_uri", image_as_data_uri)
+        check_bool("allow_private_video_hosts", allow_private_video_hosts)
+        if clock is not None and not all(callable(getattr(clock, method, None)) for method in ("now", "sleep")):
+            raise InvalidRequestError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
+        if session is not None:
+            check_instance("session", session, aiohttp.ClientSession)
+            if (problem := _session_problem(session, checked)) is not None:
+                raise InvalidRequestError("session", problem)
+        self._api_key = checked
         self.base_url = url
         self.max_concurrency = max_concurrency
         self.max_submissions_in_flight = max_submissions_in_flight
@@ -149,7 +174,8 @@ class PixVerseClient:
         self.polling = polling
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.allow_private_video_hosts = allow_private_video_hosts
+        self.clock: Clock = clock if clock is not None else default_clock()
         self._given_session = session
         self._rng = random.Random()
         self._limiter = RunningTaskLimiter(max_concurrency)
@@ -165,6 +191,9 @@ class PixVerseClient:
             raise ClientClosedError("this client is already open")
         async with contextlib.AsyncExitStack() as stack:
             session = self._given_session
+            # Checked again: a session's default headers can be changed after the client was built.
+            if session is not None and (problem := _session_problem(session, self._api_key)) is not None:
+                raise InvalidRequestError("session", problem)
             if session is None:
                 # Connections are needed only for requests in flight, not one per running task: enough for
                 # every submission and poll the caps allow, plus some for downloads.
@@ -286,7 +315,8 @@ class PixVerseClient:
                 lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
             )
         elif isinstance(image, str) and image[:5].lower() != "data:":
-            field = image
+            # Checked when the request was built (a str cannot change since); only the scheme's case is fixed.
+            field = lowercase_scheme(image)
         else:
             field = encode_image(
                 bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri
@@ -329,6 +359,7 @@ class PixVerseClient:
                     self._limiter.on_accepted()
                     return task_id
                 error: PixVerseError = state.transport.status_error(response)
+                del response  # its body may echo the key: not a local of a frame in the traceback
             except RequestNotSent as failure:
                 error = failure.error
             except (AnswerLost, APIResponseError) as failure:
@@ -358,7 +389,7 @@ class PixVerseClient:
 
     def as_completed(
         self,
-        jobs: Iterable[Job] | AsyncIterable[Job],
+        jobs: Iterable[Job | KeyedJob] | AsyncIterable[Job | KeyedJob],
         *,
         timeout: float | None = None,
         on_event: EventCallback | None = None,
@@ -366,18 +397,19 @@ class PixVerseClient:
         """Run many jobs and yield one `JobResult` each as they finish, in completion order.
 
         `jobs` is an iterable or async iterable of `ImageToVideo` (to submit) or of `Task`s / task ids (to
-        resume). It is pulled lazily. At most `max_concurrency` tasks of this client run at once. `timeout`
-        bounds each job from submission to result. A failed job is yielded with its `error` and never stops
-        the batch; an `AuthenticationError` or `InsufficientBalanceError` stops new submissions, the running
-        jobs are still yielded, then it is raised. `on_event` receives a `JobEvent` for every submission,
-        retry, progress report and end, for progress bars and metrics.
+        resume), or of `(key, job)` pairs whose key (any hashable value: a row id, say) comes back as
+        `JobResult.key` and `JobEvent.key`. It is pulled lazily. At most `max_concurrency` tasks of this client
+        run at once. `timeout` bounds each job from submission to result. A failed job is yielded with its
+        `error` and never stops the batch; an `AuthenticationError` or `InsufficientBalanceError` stops new
+        submissions, the running jobs are still yielded, then it is raised. `on_event` receives a `JobEvent` for
+        every submission, retry, progress report and end, for progress bars and metrics.
 
             async with client.as_completed(requests) as results:
                 async for result in results:
                     ...
 
         Leaving early stops submitting and polling at once; `results.unfinished` then lists the tasks that
-        were paid for but not yielded.
+        were paid for and had not ended, `results.unread` the jobs that had ended but were not yielded.
         """
         return AsCompleted(self, self._state(), jobs, timeout=timeout, on_event=on_event)
 
@@ -390,7 +422,8 @@ class PixVerseClient:
         return await self._retrying(lambda: _fetch_task_once(transport, task_id))
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        """Run an idempotent call, retrying connection errors, timeouts, garbled answers, 429 and 5xx."""
+        """Run an idempotent call (a poll, a download), retrying connection errors, timeouts, garbled answers,
+        429 and 5xx."""
         attempt = 0
         while True:
             attempt += 1
@@ -398,9 +431,9 @@ class PixVerseClient:
             error: PixVerseError
             try:
                 return await attempt_once()
-            except (RateLimitError, ServerError) as status_error:
+            except (RateLimitError, ServerError, VideoHostError) as status_error:
                 error, retry_after = status_error, status_error.retry_after
-            except (APIConnectionError, APIResponseError) as transient:
+            except (APIConnectionError, APIResponseError, DownloadConnectionError) as transient:
                 error, retry_after = transient, None
             delay = self.retry.delay(attempt, retry_after, self._rng)
             if attempt >= self.retry.max_attempts or delay is None:
@@ -486,38 +519,98 @@ class PixVerseClient:
 
     # -- download -------------------------------------------------------------------------------------------
 
-    async def download(self, video: TaskResult | Video, path: str | os.PathLike[str]) -> Path:
+    async def download(self, video: JobResult | TaskResult | Video, path: str | os.PathLike[str]) -> Path:
         """Stream a finished video to `path` (a file, or an existing directory) and return the file's path.
 
-        The file appears whole or not at all (written to a temporary file, then renamed). The API key is
-        never sent to the video host. Raises `VideoExpiredError` when the signed link has expired.
+        A `JobResult` or `TaskResult` means its first video; one without a video raises `DownloadError`.
+
+        The file appears whole or not at all (written to a temporary file, then renamed), and only if it
+        starts like an MP4 file. The API key is never sent to the video host. Only http(s) URLs without
+        credentials are fetched, redirects included (followed by hand, at most 5, each checked the same way).
+        Every failure is a `DownloadError`: `VideoExpiredError` when the signed link has expired,
+        `VideoHostError` (429, 5xx) and `DownloadConnectionError` once retries are spent.
         """
         chosen = _video_of(video)
+        problem = _video_url_problem(chosen.url)
+        if problem is not None:
+            raise DownloadError(f"refused to download {_shown_url(chosen.url)}: {problem}")
         destination = Path(path)
         if await anyio.Path(destination).is_dir():
             destination = destination / _file_name_for(chosen, video)
         state = self._state()
+        if self._given_session is not None and (problem := _session_problem(state.session, self._api_key)):
+            raise InvalidRequestError("session", problem)
         await self._retrying(lambda: self._download_once(state, chosen, destination))
         return destination
 
     async def _download_once(self, state: _OpenState, video: Video, destination: Path) -> None:
         partial = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.part")
+        url = video.url
         try:
-            # No Authorization header: the video host is not the API and must never see the key.
-            async with state.session.get(video.url, timeout=self.timeouts.for_download()) as response:
-                if response.status != 200:
-                    raise _download_error(response.status, video, await response.read())
-                expected = response.content_length
-                written = await _stream_to_file(response, partial)
-            if expected is not None and written != expected:
-                raise DownloadError(f"video download was cut short: got {written} of {expected} bytes")
-            partial.replace(destination)
+            for _ in range(_MAX_REDIRECTS + 1):
+                if not self.allow_private_video_hosts:
+                    await _refuse_private_host(url)
+                # No Authorization header: the video host is not the API and must never see the key. Redirects
+                # by hand, so that each target is checked before anything is sent to it.
+                async with state.session.get(
+                    url, timeout=self.timeouts.for_download(), allow_redirects=False
+                ) as response:
+                    if not self.allow_private_video_hosts:
+                        _refuse_private_peer(response, url)
+                    if response.status in _REDIRECT_STATUSES:
+                        url = _redirect_target(response, url)
+                        continue
+                    if response.status != 200:
+                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                        text = redact((await response.read())[:2048].decode("utf-8", "replace"), self._api_key)
+                        raise _download_error(response.status, video, text, retry_after)
+                    expected = response.content_length
+                    written = await _stream_to_file(response, partial)
+                if expected is not None and written != expected:
+                    raise DownloadConnectionError(f"video download was cut short: got {written} of {expected} bytes")
+                partial.replace(destination)
+                return
+            raise DownloadError(f"the video host redirected more than {_MAX_REDIRECTS} times")
         except aiohttp.ClientError as error:
-            raise APIConnectionError(f"video download failed: {error or type(error).__name__}") from None
+            # Not chained (`from None`): aiohttp's errors are OSErrors at times, and a cause that is an OSError
+            # means the file could not be written.
+            detail = redact(str(error), self._api_key) or type(error).__name__
+            if isinstance(error, TimeoutError):
+                raise DownloadTimeoutError(f"video download timed out: {detail}") from None
+            raise DownloadConnectionError(f"video download failed: {detail}") from None
+        except DownloadError:
+            raise  # DownloadConnectionError is an OSError too, but not one of the file's
         except OSError as error:
             raise DownloadError(f"cannot write {destination}: {error.strerror or error}") from error
         finally:
             partial.unlink(missing_ok=True)
+
+
+def _wrap_api_key(value: object) -> Secret | str:
+    """The key, wrapped; or, when it cannot be used, what is wrong with it (never the key itself)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "no API key: pass api_key=... or set PIXVERSE_API_KEY"
+    if not isinstance(value, str):
+        return f"must be a str, not {type(value).__name__}"
+    # Surrounding whitespace is a copy-and-paste or file-reading accident (a trailing newline), not the key.
+    problem = api_key_problem(value.strip())
+    return Secret(value.strip()) if problem is None else problem
+
+
+def _session_problem(session: aiohttp.ClientSession, key: Secret) -> str | None:
+    """Why a session of the caller's cannot be used, or None. It sends its defaults with every request,
+    downloads included: none of them may carry credentials, or the video host (any host the API's answers
+    name) would get them. Returned, not raised, so that no frame of a traceback holds a header's value."""
+    if session.auth is not None:
+        return "it has a default auth=...: it would be sent to the video host too; pass a session without it"
+    for name, value in session.headers.items():
+        if name.lower() in ("authorization", "proxy-authorization") or key.reveal() in value:
+            return (
+                f"its default header {name!r} carries credentials: the session sends it with every request, "
+                "downloads from the video host included; pass a session without it (the client sends the key "
+                "itself, to the API only)"
+            )
+    return None
 
 
 async def _fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
@@ -527,10 +620,14 @@ async def _fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
     except (RequestNotSent, AnswerLost) as failure:
         raise failure.error from None
     if response.status != 200:
-        raise transport.status_error(response)
+        error = transport.status_error(response)
+        del response  # its body may echo the key: not a local of a frame in the traceback
+        raise error
     result = parse_task_result(response.json())
     if not result.task_id:
         result = attrs.evolve(result, task_id=task_id)
+    if result.reason:  # the server's words, which end up in TaskFailedError
+        result = attrs.evolve(result, reason=transport.redact(result.reason))
     return result
 
 
@@ -556,17 +653,33 @@ async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: fl
 async def _stream_to_file(response: aiohttp.ClientResponse, partial: Path) -> int:
     written = 0
     buffer = bytearray()
+    checked = False
     async with await anyio.open_file(partial, "wb") as file:
         async for chunk in response.content.iter_chunked(1 << 16):
             buffer += chunk
+            if not checked and len(buffer) >= _MP4_HEAD_BYTES:
+                _check_mp4_head(bytes(buffer[:_MP4_HEAD_BYTES]), response)
+                checked = True
             if len(buffer) >= _DOWNLOAD_BUFFER_BYTES:
                 written += await file.write(bytes(buffer))
                 buffer.clear()
+        if not checked:
+            _check_mp4_head(bytes(buffer), response)
         written += await file.write(bytes(buffer))
     return written
 
 
-def _download_error(status: int, video: Video, body: bytes) -> PixVerseError:
+def _check_mp4_head(head: bytes, response: aiohttp.ClientResponse) -> None:
+    """An MP4 (ISO base media) file opens with its `ftyp` box: a 4-byte size, then `ftyp`. Anything else (an
+    HTML error page served with 200, an empty body) is not saved."""
+    if len(head) < _MP4_HEAD_BYTES or head[4:8] != b"ftyp":
+        kind = response.headers.get("Content-Type", "no Content-Type")
+        raise DownloadError(
+            f"the video host sent something that is not an MP4 file ({kind[:80]}, starting {head[:16]!r})"
+        )
+
+
+def _download_error(status: int, video: Video, body: str, retry_after: float | None) -> PixVerseError:
     if status in (401, 403, 410):
         expiry = f" (it expired at {video.expires_at:%Y-%m-%d %H:%M:%S} UTC)" if video.expires_at else ""
         return VideoExpiredError(
@@ -574,8 +687,95 @@ def _download_error(status: int, video: Video, body: bytes) -> PixVerseError:
             "call get_task() on the task for a fresh link"
         )
     if status >= 500 or status == 429:
-        return ServerError(status, None, "video host error")
-    return DownloadError(f"the video host answered {status}: {body[:200].decode('utf-8', 'replace')}")
+        return VideoHostError(status, retry_after)
+    return DownloadError(f"the video host answered {status}: {shorten(body)}")
+
+
+def _video_url_problem(url: str) -> str | None:
+    """Why a video URL (or a redirect's target) is not fetched, or None. Parsed by yarl, as aiohttp will."""
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError):
+        return "it is not a valid URL"
+    if parsed.scheme not in ("http", "https"):
+        return f"unsupported URL scheme {parsed.scheme!r}" if parsed.scheme else "it is not an absolute URL"
+    if not parsed.host:
+        return "the URL has no host"
+    if parsed.user is not None or parsed.password is not None:
+        return "the URL carries credentials (user:password@), which are never sent"
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        return "the URL holds whitespace or a control character"
+    return None
+
+
+def _redirect_target(response: aiohttp.ClientResponse, url: str) -> str:
+    location = response.headers.get("Location")
+    if not location:
+        raise DownloadError(f"the video host answered {response.status} without a Location to go to")
+    try:
+        target = str(yarl.URL(url).join(yarl.URL(location)))
+    except (TypeError, ValueError):
+        raise DownloadError(f"the video host redirected to {_shown_url(location)}: not a valid URL") from None
+    problem = _video_url_problem(target)
+    if problem is None and yarl.URL(url).scheme == "https" and yarl.URL(target).scheme == "http":
+        # The signed query would then cross the network in clear.
+        problem = "a redirect from https:// to http:// is not followed"
+    if problem is not None:
+        raise DownloadError(f"the video host redirected to {_shown_url(target)}: refused, {problem}")
+    return target
+
+
+def _shown_url(url: str) -> str:
+    """A URL for a message: no credentials, no query (a signature), cut short."""
+    try:
+        parsed = yarl.URL(url)
+        shown = str(parsed.with_user(None).with_query(None).with_fragment(None)) if parsed.absolute else url
+    except (TypeError, ValueError):
+        shown = url
+    return repr(shown.split("?", 1)[0][:100])
+
+
+def _is_refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    # Not global: loopback, RFC 1918, link-local, ULA, shared (CGNAT), reserved, documentation ranges.
+    return not address.is_global or address.is_multicast
+
+
+async def _refuse_private_host(url: str) -> None:
+    """With `allow_private_video_hosts=False`: refuse a host that is, or resolves to, a non-global address
+    (every address it resolves to is checked)."""
+    parsed = yarl.URL(url)
+    host = parsed.host or ""
+    try:
+        addresses = [ipaddress.ip_address(host.split("%", 1)[0])]
+    except ValueError:
+        try:
+            infos = await anyio.getaddrinfo(host, parsed.port, type=socket.SOCK_STREAM)
+        except OSError as error:
+            raise DownloadConnectionError(f"cannot resolve the video host {host!r}: {error}") from None
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    for address in addresses:
+        if _is_refused_address(address):
+            raise DownloadError(
+                f"the video host {host!r} is at {address}, a private address "
+                "(refused with allow_private_video_hosts=False)"
+            )
+
+
+def _refuse_private_peer(response: aiohttp.ClientResponse, url: str) -> None:
+    """The address actually connected to, checked too: a name may resolve differently a moment later."""
+    connection = response.connection
+    transport = connection.transport if connection is not None else None
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if not peer:
+        return
+    address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    if _is_refused_address(address):
+        raise DownloadError(
+            f"the video host {yarl.URL(url).host!r} is at {address}, a private address "
+            "(refused with allow_private_video_hosts=False)"
+        )
 
 
 def _task_id_from(response: Response) -> str:
@@ -593,18 +793,29 @@ def _task_id_of(task: Task | TaskResult | str) -> str:
     return task_id
 
 
-def _video_of(video: TaskResult | Video) -> Video:
+def _video_of(video: JobResult | TaskResult | Video) -> Video:
     if isinstance(video, Video):
         return video
     if isinstance(video, TaskResult):
         if not video.videos:
             raise DownloadError(f"task {video.task_id} has no video (status {video.status.name})")
         return video.videos[0]
-    raise InvalidRequestError("video", f"must be a TaskResult or a Video, not {type(video).__name__}")
+    if isinstance(video, JobResult):
+        if not video.videos:
+            job = f"job {video.key!r}" if video.key is not None else "the job"
+            if video.task_id is None:
+                why = f"it was never submitted ({video.error})"
+            elif video.error is not None:
+                why = f"task {video.task_id} did not succeed ({video.error})"
+            else:
+                why = f"task {video.task_id} ended {video.status.name if video.status else 'without a status'}"
+            raise DownloadError(f"{job} has no video: {why}")
+        return video.videos[0]
+    raise InvalidRequestError("video", f"must be a JobResult, a TaskResult or a Video, not {type(video).__name__}")
 
 
-def _file_name_for(video: Video, source: TaskResult | Video) -> str:
-    if isinstance(source, TaskResult) and source.task_id:
+def _file_name_for(video: Video, source: JobResult | TaskResult | Video) -> str:
+    if isinstance(source, TaskResult | JobResult) and source.task_id:
         stem = source.task_id
     else:
         stem = PurePosixPath(unquote(urlsplit(video.url).path)).stem or "video"

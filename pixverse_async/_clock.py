@@ -2,6 +2,12 @@
 
 Tests swap in a faster clock (`pixverse_async.testing.ScaledClock` to match the simulator's time scale,
 `InstantClock` to make backoff take no time at all) instead of waiting real seconds.
+
+A client built without a clock takes `default_clock()`: `SystemClock()`, except while a test that uses the
+pytest plugin's `pixverse_simulator` fixture runs. That fixture (and nothing else) sets `_testing_default` to
+a `ScaledClock` at its simulator's time scale for the test's duration, so that application code which builds
+`PixVerseClient()` unchanged keeps the simulator's time. Production code never sees it: nothing sets it
+unless that fixture is used.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from typing import Protocol, final
 
 import anyio
 import attrs
+
+from ._validation import number
 
 
 class Clock(Protocol):
@@ -46,7 +54,7 @@ class ScaledClock:
     of real time, so client and simulator agree on what a "second" is.
     """
 
-    scale: float = attrs.field(validator=attrs.validators.gt(0.0))
+    scale: float = attrs.field(validator=number(above=0))
 
     def now(self) -> float:
         return time.monotonic() / self.scale
@@ -64,7 +72,7 @@ class InstantClock:
     what the client waited (e.g. that it honoured `Retry-After`).
     """
 
-    current: float = 0.0
+    current: float = attrs.field(default=0.0, validator=number())
     sleeps: list[float] = attrs.field(factory=list)
 
     def now(self) -> float:
@@ -75,3 +83,14 @@ class InstantClock:
         self.sleeps.append(seconds)
         self.current += seconds
         await anyio.lowlevel.checkpoint()
+
+
+# Set only by the pytest plugin's `pixverse_simulator` fixture, for the duration of one test (see above).
+# A module global rather than a context variable: the test's client may be built in another thread or in an
+# event loop's task that was created before the fixture ran, and must still see it.
+_testing_default: Clock | None = None
+
+
+def default_clock() -> Clock:
+    """The clock of a client built without one: real time, unless a `pixverse_simulator` test is running."""
+    return _testing_default if _testing_default is not None else SystemClock()

@@ -16,6 +16,7 @@ from typing import Any
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from ._exceptions import InvalidRequestError
 from ._models import ImageToVideo, TaskResult, TaskStatus, Video, decode_data_uri, inspect_image_bytes
 
 _converter = cattrs.Converter()
@@ -166,7 +167,7 @@ def encode_image(image: bytes | str, *, as_data_uri: bool) -> str:
 
 
 def request_body(request: ImageToVideo, image_field: str, *, webhook_url: str | None = None) -> dict[str, Any]:
-    """The JSON body of a submission; optional fields are left out when unset."""
+    """The JSON body of a submission; optional fields are left out when unset, `extra_body` merged in."""
     body: dict[str, Any] = {
         "prompt": request.prompt,
         "image": image_field,
@@ -179,6 +180,19 @@ def request_body(request: ImageToVideo, image_field: str, *, webhook_url: str | 
         body["style"] = request.style
     if request.seed is not None:
         body["seed"] = request.seed
+    extra_body = request.extra_body
+    if extra_body is not None:
+        body.update(extra_body)  # checked at construction: JSON values, no documented field
     if webhook_url is not None:
-        body["extra"] = {"webhook": {"url": webhook_url}}
+        extra = body.get("extra")
+        if extra is None:
+            body["extra"] = {"webhook": {"url": webhook_url}}
+        elif isinstance(extra, dict) and "webhook" not in extra:
+            body["extra"] = {**extra, "webhook": {"url": webhook_url}}
+        else:
+            raise InvalidRequestError(
+                "extra_body",
+                "'extra' must be an object without 'webhook' when the client has a webhook_url (it sets"
+                " extra.webhook itself)",
+            )
     return body

@@ -13,8 +13,11 @@ import zlib
 from pathlib import Path
 from typing import TextIO
 
+from rich.text import Text
+
 from ._client import PixVerseClient
 from ._clock import ScaledClock
+from ._progress import console_for
 from ._runner import DEFAULT_JOURNAL_NAME, RunOptions, run_manifest
 from .testing import Simulator, lognormal_durations
 
@@ -63,13 +66,18 @@ async def run_demo(out: Path, count: int, *, time_scale: float = 0.02, stream: T
     # The simulator lives only as long as the demo: a journal from an earlier demo names tasks it never had.
     (out / DEFAULT_JOURNAL_NAME).unlink(missing_ok=True)
     manifest = write_demo_manifest(out, count)
-    print(f"Wrote {count} first frames and {manifest}.", file=stream)
-    print(f"Starting the built-in API simulator (a 40 s job takes {40 * time_scale:.1f} s here)...", file=stream)
+    console = console_for(stream)
+
+    def say(line: str) -> None:  # fitted to the terminal like the run's own lines
+        console.print(Text(line, overflow="fold"))
+
+    say(f"Wrote {count} first frames and {manifest}.")
+    say(f"Starting the built-in API simulator (a 40 s job takes {40 * time_scale:.1f} s here)...")
     async with (
         Simulator(api_keys=(DEMO_KEY,), time_scale=time_scale, duration=lognormal_durations(40, 0.3), seed=1) as sim,
         PixVerseClient(DEMO_KEY, base_url=sim.base_url, clock=ScaledClock(time_scale), max_concurrency=4) as client,
     ):
-        print(f"Running: pixverse-async run {manifest} --out {out} --concurrency 4\n", file=stream)
+        say(f"Running: pixverse-async run {manifest} --out {out} --concurrency 4\n")
         code = await run_manifest(RunOptions(manifest=manifest, out=out, concurrency=4), client, stream)
-        print(f"({sim.counters.poll_requests} polls for {sim.counters.tasks_created} tasks)", file=stream)
+        say(f"({sim.counters.poll_requests} polls for {sim.counters.tasks_created} tasks)")
     return code

@@ -18,12 +18,21 @@
     ├── ClientClosedError (also RuntimeError)     the client is not open, or was closed while you waited
     ├── TaskFailedError                           the task ended TASK_STATUS_FAILED
     ├── TaskTimeoutError (also TimeoutError)      the task did not finish within the caller's timeout
-    └── DownloadError                             a video could not be downloaded
-        └── VideoExpiredError                     its signed link has expired: poll the task for a new one
+    └── DownloadError                             a video could not be downloaded (every download failure)
+        ├── VideoExpiredError                     its signed link has expired: poll the task for a new one
+        ├── VideoHostError                        the video host answered 429 or 5xx (retried first)
+        └── DownloadConnectionError (also ConnectionError)   the download broke off or never connected
+            └── DownloadTimeoutError (also TimeoutError)        (retried first)
+
+A `DownloadError` itself, not retried, is a download refused before or while it ran: a video URL that is not
+http(s), carries credentials, redirects to such a URL (or too often), points at a private address when those
+are refused, or a body that is not an MP4 file; or a file that cannot be written (then `__cause__` is the
+`OSError`).
 
 Account-wide errors (`AuthenticationError`, `InsufficientBalanceError`) are the ones worth stopping a whole
-batch for. No message, repr or attribute of these errors ever contains the API key: the client redacts
-anything the server echoes before it builds an error.
+batch for. No message, repr or attribute of these errors ever contains the API key: the client masks the
+key in every field a server writes (reason, message, metadata, a page, a task's reason) before it cuts the
+text and builds an error, and does not chain aiohttp's errors (their frames hold the request's headers).
 """
 
 from __future__ import annotations
@@ -151,7 +160,24 @@ class TaskTimeoutError(PixVerseError, TimeoutError):
 
 
 class DownloadError(PixVerseError):
-    """A video could not be downloaded (the link answered an error, or the body was cut short)."""
+    """A video could not be downloaded: `except DownloadError` catches every download failure."""
+
+
+class VideoHostError(DownloadError):
+    """The video host answered 429 or 5xx (after the client's retries); `retry_after` if it said."""
+
+    def __init__(self, status_code: int, retry_after: float | None = None) -> None:
+        super().__init__(f"the video host answered {status_code}")
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class DownloadConnectionError(DownloadError, ConnectionError):
+    """The download could not connect, or broke off (reset, cut short), after the client's retries."""
+
+
+class DownloadTimeoutError(DownloadConnectionError, TimeoutError):
+    """The video host went silent for longer than `Timeouts.download_read` (or `connect`)."""
 
 
 class VideoExpiredError(DownloadError):

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, final
 
 import aiohttp
@@ -27,13 +26,13 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     InsufficientBalanceError,
-    InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
     ServerError,
 )
 from ._retry import parse_retry_after
+from ._validation import check_number
 from ._version import __version__
 
 _AUTH_REASONS = frozenset({"MISSING_API_KEY", "INVALID_API_KEY", "BILLING_AUTH_FAILED"})
@@ -50,13 +49,24 @@ USER_AGENT = f"pixverse-async/{__version__}"
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _HTML_TAG = re.compile(r"<[^>]+>")
 _WHITESPACE = re.compile(r"\s+")
+# How much of a server's text an error message keeps (after redaction).
+_ERROR_TEXT_CHARS = 200
+# What masks the key in a server's text: the first of these that the key does not hold, three times.
+_MASK_CHARS = "*#?~%^"
 
 
-@attrs.frozen(repr=False)
+@final
 class Secret:
-    """The API key, kept out of every repr, str and traceback variable dump."""
+    """The API key, kept out of every repr, str and traceback variable dump.
 
-    _value: str
+    A plain class with one slot, not an attrs class: tools that show an attrs object by its fields (rich's
+    tracebacks) would show the key.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
 
     def reveal(self) -> str:
         return self._value
@@ -66,15 +76,72 @@ class Secret:
 
     __str__ = __repr__
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("the API key is not pickled")
+
+
+def redact(text: str, secret: Secret) -> str:
+    """`text` with every occurrence of the key masked, and nothing else changed.
+
+    The mask is made of a character the key does not hold, so masking cannot make a new occurrence: a
+    leftmost-first replacement leaves none in the text between masks, and a new one would have to hold a
+    character of a mask.
+    """
+    key = secret.reveal()
+    if not key or key not in text:
+        return text
+    return text.replace(key, _mask_char(key) * 3)
+
+
+def _mask_char(key: str) -> str:
+    for char in _MASK_CHARS:
+        if char not in key:
+            return char
+    # A key holding every usual mask character (only ever in a property test): any character it lacks.
+    return next(chr(code) for code in range(0x2022, 0x110000) if chr(code) not in key)
+
+
+def redact_all(value: Any, secret: Secret) -> Any:
+    """A JSON-like value (dicts, lists, strings) with the key masked in every string, keys of dicts included."""
+    if isinstance(value, str):
+        return redact(value, secret)
+    if isinstance(value, dict):
+        return {redact_all(name, secret): redact_all(item, secret) for name, item in value.items()}
+    if isinstance(value, list):
+        return [redact_all(item, secret) for item in value]
+    return value
+
+
+def shorten(text: str, limit: int = _ERROR_TEXT_CHARS) -> str:
+    """Cut a server's text for an error message; only after `redact`, so that no head of a key survives."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@final
+class _RequestHeaders:
+    """An API request's headers, handed straight to aiohttp as an iterable of (name, value) pairs. The
+    `Authorization` value is built only while aiohttp reads it, so that no frame of this library holds it as
+    a plain str; the repr hides it. Not a `Mapping`: error reporters (Sentry) list a mapping's items."""
+
+    __slots__ = ("_content_type", "_key")
+
+    def __init__(self, key: Secret, content_type: str | None) -> None:
+        self._key = key
+        self._content_type = content_type
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        yield "Authorization", f"Bearer {self._key.reveal()}"
+        if self._content_type is not None:
+            yield "Content-Type", self._content_type
+
+    def __repr__(self) -> str:
+        extra = f", 'Content-Type': {self._content_type!r}" if self._content_type is not None else ""
+        return f"<request headers {{'Authorization': 'Bearer ***'{extra}}}>"
+
 
 def _check_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     # Zero would not mean "no limit" (that is None) but a watchdog checking without pause.
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise InvalidRequestError(
-            attribute.name, f"must be a number of seconds > 0, or None for no limit, not {value!r}"
-        )
+    check_number(attribute.name, value, above=0, none_means="no limit")
 
 
 @attrs.frozen
@@ -118,8 +185,9 @@ class AnswerLost(Exception):
 @attrs.frozen
 class Response:
     status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
+    headers: CIMultiDictProxy[str] = attrs.field(repr=False)
+    # A server may echo anything, the key included: a traceback's dump of locals shows only the length.
+    body: bytes = attrs.field(repr=lambda body: f"<{len(body)} bytes>")
 
     def json(self) -> Any:
         """The body as JSON; `APIResponseError` when a success answer is not JSON (e.g. cut short)."""
@@ -145,11 +213,11 @@ class ApiTransport:
         self.deadlines = Deadlines(timeouts.read)
         # Built once, and only what must go with each request: aiohttp merges every header it is given, one
         # by one, on every request. The User-Agent is a default of the session the client creates.
-        self._headers = {"Authorization": f"Bearer {api_key.reveal()}"}
-        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._headers = _RequestHeaders(api_key, None)
+        self._json_headers = _RequestHeaders(api_key, "application/json")
 
     def redact(self, text: str) -> str:
-        return text.replace(self._api_key.reveal(), "***")
+        return redact(text, self._api_key)
 
     async def send(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
@@ -158,6 +226,7 @@ class ApiTransport:
         data = None if body is None else _COMPACT_JSON.encode(body).encode()
         headers = self._headers if data is None else self._json_headers
         deadline = self.deadlines.arm()
+        failure: RequestNotSent | AnswerLost
         try:
             # No redirects: following one could carry the key to another host.
             async with self._session.request(
@@ -166,26 +235,32 @@ class ApiTransport:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)
         except asyncio.CancelledError:
-            if self.deadlines.timed_out(deadline):
-                raise AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout")) from None
-            raise
+            if not self.deadlines.timed_out(deadline):
+                raise
+            failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
         except aiohttp.ConnectionTimeoutError:
-            raise RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time")) from None
+            failure = RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time"))
         except aiohttp.ClientConnectorError as error:
             reason = self.redact(str(error.os_error) or type(error.os_error).__name__)
-            raise RequestNotSent(APIConnectionError(f"could not connect to {self._base_url}: {reason}")) from None
+            failure = RequestNotSent(APIConnectionError(f"could not connect to {self._base_url}: {reason}"))
         except (aiohttp.SocketTimeoutError, TimeoutError):
-            raise AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout")) from None
+            failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
         except aiohttp.ServerDisconnectedError:
-            raise AnswerLost(APIConnectionError(f"{method} {path}: the server closed the connection")) from None
+            failure = AnswerLost(APIConnectionError(f"{method} {path}: the server closed the connection"))
         except aiohttp.ClientError as error:
             detail = self.redact(str(error)) or type(error).__name__
-            raise AnswerLost(APIConnectionError(f"{method} {path}: {detail}")) from None
+            failure = AnswerLost(APIConnectionError(f"{method} {path}: {detail}"))
         finally:
             self.deadlines.disarm(deadline)
+        # Raised here, outside the handlers, so that aiohttp's error is not kept as its __context__: aiohttp's
+        # frames hold the request's headers, key included, in plain locals that a traceback would show.
+        raise failure
 
     def status_error(self, response: Response) -> APIStatusError:
-        """The typed error for a non-2xx answer, whatever its body (JSON, an HTML page, or nothing)."""
+        """The typed error for a non-2xx answer, whatever its body (JSON, an HTML page, or nothing).
+
+        Every field the server wrote is redacted first, then cut: a key cut in two would leave its head.
+        """
         reason: str | None = None
         message = ""
         metadata: dict[str, Any] = {}
@@ -194,28 +269,29 @@ class ApiTransport:
         except ValueError:
             parsed = None
         if isinstance(parsed, dict):
-            reason = parsed.get("reason") if isinstance(parsed.get("reason"), str) else None
-            message = str(parsed.get("message") or "")
+            if isinstance(parsed.get("reason"), str):
+                reason = shorten(self.redact(parsed["reason"]))
+            message = shorten(self.redact(str(parsed.get("message") or "")))
             if isinstance(parsed.get("metadata"), dict):
-                metadata = json.loads(self.redact(json.dumps(parsed["metadata"])))
+                metadata = redact_all(parsed["metadata"], self._api_key)
         else:
             message = self._describe_non_json(response)
         error_class = self._error_class(response.status, reason)
         return error_class(
             response.status,
             reason,
-            self.redact(message),
+            message,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             metadata=metadata,
         )
 
-    @staticmethod
-    def _describe_non_json(response: Response) -> str:
+    def _describe_non_json(self, response: Response) -> str:
         if not response.body:
             return "empty body"
-        text = response.body[:2048].decode("utf-8", "replace")
-        snippet = _WHITESPACE.sub(" ", _HTML_TAG.sub(" ", text)).strip()[:200]
-        content_type = response.headers.get("Content-Type", "unknown type")
+        text = self.redact(response.body.decode("utf-8", "replace"))
+        # Tags and runs of whitespace go, then the key is looked for again, in case that clean-up joined one.
+        snippet = shorten(self.redact(_WHITESPACE.sub(" ", _HTML_TAG.sub(" ", text)).strip()))
+        content_type = shorten(self.redact(response.headers.get("Content-Type", "unknown type")), 80)
         return f"non-JSON body ({content_type}): {snippet}"
 
     @staticmethod

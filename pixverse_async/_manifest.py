@@ -1,8 +1,10 @@
 """Reading a bulk run's manifest (JSON Lines or CSV) into checked requests, or into a list of every bad line.
 
 Each row holds the fields of `ImageToVideo` plus an optional `id` that names the output file (`<id>.mp4`,
-else the row number). `image` is an `http(s)://` URL or a path relative to the manifest. Every row is checked
-before anything is submitted, and all problems are reported at once, each with its line number.
+else the row number), and an optional `extra`: a JSON object (in CSV, a cell holding one) of fields this
+library does not know, sent as `ImageToVideo(extra_body=...)`. `image` is an `http(s)://` URL or a path
+relative to the manifest. Every row is checked before anything is submitted, and all problems are reported
+at once, each with its line number.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import attrs
 from ._exceptions import InvalidRequestError
 from ._models import ImageToVideo
 
-FIELDS = ("id", "prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed")
+FIELDS = ("id", "prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TRUE = {"true", "1", "yes", "y"}
 _FALSE = {"false", "0", "no", "n", ""}
@@ -129,6 +131,7 @@ def _check_row(line: int, number: int, fields: Mapping[str, Any], base: Path) ->
         fast_mode=_flag(fields.get("fast_mode", False)),
         style=fields.get("style"),
         seed=_integer(fields.get("seed")),
+        extra_body=_json_object(fields.get("extra")),
     )
     fingerprint = hashlib.sha256(json.dumps(dict(fields), sort_keys=True, default=str).encode()).hexdigest()
     return ManifestRow(line=line, key=key, request=request, fingerprint=fingerprint)
@@ -155,6 +158,20 @@ def _flag(value: object) -> Any:
         if lowered in _FALSE:
             return False
     return value  # ImageToVideo reports anything else
+
+
+def _json_object(value: object) -> Any:
+    """The `extra` column: a JSON object (in CSV, a cell holding one), merged into the request body."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise InvalidRequestError(
+                "extra", f"a CSV cell of extra must hold a JSON object ({error.args[0]})"
+            ) from None
+    if value is not None and not isinstance(value, dict):
+        raise InvalidRequestError("extra", f"must be a JSON object of extra request fields, not {value!r}")
+    return value
 
 
 def _integer(value: object) -> Any:

@@ -39,6 +39,7 @@ from ._forecast import Evidence, Forecaster, Kind
 from ._limiter import RunningTaskLimiter
 from ._models import TaskResult
 from ._retry import RetryPolicy
+from ._validation import count, number
 
 Outcome = TaskResult | PixVerseError
 #: With webhooks, a fallback poll comes this long after the end a task's hints predict (a delivery is late by
@@ -73,22 +74,17 @@ class PollPolicy:
     than `webhook_fallback` seconds. Each delivery triggers one confirming poll instead.
     """
 
-    first_poll_after: float | None = attrs.field(default=None)
-    delay_cost: float = attrs.field(default=2.0, validator=attrs.validators.gt(0.0))
-    min_interval: float = attrs.field(default=0.25, validator=attrs.validators.gt(0.0))
-    max_interval: float = attrs.field(default=60.0, validator=attrs.validators.gt(0.0))
-    jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
-    expected_duration: float = attrs.field(default=40.0, validator=attrs.validators.gt(0.0))
-    duration_spread: float = attrs.field(default=0.5, validator=attrs.validators.gt(0.0))
-    max_polls_per_second: float | None = attrs.field(default=200.0)
-    max_polls_in_flight: int = attrs.field(default=64, validator=attrs.validators.ge(1))
-    webhook_tail: float = attrs.field(default=0.2, validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)])
-    webhook_fallback: float = attrs.field(default=300.0, validator=attrs.validators.gt(0.0))
-
-    @first_poll_after.validator
-    def _check_first_poll_after(self, attribute: attrs.Attribute[float | None], value: float | None) -> None:
-        if value is not None and not value >= 0:
-            raise ValueError(f"first_poll_after must be >= 0 or None, not {value!r}")
+    first_poll_after: float | None = attrs.field(default=None, validator=number(at_least=0, none_means="planned"))
+    delay_cost: float = attrs.field(default=2.0, validator=number(above=0))
+    min_interval: float = attrs.field(default=0.25, validator=number(above=0))
+    max_interval: float = attrs.field(default=60.0, validator=number(above=0))
+    jitter: float = attrs.field(default=0.1, validator=number(at_least=0, at_most=1))
+    expected_duration: float = attrs.field(default=40.0, validator=number(above=0))
+    duration_spread: float = attrs.field(default=0.5, validator=number(above=0))
+    max_polls_per_second: float | None = attrs.field(default=200.0, validator=number(above=0, none_means="no limit"))
+    max_polls_in_flight: int = attrs.field(default=64, validator=count(at_least=1))
+    webhook_tail: float = attrs.field(default=0.2, validator=number(above=0, at_most=0.99))
+    webhook_fallback: float = attrs.field(default=300.0, validator=number(above=0))
 
 
 @attrs.define(slots=True, eq=False)

@@ -12,6 +12,8 @@ from email.utils import parsedate_to_datetime
 
 import attrs
 
+from ._validation import count, number
+
 
 @attrs.frozen
 class RetryPolicy:
@@ -23,11 +25,11 @@ class RetryPolicy:
     `max_attempts` counts the first try: 1 disables retries.
     """
 
-    max_attempts: int = attrs.field(default=6, validator=attrs.validators.ge(1))
-    initial_backoff: float = attrs.field(default=0.5, validator=attrs.validators.gt(0.0))
-    max_backoff: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
-    jitter: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)])
-    max_retry_after: float = attrs.field(default=300.0, validator=attrs.validators.ge(0.0))
+    max_attempts: int = attrs.field(default=6, validator=count(at_least=1))
+    initial_backoff: float = attrs.field(default=0.5, validator=number(above=0))
+    max_backoff: float = attrs.field(default=30.0, validator=number(above=0))
+    jitter: float = attrs.field(default=0.5, validator=number(at_least=0, at_most=1))
+    max_retry_after: float = attrs.field(default=300.0, validator=number(at_least=0))
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number `retry_number` (1 for the first retry)."""

@@ -4,23 +4,26 @@ journal that makes a rerun resume instead of paying twice.
 On start the journal decides each row's fate: `succeeded` rows whose file is there are skipped (a missing
 file is fetched again through task-result), `submitted` rows are polled by task id, `submitting` rows (the
 process died while the request was out) become `uncertain`, and `uncertain` and `failed` rows are reported
-and left alone unless `--resubmit-uncertain` / `--retry-failed` is given.
+and left alone unless `--resubmit-uncertain` / `--retry-failed` is given. `plan_rows` decides that without
+writing anything, so that `run --dry-run` shares it; a run then writes its decisions to the journal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TextIO, final
+from typing import Literal, TextIO, final
 
 import anyio
 import attrs
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
-from ._bulk import EventKind, Job, JobEvent, JobResult
+from ._bulk import EventKind, JobEvent, JobResult, KeyedJob
 from ._client import PixVerseClient
 from ._exceptions import (
     APIConnectionError,
@@ -34,8 +37,9 @@ from ._exceptions import (
     SubmissionUncertainError,
     VideoExpiredError,
 )
-from ._journal import STATES, Journal, JournalRow
+from ._journal import Journal, JournalRow
 from ._manifest import ManifestRow, read_manifest
+from ._progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
 
 DEFAULT_JOURNAL_NAME = "pixverse-journal.sqlite"
 _DOWNLOADS_AT_ONCE = 4
@@ -70,182 +74,168 @@ class RunOptions:
         return self.journal or self.out / DEFAULT_JOURNAL_NAME
 
 
-@final
-class Progress:
-    """A live status line on a terminal (done/failed/running/queued, ETA); plain log lines elsewhere."""
+Action = Literal["submit", "poll", "fetch_again", "done", "uncertain", "failed"]
 
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.stream = stream
-        self.live = stream.isatty()
-        self.running = self.done = self.failed = 0
-        self.started = time.monotonic()
 
-    def log(self, line: str) -> None:
-        if self.live:
-            self.stream.write("\r\x1b[2K")
-        print(line, file=self.stream, flush=True)
-        self.draw()
+@attrs.frozen
+class RowPlan:
+    """What a run does with one manifest row, decided from the journal before anything is sent."""
 
-    def draw(self) -> None:
-        if not self.live:
-            return
-        finished = self.done + self.failed
-        queued = self.total - finished - self.running
-        elapsed = time.monotonic() - self.started
-        eta = f"ETA {elapsed / finished * (self.total - finished):.0f}s" if finished else "ETA --"
-        filled = 24 * finished // max(self.total, 1)
-        self.stream.write(
-            f"\r\x1b[2K[{'#' * filled}{'.' * (24 - filled)}] {self.done} done, {self.failed} failed, "
-            f"{self.running} running, {queued} queued, {elapsed:.0f}s, {eta}"
-        )
-        self.stream.flush()
+    row: ManifestRow
+    action: Action
+    task_id: str | None = None
+    in_journal: bool = True
+    # The journal says `submitting`: the process died while the request was out. It becomes `uncertain`.
+    was_submitting: bool = False
+    reason: str | None = None
 
-    def close(self) -> None:
-        if self.live:
-            self.stream.write("\n")
-            self.stream.flush()
+
+def plan_rows(rows: Sequence[ManifestRow], journal_rows: Iterable[JournalRow], options: RunOptions) -> list[RowPlan]:
+    """Decide every row's fate from the journal, as `run` and `run --dry-run` both do; changes nothing.
+
+    Raises `RunAborted` when a row that was paid for changed in the manifest since."""
+    entries = {entry.key: entry for entry in journal_rows}
+    changed = [
+        f"line {row.line}: row {row.key!r} changed since it was submitted (task {entry.task_id or '?'});"
+        " use another --journal to run it as a new job"
+        for row in rows
+        if (entry := entries.get(row.key)) is not None
+        and entry.fingerprint != row.fingerprint
+        and entry.state not in ("todo", "failed")
+    ]
+    if changed:
+        raise RunAborted("\n".join(changed))
+    return [_plan_row(row, entries.get(row.key), options) for row in rows]
+
+
+def _plan_row(row: ManifestRow, entry: JournalRow | None, options: RunOptions) -> RowPlan:
+    if entry is None:
+        return RowPlan(row, "submit", in_journal=False)
+    if entry.fingerprint != row.fingerprint or entry.state == "todo":
+        return RowPlan(row, "submit")
+    was_submitting = entry.state == "submitting"
+    if was_submitting or entry.state == "uncertain":
+        # Died while the request was out, or the answer was lost: the task may exist. Never guess.
+        reason = _DIED_SUBMITTING if was_submitting else entry.reason
+        action: Action = "submit" if options.resubmit_uncertain else "uncertain"
+        return RowPlan(row, action, was_submitting=was_submitting, reason=reason)
+    if entry.state == "failed":
+        return RowPlan(row, "submit" if options.retry_failed else "failed", reason=entry.reason)
+    if entry.state == "succeeded":
+        path = options.out / row.file_name
+        if path.is_file() and path.stat().st_size == entry.size:
+            return RowPlan(row, "done", entry.task_id)
+        # Its file is gone: poll the task for a fresh link, never resubmit.
+        return RowPlan(row, "fetch_again", entry.task_id)
+    return RowPlan(row, "poll", entry.task_id)
+
+
+_DIED_SUBMITTING = "the run stopped while this row's submission was being sent"
 
 
 @final
 class ManifestRun:
     """One `run`: the rows, their journal, and the client that does the work."""
 
-    def __init__(self, options: RunOptions, client: PixVerseClient, stream: TextIO) -> None:
+    def __init__(self, options: RunOptions, client: PixVerseClient, console: Console) -> None:
         self.options = options
         self.client = client
-        self.stream = stream
+        self.console = console
         self.rows = read_manifest(options.manifest)
         self.by_key = {row.key: row for row in self.rows}
         options.out.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(options.journal_path)
-        self.progress = Progress(len(self.rows), stream)
+        self.progress = RunProgress(total=len(self.rows))
+        self.display: Display = PlainDisplay(console)
 
     def close(self) -> None:
         self.journal.close()
 
-    def plan(self) -> tuple[list[Job], dict[int, str]]:
-        """Bring the journal up to date with the manifest and list the work: requests and task ids to poll."""
-        journal_rows = {row.key: row for row in self.journal}
-        changed = [
-            f"line {row.line}: row {row.key!r} changed since it was submitted (task {entry.task_id or '?'});"
-            " use another --journal to run it as a new job"
-            for row in self.rows
-            if (entry := journal_rows.get(row.key)) is not None
-            and entry.fingerprint != row.fingerprint
-            and entry.state not in ("todo", "failed")
-        ]
-        if changed:
-            raise RunAborted("\n".join(changed))
-        jobs: list[Job] = []
-        keys: dict[int, str] = {}
-        for row in self.rows:
-            entry = journal_rows.get(row.key)
-            if entry is None:
+    def plan(self) -> list[KeyedJob]:
+        """Bring the journal up to date with the manifest and list the work: (row key, request or task id)."""
+        jobs: list[KeyedJob] = []
+        for plan in plan_rows(self.rows, self.journal, self.options):
+            row = plan.row
+            if not plan.in_journal:
                 self.journal.add(row.key, row.line, row.fingerprint)
-                entry = JournalRow(row.key, row.line, row.fingerprint, "todo")
-            job = self._job_for(row, entry)
-            if job is not None:
-                jobs.append(job)
-                keys[id(job)] = row.key
-        return jobs, keys
-
-    def _job_for(self, row: ManifestRow, entry: JournalRow) -> Job | None:
-        if entry.fingerprint != row.fingerprint or entry.state == "todo":
-            self.journal.reset(row.key, row.fingerprint)
-            return row.request
-        if entry.state == "submitting":
-            # Died while the request was out: the task may exist. Never guess: report it.
-            self.journal.uncertain(row.key, "the run stopped while this row's submission was being sent")
-            entry = attrs.evolve(entry, state="uncertain")
-        if entry.state == "uncertain":
-            if self.options.resubmit_uncertain:
+            if plan.was_submitting:
+                self.journal.uncertain(row.key, _DIED_SUBMITTING)
+            if plan.action == "submit":
                 self.journal.reset(row.key, row.fingerprint)
-                return row.request
-            self.progress.log(f"row {row.key} (line {row.line}): uncertain, left alone (--resubmit-uncertain)")
-            self.progress.failed += 1
-            return None
-        if entry.state == "failed":
-            if self.options.retry_failed:
-                self.journal.reset(row.key, row.fingerprint)
-                return row.request
-            self.progress.failed += 1
-            return None
-        if entry.state == "succeeded" and self._file_intact(row, entry):
-            self.progress.done += 1
-            return None
-        # Submitted, or succeeded with its file gone: poll the task (a fresh link), never resubmit.
-        return entry.task_id
+                jobs.append((row.key, row.request))
+            elif plan.action in ("poll", "fetch_again"):
+                jobs.append((row.key, plan.task_id or ""))
+            elif plan.action == "done":
+                self.progress.already_done += 1
+            else:
+                self.progress.left_alone += 1
+                if plan.action == "uncertain":
+                    self.display.log(f"row {row.key} (line {row.line}): uncertain, left alone (--resubmit-uncertain)")
+        return jobs
 
-    def _file_intact(self, row: ManifestRow, entry: JournalRow) -> bool:
-        path = self.options.out / row.file_name
-        return path.is_file() and path.stat().st_size == entry.size
-
-    async def execute(self) -> None:
-        jobs, keys = self.plan()
-        self.progress.draw()
+    async def execute(self, *, live: bool = True) -> None:
+        jobs = self.plan()
+        self.display = display_for(self.console, self.progress, live=live)
         try:
             async with (
                 anyio.create_task_group() as downloads,
-                self.client.as_completed(jobs, on_event=self._on_event(keys)) as results,
+                self.client.as_completed(jobs, on_event=self._on_event) as results,
             ):
+                self.progress.batch = results.counts
                 download_slots = anyio.Semaphore(_DOWNLOADS_AT_ONCE)
                 async for result in results:
-                    key = keys[id(result.request)]
+                    key = str(result.key)
                     if result.ok:
                         await download_slots.acquire()
                         downloads.start_soon(self._download, key, result, download_slots)
                     else:
                         self._record_failure(key, result)
+                    self.display.refresh()
         finally:
-            self.progress.close()
+            self.display.close()
 
-    def _on_event(self, keys: dict[int, str]) -> Callable[[JobEvent], None]:
-        def on_event(event: JobEvent) -> None:
-            key = keys[id(event.request)]
-            if event.kind is EventKind.SUBMITTING:
-                self.journal.submitting(key)
-            elif event.kind is EventKind.SUBMITTED and event.task_id is not None:
-                if isinstance(event.request, str):  # resumed: already journaled as submitted
-                    self.progress.running += 1
-                    return
-                self.journal.submitted(key, event.task_id)
-                self.progress.running += 1
-                self.progress.log(f"submitted row {key} as task {event.task_id}")
-            elif event.kind is EventKind.RETRIED:
-                self.progress.log(f"row {key}: retrying the submission ({event.error})")
-
-        return on_event
+    def _on_event(self, event: JobEvent) -> None:
+        key = str(event.key)
+        if event.kind is EventKind.SUBMITTING:
+            self.journal.submitting(key)
+        elif event.kind is EventKind.SUBMITTED and event.task_id is not None:
+            if isinstance(event.request, str):  # resumed: already journaled as submitted
+                self.display.refresh()
+                return
+            self.journal.submitted(key, event.task_id)
+            self.display.log(f"submitted row {key} as task {event.task_id}")
+        elif event.kind is EventKind.RETRIED:
+            self.display.log(f"row {key}: retrying the submission ({event.error})")
+        else:
+            self.display.refresh()
 
     def _record_failure(self, key: str, result: JobResult) -> None:
         error = result.error
-        self.progress.failed += 1
         if result.task_id is not None:
-            self.progress.running -= 1
             if result.status is None and not isinstance(error, NotFoundError):
                 # Polling gave up (an outage, say): the task is still ours, and a rerun polls it again.
-                self.progress.log(f"row {key}: task {result.task_id} not finished ({error}); rerun to resume")
+                self.display.log(f"row {key}: task {result.task_id} not finished ({error}); rerun to resume")
                 return
         elif isinstance(error, SubmissionUncertainError):
             self.journal.uncertain(key, str(error))
-            self.progress.log(f"row {key}: UNCERTAIN, a task may have been created: {error}")
+            self.display.log(f"row {key}: UNCERTAIN, a task may have been created: {error}")
             return
         elif isinstance(error, _NOTHING_CREATED):
             # The API created nothing: the row stays to do for the next run.
             self.journal.reset(key, self.by_key[key].fingerprint)
             if isinstance(error, APIConnectionError):
                 raise RunAborted(f"cannot reach the API at {self.client.base_url}: {error}")
-            self.progress.log(f"row {key} not submitted: {error}")
+            self.display.log(f"row {key} not submitted: {error}")
             return
         self.journal.failed(key, str(error), result.task_id)
-        self.progress.log(f"row {key} failed: {error}")
+        self.display.log(f"row {key} failed: {error}")
 
     async def _download(self, key: str, result: JobResult, slots: anyio.Semaphore) -> None:
         row = self.by_key[key]
         target = self.options.out / row.file_name
         try:
             try:
-                await self.client.download(result.videos[0], target)
+                await self.client.download(result, target)
             except VideoExpiredError:
                 fresh = await self.client.get_task(result.task_id or "")
                 await self.client.download(fresh, target)
@@ -253,36 +243,28 @@ class ManifestRun:
         except DownloadError as error:
             if isinstance(error.__cause__, OSError):
                 raise RunAborted(str(error)) from None
-            self.progress.log(f"row {key}: download failed ({error}); rerun to fetch it again")
-            self.progress.failed += 1
+            self.progress.download_failed += 1
+            self.display.log(f"row {key}: download failed ({error}); rerun to fetch it again")
             return
         except PixVerseError as error:
-            self.progress.log(f"row {key}: download failed ({error}); rerun to fetch it again")
-            self.progress.failed += 1
+            self.progress.download_failed += 1
+            self.display.log(f"row {key}: download failed ({error}); rerun to fetch it again")
             return
         finally:
-            self.progress.running -= 1
             slots.release()
         self.journal.succeeded(key, row.file_name, size, digest)
-        self.progress.done += 1
-        self.progress.log(f"row {key} done: {target} ({size} bytes)")
+        self.progress.downloaded += 1
+        self.display.log(f"row {key} done: {target} ({size} bytes)")
 
-    def summary(self) -> tuple[str, bool]:
-        """A table of the rows' states, and whether every row succeeded."""
+    def summary(self) -> tuple[list[RenderableType], bool]:
+        """Tables of the rows' states, and whether every row succeeded."""
         entries = self.journal.rows()
-        counts = Counter(entry.state for entry in entries)
-        lines = ["", "state        rows"]
-        lines += [f"{state:<12} {counts[state]:>4}" for state in STATES if counts[state]]
-        lines.append(f"{'total':<12} {len(entries):>4}")
-        problems = [entry for entry in entries if entry.state != "succeeded"]
-        if problems:
-            lines += ["", f"{'row':<14} {'line':>5}  {'state':<10} detail"]
-            lines += [
-                f"{entry.key:<14} {entry.line:>5}  {entry.state:<10} {entry.reason or entry.task_id or ''}"
-                for entry in problems
-            ]
-        lines.append(f"\njournal: {self.journal.path}")
-        return "\n".join(lines), not problems
+        tables: list[RenderableType] = [summary_table(entries)]
+        problems = problems_table(entries)
+        if problems is not None:
+            tables.append(problems)
+        tables.append(Text(f"journal: {self.journal.path}", overflow="fold"))
+        return tables, problems is None
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:
@@ -295,13 +277,84 @@ def _size_and_sha256(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-async def run_manifest(options: RunOptions, client: PixVerseClient, stream: TextIO = sys.stdout) -> int:
-    """Run a manifest with an open client; the exit code: 0 only if every row succeeded."""
-    run = ManifestRun(options, client, stream)
+async def run_manifest(
+    options: RunOptions, client: PixVerseClient, stream: TextIO = sys.stdout, *, live: bool = True
+) -> int:
+    """Run a manifest with an open client; the exit code: 0 only if every row succeeded.
+
+    On a terminal (and with `live`) a progress bar is drawn; elsewhere each event is a plain line."""
+    console = console_for(stream)
+    run = ManifestRun(options, client, console)
     try:
-        await run.execute()
-        table, all_succeeded = run.summary()
-        print(table, file=stream, flush=True)
+        await run.execute(live=live)
+        tables, all_succeeded = run.summary()
+        console.print()
+        for table in tables:
+            console.print(table)
         return 0 if all_succeeded else 1
     finally:
         run.close()
+
+
+def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO = sys.stdout) -> int:
+    """`run --dry-run`: check the manifest and the journal as a run would, say what it would do, send nothing.
+
+    The journal is read, never written (nor created); `out` is not created either."""
+    rows = read_manifest(options.manifest)
+    journal_path = options.journal_path
+    entries: list[JournalRow] = []
+    if journal_path.is_file():
+        journal = Journal.open_existing(journal_path)
+        try:
+            entries = journal.rows()
+        finally:
+            journal.close()
+    plans = plan_rows(rows, entries, options)
+    console = console_for(stream)
+    journal_note = "" if journal_path.is_file() else ", not created yet"
+    console.print(
+        Text(
+            f"dry run: nothing was sent. {len(rows)} rows in {options.manifest}; journal {journal_path}"
+            f"{journal_note}; API {base_url}",
+            overflow="fold",
+        )
+    )
+    console.print(plan_table(plans))
+    for plan in plans:
+        if plan.action == "uncertain":
+            console.print(
+                Text(
+                    f"row {plan.row.key} (line {plan.row.line}): uncertain, left alone: {plan.reason}", overflow="fold"
+                )
+            )
+    if not has_key:
+        console.print("note: no API key ($PIXVERSE_API_KEY): the real run needs one (a dry run does not)")
+    return 0
+
+
+def plan_table(plans: Sequence[RowPlan]) -> Table:
+    """What a run would do, by action; the rows to submit by resolution and fast mode."""
+    by_action = Counter(plan.action for plan in plans)
+    table = Table(title="what the run would do", title_justify="left")
+    table.add_column("action", overflow="fold")
+    table.add_column("rows", justify="right")
+    table.add_row("submit (paid)", str(by_action["submit"]))
+    by_kind = Counter(
+        (plan.row.request.resolution, plan.row.request.fast_mode) for plan in plans if plan.action == "submit"
+    )
+    for (resolution, fast_mode), count in sorted(by_kind.items()):
+        table.add_row(f"  {resolution}{', fast mode' if fast_mode else ''}", str(count))
+    for action, label in _ACTION_LABELS.items():
+        if by_action[action]:
+            table.add_row(label, str(by_action[action]))
+    table.add_row("total", str(len(plans)), style="bold")
+    return table
+
+
+_ACTION_LABELS: dict[Action, str] = {
+    "poll": "poll (submitted earlier)",
+    "fetch_again": "fetch again (file missing)",
+    "done": "already done",
+    "uncertain": "left alone: uncertain (--resubmit-uncertain)",
+    "failed": "left alone: failed (--retry-failed)",
+}

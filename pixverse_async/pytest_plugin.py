@@ -3,7 +3,10 @@
 - `pixverse_simulator`: a `Simulator` served from a background thread with its own event loop, so it works
   in plain synchronous tests as well as async ones (any async framework). It has the simulator's
   `base_url`, `api_key`, `time_scale`, `counters` and `tasks`, and thread-safe `inject()`, `clear_faults()`,
-  `advance()` and `reset_counters()`.
+  `advance()` and `reset_counters()`. While the test runs it also sets `PIXVERSE_API_KEY` and
+  `PIXVERSE_BASE_URL` to its own (restored afterwards), and a `PixVerseClient` built without a clock keeps
+  the simulator's time (a `ScaledClock` at its scale, see `pixverse_async._clock.default_clock`), so that
+  unchanged application code that builds `PixVerseClient()` from the environment runs against it, fast.
 - `pixverse_client`: a `PixVerseClient` bound to it (key, base URL and a `ScaledClock` at the simulator's
   time scale), not yet opened: `async with pixverse_client as client: ...`.
 - Options: override the `pixverse_simulator_options` fixture (a dict of `Simulator` keyword arguments), or
@@ -19,6 +22,7 @@ from typing import Any, final
 import anyio.from_thread
 import pytest
 
+from . import _clock
 from ._client import PixVerseClient
 from ._clock import ScaledClock
 from .testing import Fault, SimCounters, SimTask, Simulator
@@ -96,11 +100,17 @@ def pixverse_simulator(
     marker = request.node.get_closest_marker("pixverse_simulator")
     if marker is not None:
         options.update(marker.kwargs)
-    with anyio.from_thread.start_blocking_portal() as portal:
+    with anyio.from_thread.start_blocking_portal() as portal, pytest.MonkeyPatch.context() as patch:
         simulator = Simulator(**options)
         portal.call(simulator.start)
         try:
-            yield ThreadedSimulator(simulator, portal)
+            threaded = ThreadedSimulator(simulator, portal)
+            # Undone when the test ends: application code under test finds the simulator where it looks in
+            # production, and keeps its time.
+            patch.setenv("PIXVERSE_API_KEY", threaded.api_key)
+            patch.setenv("PIXVERSE_BASE_URL", threaded.base_url)
+            patch.setattr(_clock, "_testing_default", ScaledClock(threaded.time_scale))
+            yield threaded
         finally:
             portal.call(simulator.close)
 

@@ -16,6 +16,8 @@ from pixverse_async import (
     APITimeoutError,
     AuthenticationError,
     ClientClosedError,
+    DownloadConnectionError,
+    DownloadError,
     ImageToVideo,
     InsufficientBalanceError,
     InvalidRequestError,
@@ -389,8 +391,9 @@ async def test_download_cut_short_is_retried_and_never_leaves_a_partial_file(sim
     async with client_for(sim) as client:
         result = await client.wait(await client.submit(ImageToVideo("run 1", URL_IMAGE)))
         sim.inject(Fault("video", "truncated_json", times=10))
-        with pytest.raises(APIConnectionError):
+        with pytest.raises(DownloadConnectionError) as caught:
             await client.download(result, destination)
+        assert isinstance(caught.value, DownloadError) and isinstance(caught.value, ConnectionError)
         assert destination.read_bytes() == b"previous video"
         assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
         sim.clear_faults()

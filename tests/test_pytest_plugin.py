@@ -62,3 +62,66 @@ def test_users_get_working_fixtures_from_the_installed_plugin(pytester: pytest.P
     pytester.makepyfile(test_user=USER_TESTS)
     outcome = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     outcome.assert_outcomes(passed=4)
+
+
+UNCHANGED_APP_TESTS = """
+import os
+import time
+
+import anyio
+import pytest
+
+from pixverse_async import ImageToVideo, PixVerseClient, SystemClock, TaskStatus
+from pixverse_async.testing import ScaledClock
+
+
+async def make_video():  # application code, as it runs in production: key and host from the environment
+    async with PixVerseClient() as client:
+        task = await client.submit(ImageToVideo("a fox", "https://example.com/fox.png"))
+        return await client.wait(task, timeout=600)
+
+
+@pytest.mark.pixverse_simulator(duration=40.0)
+def test_unchanged_code_runs_against_the_fixture_at_its_time_scale(pixverse_simulator):
+    assert os.environ["PIXVERSE_API_KEY"] == pixverse_simulator.api_key
+    assert os.environ["PIXVERSE_BASE_URL"] == pixverse_simulator.base_url
+    started = time.monotonic()
+    result = anyio.run(make_video)
+    elapsed = time.monotonic() - started
+    simulated = pixverse_simulator.tasks[result.task_id]
+    assert result.status is TaskStatus.SUCCEED
+    assert simulated.ends_at - simulated.submitted_at == 40.0
+    assert elapsed < 5, elapsed  # 40 simulated seconds at time_scale 0.001: tens of milliseconds
+    assert pixverse_simulator.counters.polls_by_task[result.task_id] <= 10
+    # What makes it fast whatever the machine's load: the client keeps the simulator's time.
+    assert PixVerseClient().clock == ScaledClock(pixverse_simulator.time_scale)
+
+
+@pytest.mark.anyio
+@pytest.mark.pixverse_simulator(duration=40.0)
+async def test_and_from_an_async_test(pixverse_simulator):
+    with anyio.fail_after(5):
+        result = await make_video()
+    assert result.status is TaskStatus.SUCCEED
+
+
+def test_the_environment_and_clock_are_restored_afterwards():
+    assert os.environ["PIXVERSE_API_KEY"] == "sk-outer"
+    assert os.environ["PIXVERSE_BASE_URL"] == "https://outer.example"
+    assert isinstance(PixVerseClient().clock, SystemClock)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+"""
+
+
+def test_the_fixture_points_unchanged_code_at_the_simulator_and_restores_the_environment(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIXVERSE_API_KEY", "sk-outer")
+    monkeypatch.setenv("PIXVERSE_BASE_URL", "https://outer.example")
+    pytester.makepyfile(test_app=UNCHANGED_APP_TESTS)
+    outcome = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    outcome.assert_outcomes(passed=3)

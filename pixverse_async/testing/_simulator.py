@@ -23,15 +23,17 @@ Submit: ``POST /v3/async/pixverse-v4.5-i2v``
 
     1. ``Authorization: Bearer <key>``: missing, not Bearer, or empty -> 400 ``MISSING_API_KEY``;
        a key not in ``api_keys`` -> 403 ``INVALID_API_KEY``.
-    2. The body: ``Content-Type`` other than ``application/json``, invalid JSON, not an object, an unknown
-       top-level key (only ``extra`` is allowed beyond the documented fields), a missing, wrong-typed or
-       out-of-range field -> 400 ``INVALID_REQUEST_BODY``. ``null`` is not accepted for any field: omit the
-       field instead. ``prompt`` must be a non-blank string of at most 2048 characters; ``resolution`` one of
-       360p/540p/720p/1080p (default 540p; 1080p is refused with ``fast_mode: true``); ``seed`` an integer
-       (not a boolean) in 0..2147483647; ``style`` one of anime/3d_animation/clay/comic/cyberpunk; ``extra``
-       an object. ``extra.webhook``, if present, must be an object whose ``url`` is a string starting with
-       ``http://`` or ``https://`` (in any case) and naming a host, with a valid port if any (see
-       Webhooks); other keys of ``extra`` and of ``extra.webhook`` are ignored.
+    2. The body: ``Content-Type`` other than ``application/json``, invalid JSON, not an object, an unknown top-level
+       key (only ``extra`` is allowed beyond the documented fields), a missing, wrong-typed or out-of-range field ->
+       400 ``INVALID_REQUEST_BODY``. The real API's answer to fields it does not document is not documented;
+       ``accept_fields`` names top-level fields to accept anyway (kept, like every field but ``image``, in
+       ``SimTask.request``), for tests of ``ImageToVideo(extra_body=...)``. ``null`` is not accepted for any field:
+       omit the field instead. ``prompt`` must be a non-blank string of at most 2048 characters; ``resolution`` one
+       of 360p/540p/720p/1080p (default 540p; 1080p is refused with ``fast_mode: true``); ``seed`` an integer (not a
+       boolean) in 0..2147483647; ``style`` one of anime/3d_animation/clay/comic/cyberpunk; ``extra`` an object.
+       ``extra.webhook``, if present, must be an object whose ``url`` is a string starting with ``http://`` or
+       ``https://`` (in any case) and naming a host, with a valid port if any (see Webhooks); other keys of
+       ``extra`` and of ``extra.webhook`` are ignored.
     3. ``image``: an ``http://`` or ``https://`` URL is accepted without fetching it. Anything else is raw
        base64 or a ``data:image/(png|jpeg|jpg);base64,`` URI (another ``data:image/...`` type answers
        ``INVALID_IMAGE_FORMAT``); base64 that does not decode strictly (standard alphabet, padded, no line
@@ -519,11 +521,12 @@ def _check_string(body: Mapping[str, Any], field: str, *, max_chars: int | None 
     return value
 
 
-def _check_body(body: Any) -> None:
-    """Raise ``_BadRequest`` if the JSON body breaks a documented rule (the image bytes are checked later)."""
+def _check_body(body: Any, accepted: frozenset[str] = frozenset()) -> None:
+    """Raise ``_BadRequest`` if the JSON body breaks a documented rule (the image bytes are checked later);
+    top-level fields in ``accepted`` are let through unchecked."""
     if not isinstance(body, dict):
         raise _BadRequest("INVALID_REQUEST_BODY", "request body must be a JSON object")
-    unknown = sorted(set(body) - _KNOWN_FIELDS)
+    unknown = sorted(set(body) - _KNOWN_FIELDS - accepted)
     if unknown:
         raise _BadRequest("INVALID_REQUEST_BODY", f"unknown field(s): {', '.join(unknown)}")
     prompt = _check_string(body, "prompt", max_chars=MAX_PROMPT_CHARS)
@@ -640,6 +643,7 @@ class Simulator:
     progress: ProgressMode
     progress_step: int
     max_processing_per_key: int | None
+    accept_fields: frozenset[str]
     counters: SimCounters
 
     _rng: random.Random
@@ -696,6 +700,7 @@ class Simulator:
         progress: ProgressMode = "linear",
         progress_step: int = 25,
         max_processing_per_key: int | None = None,
+        accept_fields: Collection[str] = (),
     ) -> None:
         """Configure the simulator; nothing listens until ``start()`` or ``async with``.
 
@@ -721,6 +726,8 @@ class Simulator:
         :param progress: what ``task.progress_percent`` says: "linear", "steps" or "absent" (see Hints).
         :param progress_step: with ``progress="steps"``, the step in percent (1 to 100).
         :param max_processing_per_key: at most this many tasks of a key PROCESSING at once; later ones queue.
+        :param accept_fields: top-level body fields to accept beyond the documented ones (by default an
+            unknown field answers 400 ``INVALID_REQUEST_BODY``); they are kept in ``SimTask.request``.
         """
         if isinstance(api_keys, str):
             raise TypeError("api_keys must be a collection of keys, not one string")
@@ -750,6 +757,8 @@ class Simulator:
             raise ValueError(f"progress_step must be an int in 1..100, got {progress_step!r}")
         if max_processing_per_key is not None and max_processing_per_key < 1:
             raise ValueError(f"max_processing_per_key must be >= 1, got {max_processing_per_key}")
+        if isinstance(accept_fields, str):
+            raise TypeError("accept_fields must be a collection of field names, not one string")
         self.__attrs_init__(
             api_keys=frozenset(api_keys),
             host=host,
@@ -771,6 +780,7 @@ class Simulator:
             progress=progress,
             progress_step=progress_step,
             max_processing_per_key=max_processing_per_key,
+            accept_fields=frozenset(accept_fields),
             counters=SimCounters(),
             rng=random.Random(seed),
             signing_key=secrets.token_bytes(32),
@@ -1024,7 +1034,7 @@ class Simulator:
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
             return self._error(400, "INVALID_REQUEST_BODY", "request body is not valid JSON"), None
         try:
-            _check_body(body)
+            _check_body(body, self.accept_fields)
             image = _check_image(body["image"])
         except _BadRequest as problem:
             return self._error(400, problem.reason, problem.message), None

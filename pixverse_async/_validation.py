@@ -1,0 +1,140 @@
+"""The checks that every option, policy and clock shares, so that a bad value is refused the same way
+everywhere: an `InvalidRequestError` (also a `ValueError`) naming the option and what it accepts, when the
+object is built, before anything is sent.
+
+Numbers are `int` or `float`, never `bool` (a flag passed where a count goes is a mistake, not 1) and never
+`str`; NaN is refused everywhere; infinity only where it says "no limit" better than `None` cannot (nowhere
+yet: `None` is the library's one spelling of "no limit").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._exceptions import InvalidRequestError
+
+AttrsValidator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+# No router issues keys this short; with one, its every occurrence in a message could not be told from a word.
+MIN_API_KEY_CHARS = 6
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    none_means: str | None = None,
+) -> None:
+    """A finite int or float in range (`above` is exclusive, `at_least`/`at_most` inclusive); `None` is allowed
+    only when `none_means` says what it means."""
+    if value is None and none_means is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequestError(name, f"must be {_number_range(above, at_least, at_most, none_means)}, not {value!r}")
+    if (
+        (above is not None and not value > above)
+        or (at_least is not None and not value >= at_least)
+        or (at_most is not None and not value <= at_most)
+    ):
+        raise InvalidRequestError(name, f"must be {_number_range(above, at_least, at_most, none_means)}, not {value!r}")
+
+
+def check_count(name: str, value: object, *, at_least: int = 1) -> None:
+    """A whole number (an `int`, not a `bool` or a float) of at least `at_least`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < at_least:
+        raise InvalidRequestError(name, f"must be a whole number >= {at_least}, not {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise InvalidRequestError(name, f"must be True or False, not {value!r}")
+
+
+def check_instance(name: str, value: object, expected: type[Any]) -> None:
+    if not isinstance(value, expected):
+        raise InvalidRequestError(name, f"must be a {expected.__name__}, not {type(value).__name__}")
+
+
+def check_http_url(name: str, value: object, *, credentials_allowed: bool = True) -> str:
+    """An `http://` or `https://` URL (scheme in any case) with a host; returned as given."""
+    if not isinstance(value, str):
+        raise InvalidRequestError(name, f"must be an http(s):// URL str, not {type(value).__name__}")
+    shown = repr(value[:80])
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as error:
+        raise InvalidRequestError(name, f"{shown} is not a valid URL ({error})") from None
+    del port
+    if parts.scheme.lower() not in ("http", "https"):
+        scheme = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise InvalidRequestError(name, f"{shown} has {scheme}; only http:// and https:// URLs are accepted")
+    if not parts.hostname:
+        raise InvalidRequestError(name, f"{shown} has no host")
+    if not credentials_allowed and (parts.username is not None or parts.password is not None):
+        # Not echoed: the credentials are the point.
+        raise InvalidRequestError(name, "the URL carries credentials (user:password@), which are not accepted here")
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
+        raise InvalidRequestError(name, f"{shown} holds whitespace or a control character")
+    return value
+
+
+def api_key_problem(key: str) -> str | None:
+    """What is wrong with an API key (already stripped of surrounding whitespace), without showing it; None if
+    it can go in an `Authorization: Bearer` header. Returned, not raised, so that the caller can drop the key
+    from its frame before raising."""
+    if len(key) < MIN_API_KEY_CHARS:
+        return f"is {len(key)} characters long; an API key has at least {MIN_API_KEY_CHARS}"
+    for position, char in enumerate(key):
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return f"holds a control character (U+{ord(char):04X}) at position {position}"
+        if char.isspace():
+            hint = " (pass the key alone, without 'Bearer ')" if key[:7].lower() == "bearer " else ""
+            return f"holds whitespace at position {position}{hint}"
+        if not char.isascii() or not char.isprintable():
+            return f"holds a character that cannot go in an HTTP header (U+{ord(char):04X}) at position {position}"
+    return None
+
+
+def number(
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    none_means: str | None = None,
+) -> AttrsValidator:
+    """`check_number` as an attrs validator, naming the field."""
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        check_number(attribute.name, value, above=above, at_least=at_least, at_most=at_most, none_means=none_means)
+
+    return validate
+
+
+def count(*, at_least: int = 1) -> AttrsValidator:
+    """`check_count` as an attrs validator, naming the field."""
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        check_count(attribute.name, value, at_least=at_least)
+
+    return validate
+
+
+def _number_range(above: float | None, at_least: float | None, at_most: float | None, none_means: str | None) -> str:
+    bounds = []
+    if above is not None:
+        bounds.append(f"> {above:g}")
+    if at_least is not None:
+        bounds.append(f">= {at_least:g}")
+    if at_most is not None:
+        bounds.append(f"<= {at_most:g}")
+    text = "a finite number" + (f" {' and '.join(bounds)}" if bounds else "")
+    return f"{text}, or None ({none_means})" if none_means is not None else text

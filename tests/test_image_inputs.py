@@ -1,0 +1,142 @@
+"""A first frame that cannot be one is refused before any request, named as what it is: a path that is not a
+regular file (a device, a FIFO, a directory), a path the OS refuses, a URL that is malformed or of another
+scheme. Only regular files are read, and never more than the size limit plus one byte."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pixverse_async import ImageToVideo, InvalidRequestError
+from pixverse_async.testing import Simulator
+from tests.helpers import SCALE, client_for
+from tests.images import png
+
+pytestmark = pytest.mark.anyio
+
+
+def refused(image: object) -> str:
+    with pytest.raises(InvalidRequestError) as caught:
+        ImageToVideo("p", image)  # type: ignore[arg-type]
+    assert caught.value.field == "image"
+    return str(caught.value)
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 5) -> Iterator[None]:
+    """Fail, instead of hanging the run, if reading a device or opening a FIFO never returns."""
+
+    def give_up(signum: int, frame: object) -> None:
+        raise TimeoutError("the image check hung")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_device_is_refused_without_being_read() -> None:
+    with no_hang():
+        assert "is a character device, not an image file" in refused(Path("/dev/zero"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "frame.png"
+    os.mkfifo(fifo)
+    with no_hang():
+        assert "is a FIFO (named pipe), not an image file" in refused(fifo)
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    assert "is a directory, not an image file" in refused(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        (Path("frame\x00.png"), "holds a NUL character"),
+        (Path("x" * 5000 + ".png"), "too long for the file system"),
+        (Path("/" + "d" * 300 + "/frame.png"), "too long for the file system"),
+        (Path("frame\udcff\ud800.png"), "cannot be encoded as a file name"),
+    ],
+    ids=["nul", "long-path", "long-name", "lone-surrogate"],
+)
+def test_paths_the_os_refuses_are_named(path: Path, problem: str) -> None:
+    message = refused(path)
+    assert problem in message and len(message) < 400
+
+
+def test_a_file_that_is_not_readable_is_named(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads everything")
+    locked = tmp_path / "frame.png"
+    locked.write_bytes(png())
+    locked.chmod(0)
+    assert "permission denied" in refused(locked)
+
+
+def test_a_part_of_the_path_that_is_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    assert "not a directory" in refused(tmp_path / "file" / "frame.png")
+
+
+@pytest.mark.parametrize(
+    ("image", "problem"),
+    [
+        ("ftp://example.com/a.png", "unsupported URL scheme 'ftp'"),
+        ("file:///tmp/a.png", "unsupported URL scheme 'file'"),
+        ("javascript:alert(1)", "unsupported URL scheme 'javascript'"),
+        ("FTP://example.com/a.png", "unsupported URL scheme 'ftp'"),
+        ("data:text/html;base64,PGI+", "a data URI of type 'text/html' is not an image"),
+        ("data:application/pdf,x", "a data URI of type 'application/pdf' is not an image"),
+        ("https://", "malformed URL 'https://': it has no host"),
+        ("https:/example.com/a.png", "it has no host"),
+        ("https://exa mple.com/a.png", "holds whitespace or a control character"),
+        ("https://example.com:99999/a.png", "malformed URL"),
+        ("https://[::1/a.png", "malformed URL"),
+        ("frame.png", "'frame.png' is not a URL"),
+        ("C:\\frames\\a.png", "is not a URL"),
+    ],
+)
+def test_strings_that_are_not_usable_urls_are_named_as_what_they_are(image: str, problem: str) -> None:
+    message = refused(image)
+    assert problem in message
+    assert "no such file" not in message
+
+
+async def test_an_upper_case_scheme_is_https_and_is_sent_in_lower_case() -> None:
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        task = await client.submit(ImageToVideo("p", "HTTPS://example.com/A.png"))
+        image = sim.tasks[task.task_id].image
+    assert image.url == "https://example.com/A.png"
+
+
+async def test_a_file_replaced_by_a_fifo_after_the_request_was_built_is_refused_before_sending(
+    tmp_path: Path,
+) -> None:
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png())
+    request = ImageToVideo("p", frame)
+    frame.unlink()
+    os.mkfifo(frame)
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        with no_hang(), pytest.raises(InvalidRequestError, match="FIFO"):
+            await client.submit(request)
+        assert sim.counters.submit_requests == 0
+
+
+def test_a_file_over_the_limit_is_refused_from_its_size_before_reading(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    with big.open("wb") as file:
+        file.truncate(50 * 1024 * 1024)
+    assert "the API accepts at most 10485760 bytes" in refused(big)
