@@ -42,7 +42,7 @@ _VISIBLE_ASCII = re.compile(r"[!-~]")
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 
 
-def _prompt_text_problem(value: str) -> str | None:
+def _prompt_text_problem(value: str, *, if_blank: str) -> str | None:
     """Why `value` cannot be a prompt's text (control characters, lone surrogates, blank), or None."""
     forbidden = _FORBIDDEN_IN_PROMPT.search(value)
     if forbidden is not None:
@@ -52,7 +52,7 @@ def _prompt_text_problem(value: str) -> str | None:
     if _VISIBLE_ASCII.search(value) is None and all(
         char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in value
     ):
-        return "must not be empty or hold only blank or invisible characters"
+        return f"must not be empty or hold only blank or invisible characters ({if_blank})"
     return None
 
 
@@ -61,9 +61,9 @@ def _check_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str], value
         raise InvalidRequestError("prompt", f"must be a str, not {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
         raise InvalidRequestError("prompt", f"is {len(value)} characters long; the limit is 1 to 2048")
-    problem = _prompt_text_problem(value)
+    problem = _prompt_text_problem(value, if_blank="1 to 2048 characters")
     if problem is not None:
-        raise InvalidRequestError("prompt", f"{problem} (1 to 2048 characters)")
+        raise InvalidRequestError("prompt", problem)
 
 
 def _check_negative_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str | None], value: object) -> None:
@@ -73,9 +73,9 @@ def _check_negative_prompt(instance: ImageToVideo, attribute: attrs.Attribute[st
         raise InvalidRequestError("negative_prompt", f"must be a str or None, not {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
         raise InvalidRequestError("negative_prompt", f"is {len(value)} characters long; the limit is 2048")
-    problem = _prompt_text_problem(value)
+    problem = _prompt_text_problem(value, if_blank="None for no negative prompt")
     if problem is not None:
-        raise InvalidRequestError("negative_prompt", f"{problem} (None for no negative prompt)")
+        raise InvalidRequestError("negative_prompt", problem)
 
 
 def _check_fast_mode(instance: ImageToVideo, attribute: attrs.Attribute[bool], value: object) -> None:
