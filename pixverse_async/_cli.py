@@ -226,7 +226,7 @@ def _status(path: Path, *, as_json: bool) -> int:
         return 0
     print(f"{'row':<16} {'line':>5}  {'state':<10} {'task':<38} detail")
     for row in rows:
-        detail = row.reason if row.state in ("failed", "uncertain") else row.file or ""
+        detail = row.reason or row.file or ""  # why a row is not done (a submitted row may say), else its file
         print(f"{row.key:<16} {row.line:>5}  {row.state:<10} {row.task_id or '':<38} {detail or ''}")
     return 0
 

@@ -131,6 +131,10 @@ async def test_a_missing_or_changed_video_is_not_reported_as_succeeded(
     assert "b.mp4 is missing; not fetched again" in row_b
     assert "c.mp4 is not the video downloaded" in row_c and "not fetched again" in row_c
     assert journal_states(out / "pixverse-journal.sqlite") == {"a": "succeeded", "b": "submitted", "c": "submitted"}
+    status = await cli("status", "--journal", str(out / "pixverse-journal.sqlite"))
+    assert "b.mp4 is missing; not fetched again" in next(
+        line for line in status.stdout.splitlines() if line[:2] == "b "
+    )
 
     online = await cli("run", str(manifest), "--out", str(out), sim=sim)
     assert online.returncode == 0, online.stdout + online.stderr
