@@ -15,7 +15,7 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from pixverse_async.testing import Simulator, TaskPlan
+from pixverse_async.testing import Fault, Simulator, TaskPlan
 from tests.images import png
 from tests.test_cli import COMMAND, SCALE, cli, journal_states, write_jsonl
 
@@ -188,3 +188,18 @@ async def test_a_journal_made_from_another_manifest_is_refused(sim: Simulator, t
     edited = await cli("run", str(moved), "--out", str(out), sim=sim)
     assert edited.returncode == 0, edited.stdout + edited.stderr
     assert sim.counters.tasks_created == 5 and "total           2" in edited.stdout
+
+
+async def test_a_video_whose_fresh_link_fails_too_is_named_in_the_summary(
+    sim: Simulator, tmp_path: Path, frame: str
+) -> None:
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", rows("v"))
+    out = tmp_path / "out"
+    sim.inject(Fault("video", "expired", times=2))  # the link from task-result expires too
+    first = await cli("run", str(manifest), "--out", str(out), sim=sim)
+    assert first.returncode == 1, first.stdout + first.stderr
+    (row,) = [line for line in first.stdout[first.stdout.index("state        rows") :].splitlines() if line[:2] == "v "]
+    assert "submitted" in row and "video not downloaded" in row and not (out / "v.mp4").exists()
+    again = await cli("run", str(manifest), "--out", str(out), sim=sim)
+    assert again.returncode == 0 and (out / "v.mp4").read_bytes() == video_of(sim, "a fox v")
+    assert sim.counters.tasks_created == 1
