@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 import attrs
@@ -39,10 +43,15 @@ to add to the request). Exit code 0 only if every row succeeded; --dry-run needs
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line in the user's words: `pixverse-async run: --concurrency: must be ...`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message.removeprefix('argument ')} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pixverse-async", description="Bulk PixVerse V4.5 image-to-video from the command line."
-    )
+    parser = _Parser(prog="pixverse-async", description="Bulk PixVerse V4.5 image-to-video from the command line.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
@@ -57,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", "make the videos of a manifest, resumably (API key from $PIXVERSE_API_KEY)")
     run.add_argument("manifest", type=Path, help="a .jsonl or .csv file, one job a row")
     run.add_argument("--out", type=Path, required=True, help="folder for the videos (and, by default, the journal)")
-    run.add_argument("--concurrency", type=_positive_int, default=16, help="tasks running at once (default 16)")
+    run.add_argument("--concurrency", type=_whole_number(1), default=16, help="tasks running at once (default 16)")
     run.add_argument("--journal", type=Path, help=f"journal file (default: OUT/{DEFAULT_JOURNAL_NAME})")
-    run.add_argument("--base-url", help="API base URL (default: $PIXVERSE_BASE_URL, else https://api.myrouter.ai)")
+    run.add_argument(
+        "--base-url", type=_base_url, help="API base URL (default: $PIXVERSE_BASE_URL, else https://api.myrouter.ai)"
+    )
     run.add_argument("--resubmit-uncertain", action="store_true", help="submit again rows whose answer was lost")
     run.add_argument("--retry-failed", action="store_true", help="submit again rows whose task failed")
     run.add_argument(
@@ -70,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="plain log lines, no live progress bar")
     run.add_argument(
         "--time-scale",
-        type=float,
+        type=_positive_number,
         default=None,
         help="when the API is `pixverse-async simulate --time-scale S`, the same S (polls at its speed)",
     )
@@ -81,38 +92,91 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "run a small bulk job end to end against the built-in simulator (no key, no network)")
     demo.add_argument("--out", type=Path, default=Path("pixverse-demo"), help="output folder (default: %(default)s)")
-    demo.add_argument("--count", type=_positive_int, default=6, help="how many videos (default: %(default)s)")
+    demo.add_argument("--count", type=_whole_number(1), default=6, help="how many videos (default: %(default)s)")
 
     simulate = command("simulate", "serve the API simulator on loopback, to point your own code at")
-    simulate.add_argument("--port", type=int, default=8080, help="API port; videos are served on port+1")
+    simulate.add_argument("--port", type=_whole_number(0, 65535), default=8080, help="API port; videos on port+1")
     simulate.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    simulate.add_argument("--api-key", action="append", dest="api_keys", help="accepted key (repeatable; sk-test)")
-    simulate.add_argument("--time-scale", type=float, default=1.0, help="real seconds per simulated second")
     simulate.add_argument(
-        "--duration", type=float, default=None, help="simulated seconds per task (default: log-normal around 40)"
+        "--api-key", type=_api_key, action="append", dest="api_keys", help="accepted key (repeatable; sk-test)"
     )
-    simulate.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail (0..1)")
-    simulate.add_argument("--max-running-per-key", type=int, default=None, help="answer 429 beyond this many")
+    simulate.add_argument("--time-scale", type=_positive_number, default=1.0, help="real seconds per simulated second")
     simulate.add_argument(
-        "--max-processing-per-key", type=int, default=None, help="tasks beyond this many wait QUEUED (a busy account)"
+        "--duration",
+        type=_positive_number,
+        default=None,
+        help="simulated seconds per task (default: log-normal around 40)",
+    )
+    simulate.add_argument("--failure-rate", type=_fraction, default=0.0, help="share of tasks that fail (0..1)")
+    simulate.add_argument(
+        "--max-running-per-key", type=_whole_number(0), default=None, help="answer 429 beyond this many"
+    )
+    simulate.add_argument(
+        "--max-processing-per-key",
+        type=_whole_number(1),
+        default=None,
+        help="tasks beyond this many wait QUEUED (a busy account)",
     )
     simulate.add_argument("--eta", choices=("exact", "noisy", "absent"), default="exact", help="what task.eta says")
-    simulate.add_argument("--eta-noise", type=float, default=0.35, help="sigma of each task's eta factor (noisy)")
+    simulate.add_argument("--eta-noise", type=_positive_number, default=0.35, help="sigma of each task's eta factor")
     simulate.add_argument(
         "--progress", choices=("linear", "steps", "absent"), default="linear", help="what progress_percent says"
     )
-    simulate.add_argument("--progress-step", type=int, default=25, help="percent per step (--progress steps)")
+    simulate.add_argument(
+        "--progress-step", type=_whole_number(1, 100), default=25, help="percent per step (--progress steps)"
+    )
     simulate.add_argument(
         "--accept-field", action="append", dest="accept_fields", help="accept this undocumented field (repeatable)"
     )
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+# Option values, checked at parse time. Each raises ArgumentTypeError in the user's words: argparse shows it
+# after the option's name, where any other exception would read "invalid <function name> value".
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def _whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+
+    def whole_number(text: str) -> int:
+        if not _DIGITS.fullmatch(text) or not minimum <= int(text) <= (maximum if maximum is not None else math.inf):
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, not {text!r}")
+        return int(text)
+
+    return whole_number
+
+
+def _positive_number(text: str) -> float:
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
     return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not 0 <= value <= 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}")
+    return value
+
+
+def _base_url(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an unclosed [IPv6] bracket, say
+        usable = False
+    if not usable:
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL with a host, not {text!r}")
+    return text
+
+
+def _api_key(text: str) -> str:
+    if not text or not text.isprintable() or any(char.isspace() for char in text):
+        raise argparse.ArgumentTypeError("must be a key without spaces or control characters")
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,11 +5,18 @@ States: `todo` -> `submitting` (written and synced *before* the request is sent)
 and a `submitting` found at start-up (the process died while the request was out): either way the task may
 exist and be billed, so it is never resubmitted unless the user says so. Each change is its own committed
 transaction with `synchronous=FULL`, so `kill -9` at any moment loses nothing that was written.
+
+A journal has one writer at a time: `JournalLock` holds an OS lock on `<journal>.lock` for the whole run, which
+the OS drops when the process ends, however it ends. The `meta` table names the manifest the journal belongs to.
+Journals from earlier versions get the columns and tables they lack when opened.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +41,9 @@ CREATE TABLE IF NOT EXISTS rows (
     updated_at TEXT NOT NULL
 )
 """
+_META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+# Columns that journals of earlier versions may lack, added (empty) when such a journal is opened.
+_LATER_COLUMNS = {"task_id": "TEXT", "file": "TEXT", "size": "INTEGER", "sha256": "TEXT", "reason": "TEXT"}
 
 
 @attrs.frozen
@@ -61,6 +71,11 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_META_SCHEMA)
+        present = {column[1] for column in self._db.execute("PRAGMA table_info(rows)")}
+        for name, kind in _LATER_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE rows ADD COLUMN {name} {kind}")
 
     @classmethod
     def open_existing(cls, path: Path) -> Journal:
@@ -80,6 +95,13 @@ class Journal:
 
     def __iter__(self) -> Iterator[JournalRow]:
         return iter(self.rows())
+
+    def meta(self, name: str) -> str | None:
+        found = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
     def add(self, key: str, line: int, fingerprint: str) -> None:
         """Record a manifest row as `todo` (a row seen before keeps its state)."""
@@ -102,6 +124,14 @@ class Journal:
     def succeeded(self, key: str, file: str, size: int, sha256: str) -> None:
         self._set(key, "succeeded", file=file, size=size, sha256=sha256, reason=None)
 
+    def refetch(self, key: str, reason: str) -> None:
+        """A succeeded row whose file is gone or changed: back to `submitted`, to fetch its video again."""
+        self._set(key, "submitted", file=None, size=None, sha256=None, reason=reason)
+
+    def not_downloaded(self, key: str, reason: str) -> None:
+        """A `submitted` row whose video could not be fetched this time (the task is still ours)."""
+        self._set(key, "submitted", reason=reason)
+
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
         self._set(key, "failed", reason=reason, **({"task_id": task_id} if task_id else {}))
 
@@ -116,3 +146,55 @@ class Journal:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class JournalInUse(Exception):
+    """Another process holds the journal's lock."""
+
+    def __init__(self, journal: Path, holder: int | None) -> None:
+        who = f"pid {holder}" if holder is not None else "pid unknown"
+        super().__init__(f"the journal {journal} is in use by another run ({who})")
+        self.holder = holder
+
+
+@final
+class JournalLock:
+    """An exclusive OS lock on `<journal>.lock` (the file holds the holder's pid). Never stale: the OS releases
+    it when the process ends, even by `kill -9`. The file itself stays: removing it would let two processes
+    lock two different files of the same name."""
+
+    def __init__(self, journal: Path) -> None:
+        self.path = journal.with_name(journal.name + ".lock")
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a+", encoding="ascii")
+        try:
+            _lock_exclusively(self._file.fileno())
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read(32).strip()
+            self._file.close()
+            raise JournalInUse(journal, int(holder) if holder.isdigit() else None) from None
+        self._file.truncate(0)
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.truncate(0)
+        self._file.close()  # closing the file drops the lock
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _lock_exclusively(fd: int) -> None:
+        # Windows locks byte ranges; a byte far past the pid lets other processes read who holds the lock.
+        os.lseek(fd, 1 << 30, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        os.lseek(fd, 0, os.SEEK_SET)
+
+else:
+    import fcntl
+
+    def _lock_exclusively(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Hashable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -47,13 +48,35 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+# A prompt is text for people: tab, line feed and carriage return are its only control characters, and it must
+# show something (a prompt of spaces, zero-width or other format characters alone is blank).
+_FORBIDDEN_IN_PROMPT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_VISIBLE_ASCII = re.compile(r"[!-~]")
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def _prompt_text_problem(value: str, *, if_blank: str) -> str | None:
+    """Why `value` cannot be a prompt's text (control characters, lone surrogates, blank), or None."""
+    forbidden = _FORBIDDEN_IN_PROMPT.search(value)
+    if forbidden is not None:
+        char = forbidden.group()
+        what = "a lone surrogate, which is not text" if "\ud800" <= char <= "\udfff" else "a control character"
+        return f"holds U+{ord(char):04X} at position {forbidden.start()}: {what} (only tab, CR and LF are allowed)"
+    if _VISIBLE_ASCII.search(value) is None and all(
+        char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in value
+    ):
+        return f"must not be empty or hold only blank or invisible characters ({if_blank})"
+    return None
+
+
 def _check_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str):
         raise InvalidRequestError("prompt", f"must be a str, not {type(value).__name__}")
-    if not value.strip():
-        raise InvalidRequestError("prompt", "must not be empty or blank (1 to 2048 characters)")
     if len(value) > MAX_PROMPT_CHARS:
         raise InvalidRequestError("prompt", f"is {len(value)} characters long; the limit is 1 to 2048")
+    problem = _prompt_text_problem(value, if_blank="1 to 2048 characters")
+    if problem is not None:
+        raise InvalidRequestError("prompt", problem)
 
 
 def _check_negative_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str | None], value: object) -> None:
@@ -63,6 +86,9 @@ def _check_negative_prompt(instance: ImageToVideo, attribute: attrs.Attribute[st
         raise InvalidRequestError("negative_prompt", f"must be a str or None, not {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
         raise InvalidRequestError("negative_prompt", f"is {len(value)} characters long; the limit is 2048")
+    problem = _prompt_text_problem(value, if_blank="None for no negative prompt")
+    if problem is not None:
+        raise InvalidRequestError("negative_prompt", problem)
 
 
 def _check_fast_mode(instance: ImageToVideo, attribute: attrs.Attribute[bool], value: object) -> None:

@@ -201,6 +201,6 @@ def status_table(rows: Sequence[JournalRow]) -> Table:
     table.add_column("task", overflow="fold")
     table.add_column("detail", overflow="fold", ratio=1)
     for row in rows:
-        detail = row.reason if row.state in ("failed", "uncertain") else row.file
+        detail = row.reason or row.file  # why a row is not done (a submitted one may say), else its file
         table.add_row(row.key, str(row.line), row.state, row.task_id or "", escape(detail or ""))
     return table

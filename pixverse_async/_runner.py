@@ -1,16 +1,20 @@
 """`pixverse-async run`: a manifest's rows through `as_completed`, each video downloaded as it is ready, with a
 journal that makes a rerun resume instead of paying twice.
 
-On start the journal decides each row's fate: `succeeded` rows whose file is there are skipped (a missing
-file is fetched again through task-result), `submitted` rows are polled by task id, `submitting` rows (the
-process died while the request was out) become `uncertain`, and `uncertain` and `failed` rows are reported
-and left alone unless `--resubmit-uncertain` / `--retry-failed` is given. `plan_rows` decides that without
-writing anything, so that `run --dry-run` shares it; a run then writes its decisions to the journal.
+Before anything is sent, the run checks that `--out` takes files, takes the journal's lock (one run per journal)
+and checks that the journal belongs to this manifest. Then the journal decides each row's fate: `succeeded`
+rows whose file is there with the size and sha256 the journal recorded are skipped (a missing or changed file is
+fetched again through task-result), `submitted` rows are polled by task id, `submitting` rows (the process died
+while the request was out) become `uncertain`, and `uncertain` and `failed` rows are reported and left alone
+unless `--resubmit-uncertain` / `--retry-failed` is given. `plan_rows` decides that
+without writing anything, so that `run --dry-run` shares it; a run then writes its decisions to the journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import secrets
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -37,7 +41,7 @@ from ._exceptions import (
     SubmissionUncertainError,
     VideoExpiredError,
 )
-from ._journal import Journal, JournalRow
+from ._journal import Journal, JournalInUse, JournalLock, JournalRow
 from ._manifest import ManifestRow, read_manifest
 from ._progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
 
@@ -122,15 +126,26 @@ def _plan_row(row: ManifestRow, entry: JournalRow | None, options: RunOptions) -
     if entry.state == "failed":
         return RowPlan(row, "submit" if options.retry_failed else "failed", reason=entry.reason)
     if entry.state == "succeeded":
-        path = options.out / row.file_name
-        if path.is_file() and path.stat().st_size == entry.size:
+        problem = _file_problem(options.out / row.file_name, entry)
+        if problem is None:
             return RowPlan(row, "done", entry.task_id)
-        # Its file is gone: poll the task for a fresh link, never resubmit.
-        return RowPlan(row, "fetch_again", entry.task_id)
+        # Paid for, but its file is gone or not the one downloaded: poll the task for a fresh link, never resubmit.
+        return RowPlan(row, "fetch_again", entry.task_id, reason=problem)
     return RowPlan(row, "poll", entry.task_id)
 
 
 _DIED_SUBMITTING = "the run stopped while this row's submission was being sent"
+
+
+def _file_problem(path: Path, entry: JournalRow) -> str | None:
+    """What is wrong with a succeeded row's file, or None if it is the one the journal recorded."""
+    if not path.is_file():
+        return f"{path} is missing"
+    if entry.size is None or entry.sha256 is None:
+        return f"{path} has no size and sha256 in the journal to check it by"
+    if path.stat().st_size != entry.size or _size_and_sha256(path) != (entry.size, entry.sha256):
+        return f"{path} is not the video downloaded (its size or sha256 differs from the journal's)"
+    return None
 
 
 @final
@@ -143,13 +158,36 @@ class ManifestRun:
         self.console = console
         self.rows = read_manifest(options.manifest)
         self.by_key = {row.key: row for row in self.rows}
-        options.out.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(options.journal_path)
+        check_output_folder(options.out)
+        with contextlib.ExitStack() as opened:
+            try:
+                lock = JournalLock(options.journal_path)
+            except JournalInUse as error:
+                raise RunAborted(f"{error}; nothing was sent (wait for it to end)") from None
+            opened.callback(lock.release)
+            self.journal = Journal(options.journal_path)
+            opened.callback(self.journal.close)
+            self._claim_journal()
+            self._opened = opened.pop_all()
         self.progress = RunProgress(total=len(self.rows))
         self.display: Display = PlainDisplay(console)
+        self.refetching: dict[str, str] = {}  # key -> what was wrong with the row's file
 
     def close(self) -> None:
-        self.journal.close()
+        self._opened.close()  # the journal, then its lock
+
+    def _claim_journal(self) -> None:
+        """Refuse a journal made from another manifest: the same file (even edited) or the same rows (moved)."""
+        path = str(self.options.manifest.resolve())
+        rows = hashlib.sha256("".join(f"{r.key}\0{r.fingerprint}\n" for r in self.rows).encode()).hexdigest()
+        known_path, known_rows = self.journal.meta("manifest_path"), self.journal.meta("manifest_rows")
+        if known_path is not None and known_path != path and known_rows != rows:
+            raise RunAborted(
+                f"the journal {self.journal.path} belongs to another manifest ({known_path}); nothing was sent"
+                " (use --journal FILE to give this manifest a journal of its own)"
+            )
+        self.journal.set_meta("manifest_path", path)
+        self.journal.set_meta("manifest_rows", rows)
 
     def plan(self) -> list[KeyedJob]:
         """Bring the journal up to date with the manifest and list the work: (row key, request or task id)."""
@@ -164,6 +202,11 @@ class ManifestRun:
                 self.journal.reset(row.key, row.fingerprint)
                 jobs.append((row.key, row.request))
             elif plan.action in ("poll", "fetch_again"):
+                if plan.action == "fetch_again" and plan.reason is not None:
+                    # Paid for, but its video is not the one downloaded: fetch it again (a fresh link).
+                    self.refetching[row.key] = plan.reason
+                    self.journal.refetch(row.key, f"{plan.reason}; fetching it again")
+                    self.display.log(f"row {row.key}: {plan.reason}; fetching it again through task-result")
                 jobs.append((row.key, plan.task_id or ""))
             elif plan.action == "done":
                 self.progress.already_done += 1
@@ -214,6 +257,8 @@ class ManifestRun:
         if result.task_id is not None:
             if result.status is None and not isinstance(error, NotFoundError):
                 # Polling gave up (an outage, say): the task is still ours, and a rerun polls it again.
+                if key in self.refetching:
+                    self.journal.not_downloaded(key, f"{self.refetching[key]}; not fetched again: {error}")
                 self.display.log(f"row {key}: task {result.task_id} not finished ({error}); rerun to resume")
                 return
         elif isinstance(error, SubmissionUncertainError):
@@ -240,13 +285,10 @@ class ManifestRun:
                 fresh = await self.client.get_task(result.task_id or "")
                 await self.client.download(fresh, target)
             size, digest = await anyio.to_thread.run_sync(_size_and_sha256, target)
-        except DownloadError as error:
-            if isinstance(error.__cause__, OSError):
-                raise RunAborted(str(error)) from None
-            self.progress.download_failed += 1
-            self.display.log(f"row {key}: download failed ({error}); rerun to fetch it again")
-            return
         except PixVerseError as error:
+            if isinstance(error, DownloadError) and isinstance(error.__cause__, OSError):
+                raise RunAborted(str(error)) from None
+            self.journal.not_downloaded(key, f"video not downloaded: {error}")
             self.progress.download_failed += 1
             self.display.log(f"row {key}: download failed ({error}); rerun to fetch it again")
             return
@@ -258,13 +300,34 @@ class ManifestRun:
 
     def summary(self) -> tuple[list[RenderableType], bool]:
         """Tables of the rows' states, and whether every row succeeded."""
-        entries = self.journal.rows()
+        # Only this manifest's rows count: a row dropped from the manifest is kept in the journal, not reported.
+        entries = [entry for entry in self.journal.rows() if entry.key in self.by_key]
         tables: list[RenderableType] = [summary_table(entries)]
         problems = problems_table(entries)
         if problems is not None:
             tables.append(problems)
         tables.append(Text(f"journal: {self.journal.path}", overflow="fold"))
         return tables, problems is None
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse, before anything is paid for, an `--out` where a video cannot be saved (created, renamed)."""
+    if out.exists() and not out.is_dir():
+        raise RunAborted(f"--out {out}: is not a folder; nothing was sent")
+    probe = out / f".pixverse-probe-{secrets.token_hex(4)}.part"
+    saved = probe.with_suffix(".mp4")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with probe.open("xb") as file:
+            file.write(b"\0" * 1024)
+        probe.replace(saved)
+    except OSError as error:
+        reason = error.strerror or error
+        raise RunAborted(f"--out {out}: cannot save videos there ({reason}); nothing was sent") from None
+    finally:
+        for leftover in (probe, saved):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:

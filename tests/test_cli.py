@@ -18,6 +18,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from pixverse_async import ImageToVideo, PixVerseClient, TaskStatus
+from pixverse_async._cli import main
 from pixverse_async.testing import Fault, ScaledClock, Simulator, TaskPlan
 from tests.images import jpeg, png
 
@@ -267,7 +268,7 @@ async def test_help_shows_examples() -> None:
 
 async def test_bad_arguments_give_one_clear_line() -> None:
     refused = await cli("demo", "--count", "0")
-    assert refused.returncode == 2 and "must be at least 1" in refused.stderr
+    assert refused.returncode == 2 and "--count: must be a whole number >= 1" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 
@@ -285,3 +286,46 @@ async def test_simulate_serves_the_api_for_other_programs() -> None:
                 assert (await client.wait(task, timeout=60)).status is TaskStatus.SUCCEED
         finally:
             server.terminate()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "m.jsonl", "--out", "o", "--concurrency", "0"], "--concurrency: must be a whole number >= 1, not '0'"),
+        (["run", "m.jsonl", "--out", "o", "--concurrency", "-3"], "--concurrency: must be a whole number >= 1"),
+        (["run", "m.jsonl", "--out", "o", "--concurrency", "1.5"], "--concurrency: must be a whole number >= 1"),
+        (["run", "m.jsonl", "--out", "o", "--concurrency", "\u0661\u0662"], "--concurrency: must be a whole number"),
+        (["run", "m.jsonl", "--out", "o", "--concurrency", "1_6"], "--concurrency: must be a whole number"),
+        (["run", "m.jsonl", "--out", "o", "--concurrency", " 16"], "--concurrency: must be a whole number"),
+        (["run", "m.jsonl", "--out", "o", "--concurrency", "9" * 5000], "--concurrency: must be a whole number"),
+        (["run", "m.jsonl", "--out", "o", "--time-scale", "-1"], "--time-scale: must be a number > 0"),
+        (["run", "m.jsonl", "--out", "o", "--time-scale", "0"], "--time-scale: must be a number > 0"),
+        (["run", "m.jsonl", "--out", "o", "--time-scale", "nan"], "--time-scale: must be a number > 0, not 'nan'"),
+        (["run", "m.jsonl", "--out", "o", "--time-scale", "inf"], "--time-scale: must be a number > 0"),
+        (["run", "m.jsonl", "--out", "o", "--time-scale", "1e999"], "--time-scale: must be a number > 0"),
+        (["run", "m.jsonl", "--out", "o", "--base-url", "ftp://example.com"], "--base-url: must be an http:// or"),
+        (["run", "m.jsonl", "--out", "o", "--base-url", "https://"], "--base-url: must be an http:// or"),
+        (["run", "m.jsonl", "--out", "o", "--base-url", "http://[::1"], "--base-url: must be an http:// or"),
+        (["run", "m.jsonl", "--out", "o", "--base-url", "api.example.com"], "--base-url: must be an http:// or"),
+        (["demo", "--count", "0"], "--count: must be a whole number >= 1, not '0'"),
+        (["simulate", "--port", "70000"], "--port: must be a whole number from 0 to 65535"),
+        (["simulate", "--port", "http"], "--port: must be a whole number from 0 to 65535"),
+        (["simulate", "--time-scale", "0"], "--time-scale: must be a number > 0"),
+        (["simulate", "--duration", "nan"], "--duration: must be a number > 0"),
+        (["simulate", "--failure-rate", "1.5"], "--failure-rate: must be a number from 0 to 1"),
+        (["simulate", "--failure-rate", "nan"], "--failure-rate: must be a number from 0 to 1"),
+        (["simulate", "--max-running-per-key", "-1"], "--max-running-per-key: must be a whole number >= 0"),
+        (["simulate", "--api-key", "sk test"], "--api-key: must be a key without spaces or control characters"),
+        (["simulate", "--api-key", "sk\x1btest"], "--api-key: must be a key without spaces or control characters"),
+    ],
+)
+def test_every_option_is_checked_at_parse_time_in_one_line_of_the_users_words(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    command = f"pixverse-async {args[0]}"
+    assert error.startswith(f"{command}: {expected}") and error.endswith(f"(see {command} --help)\n"), error
+    assert len(error.splitlines()) == 1 and "invalid" not in error and "Traceback" not in error

@@ -147,7 +147,7 @@ async def test_a_dry_run_needs_no_key_no_network_and_creates_nothing(tmp_path: P
     assert not out.exists()
     # The options are still checked as a run checks them.
     bad_url = await cli("run", str(manifest), "--out", str(out), "--dry-run", "--base-url", "ftp://x", base_url=None)
-    assert bad_url.returncode == 1 and "base_url" in bad_url.stderr
+    assert bad_url.returncode == 2 and "--base-url" in bad_url.stderr  # refused at parse time, as by run
 
 
 async def test_a_dry_run_refuses_what_the_run_refuses(sim: Simulator, tmp_path: Path) -> None:

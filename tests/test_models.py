@@ -31,9 +31,48 @@ def test_defaults_and_repr() -> None:
     assert isinstance(InvalidRequestError("x", "y"), ValueError)
 
 
-@given(st.text(min_size=1, max_size=2048).filter(str.strip))
-def test_any_non_blank_prompt_up_to_2048_chars_is_accepted(prompt: str) -> None:
+# Text as people write it: no control characters but tab, CR and LF, and no lone surrogates.
+PROMPT_TEXT = st.text(st.characters(exclude_categories=("Cc", "Cs")) | st.sampled_from("\t\n\r"), max_size=2048)
+VISIBLE = st.characters(exclude_categories=("Cc", "Cf", "Cs", "Zs", "Zl", "Zp")).filter(lambda c: not c.isspace())
+
+
+@given(PROMPT_TEXT, VISIBLE, PROMPT_TEXT)
+def test_any_prompt_that_shows_something_up_to_2048_chars_is_accepted(head: str, visible: str, tail: str) -> None:
+    prompt = head[:1000] + visible + tail[:1000]
     assert ImageToVideo(prompt, URL).prompt == prompt
+    assert ImageToVideo("p", URL, negative_prompt=prompt).negative_prompt == prompt
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "\t\n\r", "\u200b", "\u2028\u2029", "\u00a0\u3000", "\ufeff\u200d\u2060", " \u200b \u00ad"],
+)
+def test_prompts_of_only_blank_or_invisible_characters_are_refused(text: str) -> None:
+    assert "blank or invisible" in str(rejected("prompt", prompt=text))
+    assert "blank or invisible" in str(rejected("negative_prompt", negative_prompt=text))
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("a cat\x00", "U+0000 at position 5: a control character"),
+        ("\x1b[31mred", "U+001B at position 0"),
+        ("bell\x07", "U+0007"),
+        ("del\x7f", "U+007F"),
+        ("c1 \x85", "U+0085"),
+        ("half \ud83d pair", "U+D83D at position 5: a lone surrogate"),
+        ("\udfff", "U+DFFF"),
+    ],
+)
+def test_prompts_with_control_characters_or_lone_surrogates_are_refused(text: str, named: str) -> None:
+    assert named in str(rejected("prompt", prompt=text))
+    assert named in str(rejected("negative_prompt", negative_prompt=text))
+
+
+@given(PROMPT_TEXT, st.characters(categories=("Cc", "Cs")).filter(lambda c: c not in "\t\n\r"), PROMPT_TEXT)
+def test_any_prompt_holding_a_forbidden_character_is_refused(head: str, bad: str, tail: str) -> None:
+    prompt = head[:1000] + bad + tail[:1000]
+    assert f"U+{ord(bad):04X}" in str(rejected("prompt", prompt=prompt))
 
 
 @pytest.mark.parametrize("prompt", ["", "   \n", "x" * 2049, "x" * 10_000])
@@ -48,7 +87,7 @@ def test_prompt_must_be_a_string() -> None:
 
 def test_negative_prompt_bounds() -> None:
     assert ImageToVideo("p", URL, negative_prompt="x" * 2048).negative_prompt == "x" * 2048
-    assert ImageToVideo("p", URL, negative_prompt="").negative_prompt == ""
+    assert "None for no negative prompt" in str(rejected("negative_prompt", negative_prompt=""))
     assert "2048" in str(rejected("negative_prompt", negative_prompt="x" * 2049))
     rejected("negative_prompt", negative_prompt=b"bytes")
 
