@@ -83,7 +83,7 @@ class PollPolicy:
     duration_spread: float = attrs.field(default=0.5, validator=number(above=0))
     max_polls_per_second: float | None = attrs.field(default=200.0, validator=number(above=0, none_means="no limit"))
     max_polls_in_flight: int = attrs.field(default=64, validator=count(at_least=1))
-    webhook_tail: float = attrs.field(default=0.2, validator=number(above=0, at_most=0.99))
+    webhook_tail: float = attrs.field(default=0.1, validator=number(above=0, at_most=0.99))
     webhook_fallback: float = attrs.field(default=300.0, validator=number(above=0))
 
 
