@@ -83,7 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=float, default=30.0, help="simulated seconds per task")
     simulate.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail (0..1)")
     simulate.add_argument("--max-running-per-key", type=int, default=None, help="answer 429 beyond this many")
+    simulate.add_argument(
+        "--submit-rate", type=_call_rate, metavar="N/SECONDS", help="at most N submissions per SECONDS per key"
+    )
+    simulate.add_argument(
+        "--poll-rate", type=_call_rate, metavar="N/SECONDS", help="at most N task-result calls per SECONDS per key"
+    )
+    simulate.add_argument("--random-429-rate", type=float, default=0.0, help="share of calls answered 429 at random")
+    simulate.add_argument(
+        "--rate-limit-retry-after", type=float, default=None, help="Retry-After of every simulated 429 (seconds)"
+    )
     return parser
+
+
+def _call_rate(text: str) -> tuple[int, float]:
+    calls, _, seconds = text.partition("/")
+    try:
+        parsed = int(calls), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be N/SECONDS, e.g. 20/2") from None
+    if parsed[0] < 1 or not parsed[1] > 0:
+        raise argparse.ArgumentTypeError("must be N/SECONDS with N >= 1 and SECONDS > 0")
+    return parsed
 
 
 def _positive_int(text: str) -> int:
@@ -176,7 +197,12 @@ def _status(path: Path, *, as_json: bool) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .testing import serve_forever
+    from .testing import CallRateLimit, serve_forever
+
+    retry_after = args.rate_limit_retry_after is not None
+
+    def call_rate(given: tuple[int, float] | None) -> CallRateLimit | None:
+        return None if given is None else CallRateLimit(given[0], per=given[1], retry_after=retry_after)
 
     options = {
         "api_keys": tuple(args.api_keys or ("sk-test",)),
@@ -184,6 +210,11 @@ def _simulate(args: argparse.Namespace) -> int:
         "duration": args.duration,
         "failure_rate": args.failure_rate,
         "max_running_per_key": args.max_running_per_key,
+        "rate_limit_retry_after": args.rate_limit_retry_after,
+        "random_rate_limit": args.random_429_rate,
+        "random_rate_limit_retry_after": args.rate_limit_retry_after,
+        "submit_rate_limit": call_rate(args.submit_rate),
+        "poll_rate_limit": call_rate(args.poll_rate),
     }
     anyio.run(lambda: serve_forever(args.port, args.host, **options))
     return 0
