@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self, final
 import anyio
 import attrs
 
+from ._budget import Slot
 from ._exceptions import (
     AuthenticationError,
     InsufficientBalanceError,
@@ -258,29 +259,29 @@ class AsCompleted:
     async def _submitter(self, jobs: _JobSource) -> None:
         """Take the next job only when a running-task slot is free and the results are being read, so that
         memory stays flat however long the input."""
-        limiter = self._client._limiter
+        budget = self._client._budget
         backlog_limit = self._client.max_concurrency
         with anyio.CancelScope() as scope:
             wire_guard = WireGuard(scope=scope, stop=self._scope)
             while self._stop_error is None and not self._closed:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
-                await limiter.acquire()
+                slot = await budget.acquire()
                 try:
                     job = await jobs.next()
                 except BaseException:
-                    limiter.release()
+                    slot.release()
                     raise
                 if job is _EXHAUSTED or self._stop_error is not None:
-                    limiter.release()
+                    slot.release()
                     return
-                await self._start_job(job, wire_guard)
+                await self._start_job(job, slot, wire_guard)
 
-    async def _start_job(self, job: Job, wire_guard: WireGuard) -> None:
-        """Submit (or adopt) one job while holding a running-task slot, then hand it to the poller."""
+    async def _start_job(self, job: Job, slot: Slot, wire_guard: WireGuard) -> None:
+        """Submit (or adopt) one job holding a running-task slot, then hand both to the poller."""
         self.counts.submitting += 1
         try:
-            task_id = await self._submit(job, wire_guard)
+            task_id, slot = await self._submit(job, slot, wire_guard)
         except PixVerseError as error:
             if isinstance(error, AuthenticationError | InsufficientBalanceError):
                 self._stop_error = self._stop_error or error
@@ -295,22 +296,24 @@ class AsCompleted:
         self._emit(EventKind.SUBMITTED, job, task_id)
         if self._closed:
             # The answer of a submission already on the wire arrived after the run was left: keep the paid
-            # task in `unfinished`, but poll it no more.
+            # task in `unfinished`, but poll it no more (its slot stays taken while it may run).
             self._running[task_id] = job
-            self._client._limiter.release()
+            slot.release_when_ended()
             return
         deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
         waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id)
         self._running[task_id] = waiter
-        await self._state.poller.follow(task_id, waiter, holds_slot=True)
+        await self._state.poller.follow(task_id, waiter, slot=slot)
 
-    async def _submit(self, job: Job, wire_guard: WireGuard) -> str:
+    async def _submit(self, job: Job, slot: Slot, wire_guard: WireGuard) -> tuple[str, Slot]:
+        """The job's task id and the slot that stands for it; the slot is given back here on failure."""
         if isinstance(job, Task | str):
             task_id = job if isinstance(job, str) else job.task_id
             if not isinstance(task_id, str) or not task_id.strip():
-                self._client._limiter.release()
+                slot.release()
                 raise InvalidRequestError("task", f"a task id must be a non-empty str, not {task_id!r}")
-            return task_id
+            slot.adopted()
+            return task_id, slot
         try:
             if not isinstance(job, ImageToVideo):
                 raise InvalidRequestError(
@@ -324,13 +327,15 @@ class AsCompleted:
                 except Exception as error:
                     raise _SubmissionRefused(error) from error
         except BaseException:
-            self._client._limiter.release()
+            slot.release()
             raise
 
         def on_retry(attempt: int, error: PixVerseError) -> None:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt)
 
-        return await self._client._submit_holding_slot(self._state, job, body, on_retry=on_retry, wire_guard=wire_guard)
+        return await self._client._submit_holding_slot(
+            self._state, job, body, slot, on_retry=on_retry, wire_guard=wire_guard
+        )
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job
