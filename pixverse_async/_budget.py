@@ -14,25 +14,26 @@ Slots
     then the poller holds it while it follows the task, and releases it when the task ends.
 
     At most `max_concurrency` slots are out at once, lost answers included: a slot given back with
-    `release_when_ended()` stays taken for as long as its task could be running, that is the longest task
-    seen so far (from acceptance to the poll that saw it end), counted from its acceptance (or from now, for
-    a lost answer), or `LOST_ANSWER_HOLD` (600 API seconds) before any task has ended. It is then freed on the
-    client's clock.
+    `release_when_ended()` stays taken for as long as its task could be running: the longest task seen so
+    far (from acceptance to the poll that saw it end; while none has ended, `LOST_ANSWER_HOLD`, 600 API
+    seconds), counted from its acceptance (from the loss, for a lost answer). The hold follows what is
+    learnt: the first task to end shortens a fallback hold, a longer task lengthens every hold. The slot is
+    then freed on the client's clock.
 
 The running-task cap, learnt from evidence only
-    - Slow start: until the cap is known, slots out stay at most `2 * proven + 1`, where `proven` is the most
-      tasks seen running right after a submission was accepted (so submissions not yet answered are at most
-      one more than those accepted, doubling per round trip, as TCP's slow start): 64 submissions at once do
-      not meet a cap of 20 with 44 refusals.
-    - A submission's 429 while at least `CAP_EVIDENCE` (3/4) of `proven` tasks run looks like the cap; two in
-      a row (no acceptance between) teach it: the cap becomes the number running. Once a cap is known, each
-      such 429 sets it again. A 429 while clearly fewer run is a rate limit (the submission pacer learns from
-      it), and lowers `proven` a little, so that an account whose cap fell is learnt in the end.
-      `Retry-After: 0` is a transient refusal: retried, never learnt. A 429 on a task-result call never
-      touches the cap.
-    - An acceptance with more tasks running than the learnt cap raises the cap to that number; and once
-      `cap` tasks have ended since the cap was last set, it is probed one higher, the step doubling while
-      probes go unrefused, up to `max_concurrency` (then the cap is forgotten): a burst of random 429s never
+    - Slow start: until the cap is known, submissions not yet answered stay at most `proven + 1`, where
+      `proven` is the most tasks seen running right after a submission was accepted (so they double per
+      round trip, as in TCP's slow start): 64 submissions at once do not meet a cap of 20 with 44 refusals.
+      Slots of tasks that may run (lost answers included) do not count against it.
+    - A submission's 429 while at least `CAP_EVIDENCE` (3/4) of `proven` tasks run looks like the cap;
+      `CAP_STRIKES` (3) in a row, no acceptance between, teach it: the cap becomes the number running (a
+      busy router's random 429s rarely come three in a row). Once a cap is learnt, a 429 at or above it (a
+      probe, see below) sets it back at once; lowering it takes three in a row again. A 429 while clearly
+      fewer run is a rate limit (the submission pacer learns from it). `Retry-After: 0` is a transient
+      refusal: retried, never learnt. A 429 on a task-result call never touches the cap.
+    - An acceptance with more tasks running than the learnt cap raises it to that number; and once `cap`
+      tasks have ended since the cap was last set, it is probed one higher, the step doubling while probes
+      go unrefused, up to `max_concurrency` (then the cap is forgotten): a burst of random 429s never
       shrinks concurrency for good.
     - `RateLimits(max_running=N)` makes the cap known from the start (no slow start; probes stay at or
       below N).
@@ -43,10 +44,13 @@ Pacing calls
     its answer: `accepted(now)` or `refused(now, retry_after)`, which returns how long that call should wait.
     Each pacer applies the limits known up front (`RateLimits`: evenly spaced calls, `60 / N` seconds apart;
     for task-result also `PollPolicy.max_polls_per_second`, a token bucket of one second) and a rate learnt
-    AIMD-style: a lone 429 only delays its own call (a busy router answers some at random); a second in a
-    row is evidence of a rate limit: every call of the endpoint pauses (`Retry-After` if given, else backoff)
-    and the pace is cut to 0.9 times the rate accepted over the last minute; it then grows by 0.3% with each
-    call accepted after waiting for it.
+    AIMD-style: a lone 429 only delays its own call (a busy router answers some at random); `RATE_EVIDENCE`
+    in a row (3; 2 once a rate limit was seen) are evidence of a rate limit: every call of the endpoint
+    pauses (`Retry-After` if given, else backoff, longer for each pause before a call passes again) and the
+    pace is cut, once per run of refusals (no call accepted between), to 0.9
+    times the lower of itself and the rate accepted lately (see `Pacer._cut`); it then grows with each call
+    accepted after waiting for it, by 0.3%, plus 0.3% for every 50 calls accepted since the last refusal (so
+    that a pace cut by a burst of bad luck comes back within a few hundred calls).
 
 What a shared budget implements
     `Budget` below is the interface: `acquire()` (async: a shared implementation takes a slot in one round
@@ -78,14 +82,22 @@ Endpoint = Literal["submit", "task-result"]
 LOST_ANSWER_HOLD = 600.0
 #: A submission's 429 looks like the cap while at least this share of the proven running count runs.
 CAP_EVIDENCE = 0.75
-#: What a learnt pace is cut to, times the rate accepted recently, on evidence of a rate limit.
+#: How many such 429s in a row (no acceptance between) teach a cap below the last one learnt (or a first).
+CAP_STRIKES = 3
+#: How many 429s in a row (no call accepted between) show a rate limit: a busy router's random 429s rarely
+#: come three in a row (0.25% of them at a 5% rate), a rate limit's do. Once one was seen: two.
+RATE_EVIDENCE = 3
+#: What a learnt pace is cut to on evidence of a rate limit, times the lower of itself and the rate accepted.
 RATE_CUT = 0.9
-#: How much a learnt pace grows with each call accepted after waiting for it.
+#: How much a learnt pace grows with each call accepted after waiting for it, and one more such step for
+#: every RATE_GROWTH_CALLS calls accepted since the last refusal.
 RATE_GROWTH = 0.003
+RATE_GROWTH_CALLS = 50
 #: The slowest a learnt pace goes (calls per second).
 MIN_RATE = 0.05
-#: Over how many seconds (at most) the accepted rate is measured.
+#: Over how many seconds (at most) the accepted rate is measured, and over which spans.
 RATE_HORIZON = 60
+RATE_SPANS = (2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 def _check_limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -224,6 +236,8 @@ class Pacer:
         self._waited_for_learnt = False
         self._paused_until = -math.inf
         self.refusals_in_a_row = 0
+        self._pauses_in_a_row = 0  # pauses since the last accepted call: each backs off longer
+        self._accepted_since_refusal = 0
         # Calls accepted, counted per whole second of the clock, over the last RATE_HORIZON seconds.
         self._accepted_bins: collections.deque[list[int]] = collections.deque()
         self._first_accepted_at: float | None = None
@@ -260,6 +274,7 @@ class Pacer:
     def accepted(self, now: float) -> None:
         """A call of this endpoint was answered without a 429."""
         self.refusals_in_a_row = 0
+        self._pauses_in_a_row = 0
         second = math.floor(now)
         bins = self._accepted_bins
         if bins and bins[-1][0] == second:
@@ -270,9 +285,11 @@ class Pacer:
                 bins.popleft()
             if self._first_accepted_at is None:
                 self._first_accepted_at = now
+        self._accepted_since_refusal += 1
         if self._waited_for_learnt and self._learnt is not None:
             self._waited_for_learnt = False
-            self._learnt.rate *= 1.0 + RATE_GROWTH
+            # Faster the longer no call was refused, so that a pace cut by a burst of bad luck comes back.
+            self._learnt.rate *= 1.0 + RATE_GROWTH * (1.0 + self._accepted_since_refusal / RATE_GROWTH_CALLS)
 
     def refused(self, now: float, retry_after: float | None) -> float:
         """A call of this endpoint was answered 429 for a rate limit; return how long that call should wait
@@ -283,26 +300,41 @@ class Pacer:
         if retry_after is not None and retry_after <= 0:
             return 0.0  # a transient refusal: retried at once, learnt from never
         self.refusals_in_a_row += 1
-        if self.refusals_in_a_row >= 2:
-            self._cut(now)
-            pause = (
-                retry_after if retry_after is not None else self._retry.backoff(self.refusals_in_a_row - 1, self._rng)
-            )
-            self._paused_until = max(self._paused_until, now + pause)
+        self._accepted_since_refusal = 0
+        # Once a rate limit has shown itself, two in a row are enough to tell it is back.
+        if self.refusals_in_a_row >= (RATE_EVIDENCE if self._learnt is None else 2):
+            if now >= self._paused_until:  # a new burst of refusals: pause longer than last time
+                if self._pauses_in_a_row == 0:  # cut once per run of refusals: nothing is learnt until one passes
+                    self._cut(now)
+                self._pauses_in_a_row += 1
+            backoff = self._retry.backoff(self._pauses_in_a_row, self._rng)
+            until = now + (retry_after if retry_after is not None else backoff)
+            self._paused_until = max(self._paused_until, until)
         if retry_after is not None:
             return retry_after
-        return self._retry.backoff(self.refusals_in_a_row, self._rng)
+        return self._retry.backoff(max(1, self._pauses_in_a_row), self._rng)
 
     def _cut(self, now: float) -> None:
-        """Evidence of a rate limit: keep to RATE_CUT times the rate accepted lately (the same cut for every
-        429 of one burst, since the measure hardly moves within it)."""
-        accepted = sum(count for _, count in self._accepted_bins)  # trimmed to the horizon as they fill
-        if not accepted:
+        """Evidence of a rate limit: keep to RATE_CUT times the lower of the pace and the rate accepted lately.
+
+        The rate accepted is the highest over the last 2, 5, 10, 30 and 60 seconds: a limit of N calls per
+        W seconds lets N / W through over any span of W or more while it binds, and less where demand was
+        lower (the ramp of the first calls, pauses), so the highest is the limit's own when it binds; it may
+        be above it over spans shorter than W, which the cuts of later bursts then correct.
+        """
+        if not self._accepted_bins:
             return  # nothing to measure a pace by: the pause alone
-        since = now - self._first_accepted_at if self._first_accepted_at is not None else 0.0
-        rate = max(MIN_RATE, RATE_CUT * accepted / min(RATE_HORIZON, max(1.0, since)))
-        if self._learnt is None or rate < self._learnt.rate:
-            self._learnt = _TokenBucket(rate, 1.0, now, tokens=0.0)
+        since = max(2.0, now - (self._first_accepted_at or now))
+        rate = 0.0
+        for span in RATE_SPANS:
+            span = min(span, since)
+            accepted = sum(count for second, count in self._accepted_bins if second > now - span)
+            rate = max(rate, accepted / span)
+        if rate == 0:
+            return  # nothing got through lately: the pause alone
+        if self._learnt is not None:
+            rate = min(rate, self._learnt.rate)
+        self._learnt = _TokenBucket(max(MIN_RATE, RATE_CUT * rate), 1.0, now, tokens=0.0)
 
 
 class Budget(Protocol):
@@ -337,8 +369,11 @@ class LocalBudget:
         self._clock = clock
         self._given_cap = limits.max_running
         self._ceiling = min(max_concurrency, limits.max_running or max_concurrency)
-        #: The running-task cap: given, or learnt; None while unknown (slow start applies).
+        #: The running-task cap: given, or learnt, or being probed above; None while unknown (slow start).
         self.cap: int | None = limits.max_running
+        #: The running count last shown to be the cap (a refusal there): a probe refused at or above it is
+        #: the cap at once, a refusal below it lowers it only after CAP_STRIKES in a row.
+        self.cap_floor: int | None = limits.max_running
         self.in_use = 0  # slots out, held ones included
         self.running = 0  # slots that stand for a task that may run (accepted, adopted, held)
         self.proven = 0.0  # the most tasks seen running right after an acceptance
@@ -346,9 +381,8 @@ class LocalBudget:
         self._cap_strikes = 0
         self._ends_since_cap = 0
         self._probe_step = 1
-        # Slots held for tasks that may run: (free at, sequence, counted as running).
-        self._held: list[tuple[float, int, bool]] = []
-        self._held_sequence = 0
+        # When the tasks of slots held while they may run started (a heap): each is freed `_hold()` later.
+        self._held: list[float] = []
         self._changed = anyio.Event()
         self._sleepers: set[anyio.CancelScope] = set()
         self.submissions = Pacer(
@@ -364,10 +398,11 @@ class LocalBudget:
 
     @property
     def limit(self) -> int:
-        """How many slots may be out now."""
+        """How many slots may be out now: up to the cap if known, else (slow start) the slots standing for
+        tasks plus at most `proven + 1` submissions not yet answered."""
         if self.cap is not None:
             return max(1, min(self._ceiling, self.cap))
-        return max(1, min(self._ceiling, int(2 * self.proven) + 1))
+        return max(1, min(self._ceiling, self.running + int(self.proven) + 1))
 
     @property
     def saturated(self) -> bool:
@@ -393,7 +428,7 @@ class LocalBudget:
         with anyio.CancelScope() as scope:
             self._sleepers.add(scope)
             try:
-                await self._clock.sleep(self._held[0][0] - self._clock.now())
+                await self._clock.sleep(self._held[0] + self._hold() - self._clock.now())
             finally:
                 self._sleepers.discard(scope)
 
@@ -405,12 +440,19 @@ class LocalBudget:
                 scope.cancel()
             self._sleepers.clear()
 
+    def _hold(self) -> float:
+        """How long a task may run, as far as we know: the longest seen, or LOST_ANSWER_HOLD before any."""
+        return LOST_ANSWER_HOLD if self.longest_task is None else self.longest_task
+
     def _free_held(self, now: float) -> None:
+        # Every held slot waits the same `_hold()` (it grows as longer tasks are seen), so the heap of start
+        # times is also the order in which they are freed.
+        latest_start = now - self._hold()
         freed = False
-        while self._held and self._held[0][0] <= now:
-            _, _, running = heapq.heappop(self._held)
+        while self._held and self._held[0] <= latest_start:
+            heapq.heappop(self._held)
             self.in_use -= 1
-            self.running -= running
+            self.running -= 1
             freed = True
         if freed:
             self._notify()
@@ -422,8 +464,10 @@ class LocalBudget:
         running = self.running
         if running > self.proven:
             self.proven = running
-        if self.cap is not None and running > self.cap:
-            self.cap = min(running, self._given_cap or running)
+        if self.cap_floor is not None and running > self.cap_floor:
+            self.cap_floor = running  # the cap is at least this
+            if self.cap is not None and running > self.cap:
+                self.cap = running
         self._cap_strikes = 0
         now = self._clock.now()
         self.submissions.accepted(now)
@@ -439,17 +483,23 @@ class LocalBudget:
         if retry_after is not None and retry_after <= 0:
             return False
         running = self.running
-        if self.proven > 0 and running >= 1 and running >= CAP_EVIDENCE * self.proven:
+        if self.cap_floor is not None and running >= self.cap_floor:
+            self._learn_cap(running)  # a probe above the cap was refused: back to what runs
+            return self.saturated
+        if running >= 1 and running >= CAP_EVIDENCE * self.proven:
             self._cap_strikes += 1
-            if self.cap is not None or self._cap_strikes >= 2:
-                self.cap = running if self.cap is None else min(self.cap, running)
-                self._ends_since_cap = 0
-                self._probe_step = 1
+            if self._cap_strikes >= CAP_STRIKES:
+                self._learn_cap(running)
             return self.saturated
         # Clearly fewer run than were accepted before: a rate limit, not the cap.
-        self.proven = max(running, self.proven * 0.9)
         self.submissions.refused(now, retry_after)
         return False
+
+    def _learn_cap(self, running: int) -> None:
+        self.cap = self.cap_floor = max(1, min(running, self._ceiling))
+        self._cap_strikes = 0
+        self._ends_since_cap = 0
+        self._probe_step = 1
 
     def _on_released(self, slot: Slot, *, running: bool) -> None:
         self.in_use -= 1
@@ -464,12 +514,9 @@ class LocalBudget:
 
     def _on_abandoned(self, slot: Slot, *, running: bool) -> None:
         now = self._clock.now()
-        hold = LOST_ANSWER_HOLD if self.longest_task is None else self.longest_task
-        start = slot.accepted_at if slot.accepted_at is not None else now
         if not running:
             self.running += 1  # a lost answer: its task may well run
-        self._held_sequence += 1
-        heapq.heappush(self._held, (max(now, start + hold), self._held_sequence, True))
+        heapq.heappush(self._held, slot.accepted_at if slot.accepted_at is not None else now)
         self._free_held(now)
         self._notify()  # waiters sleep until the earliest held slot is freed
 
@@ -484,7 +531,7 @@ class LocalBudget:
         raised = cap + self._probe_step
         self._probe_step *= 2
         if raised >= self.max_concurrency and self._given_cap is None:
-            self.cap = None  # probed back to max_concurrency: nothing is known to be lower
+            self.cap = self.cap_floor = None  # probed back to max_concurrency: nothing is known to be lower
             self.proven = max(self.proven, self.max_concurrency / 2)
         else:
             self.cap = min(raised, self._ceiling)
