@@ -21,11 +21,12 @@ Slots
     then freed on the client's clock.
 
 The running-task cap, learnt from evidence only
-    - Slow start: until the cap is known, submissions not yet answered stay at most `proven + 1`, where
-      `proven` is the most tasks seen running right after a submission was accepted (so they double per
-      round trip, as in TCP's slow start): 64 submissions at once do not meet a cap of 20 with 44 refusals.
-      Slots of tasks that may run (lost answers included) do not count against it.
-    - A submission's 429 while at least `CAP_EVIDENCE` (3/4) of `proven` tasks run looks like the cap;
+    - Slow start: until the cap is known, slots out stay at most one more than the submissions accepted so
+      far (a window that grows by one with each acceptance, so it doubles per round trip, as TCP's slow
+      start): 64 submissions at once do not meet a cap of 20 with 44 refusals. Resumed tasks and lost
+      answers widen it too, so that they do not eat it. Once it reaches `max_concurrency` it is over.
+    - A submission's 429 while at least `CAP_EVIDENCE` (3/4) of `proven` tasks run (the most seen running
+      right after an acceptance) looks like the cap;
       `CAP_STRIKES` (3) in a row, no acceptance between, teach it: the cap becomes the number running (a
       busy router's random 429s rarely come three in a row). Once a cap is learnt, a 429 at or above it (a
       probe, see below) sets it back at once; lowering it takes three in a row again. A 429 while clearly
@@ -41,7 +42,7 @@ The running-task cap, learnt from evidence only
 Pacing calls
     `budget.submissions` and `budget.task_results` are `Pacer`s, one per endpoint. A call waits for
     `pacer.delay(now)` to be 0 (which takes the turn; `await pacer.wait(clock)` does the waiting) and reports
-    its answer: `accepted(now)` or `refused(now, retry_after)`, which returns how long that call should wait.
+    its answer: `accepted()` or `refused(now, retry_after)`, which returns how long that call should wait.
     Each pacer applies the limits known up front (`RateLimits`: evenly spaced calls, `60 / N` seconds apart;
     for task-result also `PollPolicy.max_polls_per_second`, a token bucket of one second) and a rate learnt
     AIMD-style: a lone 429 only delays its own call (a busy router answers some at random); `RATE_EVIDENCE`
@@ -238,7 +239,7 @@ class Pacer:
         self.refusals_in_a_row = 0
         self._pauses_in_a_row = 0  # pauses since the last accepted call: each backs off longer
         self._accepted_since_refusal = 0
-        # Calls accepted, counted per whole second of the clock, over the last RATE_HORIZON seconds.
+        # Calls let through and not refused, per whole second of the clock, over the last RATE_HORIZON seconds.
         self._accepted_bins: collections.deque[list[int]] = collections.deque()
         self._first_accepted_at: float | None = None
 
@@ -264,18 +265,8 @@ class Pacer:
             bucket.tokens -= 1.0
         if learnt is not None:
             learnt.tokens -= 1.0
-        return 0.0
-
-    async def wait(self, clock: Clock) -> None:
-        """Wait for this endpoint's turn, on the client's clock."""
-        while (delay := self.delay(clock.now())) > 0:
-            await clock.sleep(delay)
-
-    def accepted(self, now: float) -> None:
-        """A call of this endpoint was answered without a 429."""
-        self.refusals_in_a_row = 0
-        self._pauses_in_a_row = 0
-        second = math.floor(now)
+        # Calls let through, per whole second of the clock (refusals are taken back): what got through lately.
+        second = int(now)
         bins = self._accepted_bins
         if bins and bins[-1][0] == second:
             bins[-1][1] += 1
@@ -285,6 +276,17 @@ class Pacer:
                 bins.popleft()
             if self._first_accepted_at is None:
                 self._first_accepted_at = now
+        return 0.0
+
+    async def wait(self, clock: Clock) -> None:
+        """Wait for this endpoint's turn, on the client's clock."""
+        while (delay := self.delay(clock.now())) > 0:
+            await clock.sleep(delay)
+
+    def accepted(self) -> None:
+        """A call of this endpoint was answered without a 429."""
+        self.refusals_in_a_row = 0
+        self._pauses_in_a_row = 0
         self._accepted_since_refusal += 1
         if self._waited_for_learnt and self._learnt is not None:
             self._waited_for_learnt = False
@@ -297,6 +299,8 @@ class Pacer:
 
         A lone 429 delays only its own call; a second in a row pauses every call and cuts the learnt pace.
         """
+        if self._accepted_bins:
+            self._accepted_bins[-1][1] -= 1  # let through, but not accepted
         if retry_after is not None and retry_after <= 0:
             return 0.0  # a transient refusal: retried at once, learnt from never
         self.refusals_in_a_row += 1
@@ -377,6 +381,7 @@ class LocalBudget:
         self.in_use = 0  # slots out, held ones included
         self.running = 0  # slots that stand for a task that may run (accepted, adopted, held)
         self.proven = 0.0  # the most tasks seen running right after an acceptance
+        self._window = 1  # slow start: slots that may be out while the cap is unknown
         self.longest_task: float | None = None  # client-clock seconds from acceptance to the end seen
         self._cap_strikes = 0
         self._ends_since_cap = 0
@@ -398,11 +403,10 @@ class LocalBudget:
 
     @property
     def limit(self) -> int:
-        """How many slots may be out now: up to the cap if known, else (slow start) the slots standing for
-        tasks plus at most `proven + 1` submissions not yet answered."""
+        """How many slots may be out now: up to the cap if known, else the slow start's window."""
         if self.cap is not None:
             return max(1, min(self._ceiling, self.cap))
-        return max(1, min(self._ceiling, self.running + int(self.proven) + 1))
+        return min(self._ceiling, self._window)
 
     @property
     def saturated(self) -> bool:
@@ -464,17 +468,19 @@ class LocalBudget:
         running = self.running
         if running > self.proven:
             self.proven = running
+        self._window += 1
         if self.cap_floor is not None and running > self.cap_floor:
             self.cap_floor = running  # the cap is at least this
             if self.cap is not None and running > self.cap:
                 self.cap = running
         self._cap_strikes = 0
         now = self._clock.now()
-        self.submissions.accepted(now)
+        self.submissions.accepted()
         return now
 
     def _on_adopted(self) -> None:
         self.running += 1
+        self._window += 1
 
     def _on_refused(self, retry_after: float | None) -> bool:
         self.in_use -= 1
@@ -516,6 +522,7 @@ class LocalBudget:
         now = self._clock.now()
         if not running:
             self.running += 1  # a lost answer: its task may well run
+            self._window += 1
         heapq.heappush(self._held, slot.accepted_at if slot.accepted_at is not None else now)
         self._free_held(now)
         self._notify()  # waiters sleep until the earliest held slot is freed
@@ -532,6 +539,6 @@ class LocalBudget:
         self._probe_step *= 2
         if raised >= self.max_concurrency and self._given_cap is None:
             self.cap = self.cap_floor = None  # probed back to max_concurrency: nothing is known to be lower
-            self.proven = max(self.proven, self.max_concurrency / 2)
+            self._window = max(self._window, self.max_concurrency)
         else:
             self.cap = min(raised, self._ceiling)

@@ -421,7 +421,7 @@ class PixVerseClient:
             except RateLimitError as error:
                 pacer.refused(clock.now(), error.retry_after)
                 raise
-            pacer.accepted(clock.now())
+            pacer.accepted()
             return result
 
         return await self._retrying(paced_once)

@@ -369,7 +369,7 @@ class Poller:
         except APIStatusError as error:
             self._finish(pending, error)
         else:
-            self._pacer.accepted(self._clock.now())
+            self._pacer.accepted()
             pending.failures = 0
             self._on_poll_result(pending, result)
         finally:

@@ -129,23 +129,27 @@ async def run_tasks(owner: LocalBudget, count: int) -> list[Slot]:
     slots = []
     for _ in range(count):
         slot = await owner.acquire()
+        assert owner.submissions.delay(owner._clock.now()) == 0  # the submission's turn, as the client takes it
         slot.accepted()
         slots.append(slot)
     return slots
 
 
-async def test_slow_start_keeps_unanswered_submissions_at_most_one_more_than_accepted() -> None:
+async def test_slow_start_keeps_slots_out_at_most_one_more_than_submissions_accepted() -> None:
     owner = budget(64, InstantClock())
     first = await owner.acquire()
     with anyio.move_on_after(0.1):  # real time: nothing else runs that could free a slot
         await owner.acquire()
         pytest.fail("a second submission went out before the first was answered")
     first.accepted()
-    assert owner.limit == 1 + 1 + 1  # one running, proven 1: two may be unanswered
+    assert owner.limit == 2  # one more than accepted
     await run_tasks(owner, 2)
-    assert owner.limit == 3 + 3 + 1
+    assert owner.limit == 4
     await run_tasks(owner, 4)
-    assert (owner.running, owner.limit) == (7, 15)
+    assert (owner.running, owner.limit) == (7, 8)
+    lost = await owner.acquire()
+    lost.release_when_ended()  # a lost answer widens the window: it does not eat it
+    assert (owner.in_use, owner.limit) == (8, 9)
 
 
 async def test_three_429s_in_a_row_with_most_tasks_running_teach_the_cap_and_retry_after_zero_never() -> None:
@@ -172,7 +176,9 @@ async def test_a_429_with_few_tasks_running_is_a_rate_limit_not_a_cap() -> None:
     for slot in slots[:15]:
         slot.release()  # 5 run, 20 were accepted before
     for _ in range(4):
-        assert (await owner.acquire()).refused(None) is False
+        slot = await owner.acquire()
+        owner.submissions.delay(owner._clock.now())
+        assert slot.refused(None) is False
     assert owner.cap is None
     assert owner.submissions.learnt_rate is not None
 
