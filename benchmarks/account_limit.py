@@ -282,9 +282,12 @@ def goal_notes(rows: list[Row]) -> list[str]:
     per_job_goal, time_goal = (
         (GOAL_CAP_PER_JOB, GOAL_CAP_TIME) if scenario.goal == "cap" else (GOAL_RATE_PER_JOB, GOAL_RATE_TIME)
     )
+    vs_baseline = library.outcome.simulated_seconds / others[0].outcome.simulated_seconds
     return [
         f"{name}: {per_job:.2f} 429s per job (goal <= {per_job_goal}): {goal_text(per_job <= per_job_goal)}; "
-        f"{vs_ideal:.2f}x the ideal (goal <= {time_goal}x): {goal_text(vs_ideal <= time_goal)}"
+        f"{vs_ideal:.2f}x the ideal (goal <= {time_goal}x): {goal_text(vs_ideal <= time_goal)} "
+        f"(the baseline told the limits: {others[0].outcome.simulated_seconds / library.ideal:.2f}x; "
+        f"library vs baseline {vs_baseline:.2f}x)"
     ]
 
 

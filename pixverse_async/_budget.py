@@ -46,12 +46,13 @@ Pacing calls
     Each pacer applies the limits known up front (`RateLimits`: evenly spaced calls, `60 / N` seconds apart;
     for task-result also `PollPolicy.max_polls_per_second`, a token bucket of one second) and a rate learnt
     AIMD-style: a lone 429 only delays its own call (a busy router answers some at random); `RATE_EVIDENCE`
-    in a row (3; 2 once a rate limit was seen) are evidence of a rate limit: every call of the endpoint
+    (3) in a row are evidence of a rate limit: every call of the endpoint
     pauses (`Retry-After` if given, else backoff, longer for each pause before a call passes again) and the
     pace is cut, once per run of refusals (no call accepted between), to 0.9
     times the lower of itself and the rate accepted lately (see `Pacer._cut`); it then grows with each call
-    accepted after waiting for it, by 0.3%, plus 0.3% for every 50 calls accepted since the last refusal (so
-    that a pace cut by a burst of bad luck comes back within a few hundred calls).
+    accepted after waiting for it, by 0.3%, plus 0.3% for every 50 calls accepted since the last refusal; and
+    after 100 calls accepted without a run of refusals it is probed 1.5 times higher, so that a pace cut by a
+    burst of bad luck comes back within a few hundred calls, while a real limit soon shows itself again.
 
 What a shared budget implements
     `Budget` below is the interface: `acquire()` (async: a shared implementation takes a slot in one round
@@ -86,7 +87,7 @@ CAP_EVIDENCE = 0.75
 #: How many such 429s in a row (no acceptance between) teach a cap below the last one learnt (or a first).
 CAP_STRIKES = 3
 #: How many 429s in a row (no call accepted between) show a rate limit: a busy router's random 429s rarely
-#: come three in a row (0.25% of them at a 5% rate), a rate limit's do. Once one was seen: two.
+#: come three in a row (0.25% of them at a 5% rate), a rate limit's do.
 RATE_EVIDENCE = 3
 #: What a learnt pace is cut to on evidence of a rate limit, times the lower of itself and the rate accepted.
 RATE_CUT = 0.9
@@ -94,6 +95,9 @@ RATE_CUT = 0.9
 #: every RATE_GROWTH_CALLS calls accepted since the last refusal.
 RATE_GROWTH = 0.003
 RATE_GROWTH_CALLS = 50
+#: A learnt pace is probed RATE_PROBE times higher after this many calls accepted without a run of refusals.
+RATE_PROBE_CALLS = 100
+RATE_PROBE = 1.5
 #: The slowest a learnt pace goes (calls per second).
 MIN_RATE = 0.05
 #: Over how many seconds (at most) the accepted rate is measured, and over which spans.
@@ -234,11 +238,12 @@ class Pacer:
         if per_second_burst is not None:
             self._fixed.append(_TokenBucket(per_second_burst, per_second_burst, -math.inf))
         self._learnt: _TokenBucket | None = None
-        self._waited_for_learnt = False
+        self._waited_for_learnt = 0  # calls that waited for the learnt pace, not yet accepted
         self._paused_until = -math.inf
         self.refusals_in_a_row = 0
         self._pauses_in_a_row = 0  # pauses since the last accepted call: each backs off longer
         self._accepted_since_refusal = 0
+        self._accepted_since_evidence = 0
         # Calls let through and not refused, per whole second of the clock, over the last RATE_HORIZON seconds.
         self._accepted_bins: collections.deque[list[int]] = collections.deque()
         self._first_accepted_at: float | None = None
@@ -257,7 +262,7 @@ class Pacer:
         if learnt is not None:
             learnt_wait = learnt.wait(now)
             if learnt_wait > 0:
-                self._waited_for_learnt = True
+                self._waited_for_learnt = min(self._waited_for_learnt + 1, 1000)
                 wait = max(wait, learnt_wait)
         if wait > 0:
             return wait
@@ -288,8 +293,14 @@ class Pacer:
         self.refusals_in_a_row = 0
         self._pauses_in_a_row = 0
         self._accepted_since_refusal += 1
+        self._accepted_since_evidence += 1
+        if self._learnt is not None and self._accepted_since_evidence >= RATE_PROBE_CALLS:
+            # No run of refusals for that long: the limit may not be where the pace is (a burst of bad luck
+            # taught it), or it moved. Probe well above; a real limit shows itself again within a few calls.
+            self._accepted_since_evidence = 0
+            self._learnt.rate *= RATE_PROBE
         if self._waited_for_learnt and self._learnt is not None:
-            self._waited_for_learnt = False
+            self._waited_for_learnt -= 1
             # Faster the longer no call was refused, so that a pace cut by a burst of bad luck comes back.
             self._learnt.rate *= 1.0 + RATE_GROWTH * (1.0 + self._accepted_since_refusal / RATE_GROWTH_CALLS)
 
@@ -305,8 +316,8 @@ class Pacer:
             return 0.0  # a transient refusal: retried at once, learnt from never
         self.refusals_in_a_row += 1
         self._accepted_since_refusal = 0
-        # Once a rate limit has shown itself, two in a row are enough to tell it is back.
-        if self.refusals_in_a_row >= (RATE_EVIDENCE if self._learnt is None else 2):
+        if self.refusals_in_a_row >= RATE_EVIDENCE:
+            self._accepted_since_evidence = 0
             if now >= self._paused_until:  # a new burst of refusals: pause longer than last time
                 if self._pauses_in_a_row == 0:  # cut once per run of refusals: nothing is learnt until one passes
                     self._cut(now)
