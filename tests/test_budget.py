@@ -256,13 +256,15 @@ async def test_a_real_cap_unknown_to_the_client_is_learnt_with_a_bounded_first_b
 async def test_a_submission_rate_limit_is_paced_not_read_as_a_cap(retry_after: bool) -> None:
     limit = CallRateLimit(10, per=2.0, retry_after=retry_after)
     async with Simulator(time_scale=RATE_SCALE, duration=1.0, submit_rate_limit=limit, seed=3) as sim:
-        async with client_for(sim, max_concurrency=64) as client:
+        # The default RetryPolicy's attempts (tests use 4): one submission may be refused a few times in a row.
+        async with client_for(sim, max_concurrency=64, retry=RetryPolicy()) as client:
             results = await collect(client, jobs(100))
             learnt = client._budget.submissions.learnt_rate
     assert all(r.ok for r in results)
     assert set(sim.counters.rate_limited_by) <= {"submit_rate"}
     assert sim.counters.rate_limited / 100 <= 0.4, sim.counters.rate_limited
-    assert learnt is None or 1 < learnt < 8, f"learnt {learnt} calls/s for a limit of 5 per second"
+    # Probes go 1.5x above the pace after 100 calls without a run of refusals: at most about 2.25x the limit.
+    assert learnt is None or 1 < learnt < 12, f"learnt {learnt} calls/s for a limit of 5 per second"
     assert client._budget.cap is None or client._budget.cap >= 5, "read as a running-task cap"
 
 
