@@ -58,6 +58,14 @@ class LogNormal:
 
 
 @dataclass(frozen=True)
+class Uniform:
+    """Task durations drawn uniformly between `low` and `high` simulated seconds (by prompt, see SimConfig)."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """What the child process passes to `Simulator(...)`.
 
@@ -66,7 +74,7 @@ class SimConfig:
     """
 
     time_scale: float
-    duration: float | LogNormal
+    duration: float | LogNormal | Uniform
     max_running_per_key: int | None = None
     seed: int = 1
     duration_by_prompt: bool = False
@@ -78,6 +86,8 @@ class SimConfig:
     progress: str = "linear"
     progress_step: int = 25
     max_processing_per_key: int | None = None
+    #: Any other `Simulator` keyword arguments (rate limits, random 429s, random faults), as (name, value) pairs.
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ class ServerStats:
     peak_requests_per_second: float
     #: Webhook deliveries the receiver answered 2xx.
     webhooks_delivered: int = 0
+    #: The simulator's `rate_limited_by`: which limit answered each 429.
+    rate_limited_by: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -199,14 +211,21 @@ class SimulatorProcess:
 class _DurationFromPrompt:
     """A `Simulator(plan=...)` giving each prompt its own duration, the same in every run."""
 
-    durations: float | LogNormal
+    durations: float | LogNormal | Uniform
     seed: int
 
     def __call__(self, body: Mapping[str, Any]) -> TaskPlan:
-        if not isinstance(self.durations, LogNormal):
-            return TaskPlan(duration=self.durations)
-        draw = random.Random(f"{self.seed}:{body['prompt']}")
-        return TaskPlan(duration=draw.lognormvariate(math.log(self.durations.median), self.durations.sigma))
+        return TaskPlan(duration=duration_of(self.durations, self.seed, str(body["prompt"])))
+
+
+def duration_of(durations: float | LogNormal | Uniform, seed: int, prompt: str) -> float:
+    """The duration `SimConfig(duration_by_prompt=True)` gives the task of `prompt` (simulated seconds)."""
+    if isinstance(durations, int | float):
+        return float(durations)
+    draw = random.Random(f"{seed}:{prompt}")
+    if isinstance(durations, Uniform):
+        return draw.uniform(durations.low, durations.high)
+    return draw.lognormvariate(math.log(durations.median), durations.sigma)
 
 
 class _PeakRequestRate:
@@ -245,6 +264,9 @@ async def _serve(connection: Connection, config: SimConfig) -> None:
     duration: Any = config.duration
     if isinstance(duration, LogNormal):
         duration = Simulator.lognormal(duration.median, duration.sigma)
+    if isinstance(duration, Uniform):
+        low, high = duration.low, duration.high
+        duration = lambda rng: rng.uniform(low, high)  # noqa: E731 - a one-line draw
     plan = _DurationFromPrompt(config.duration, config.seed) if config.duration_by_prompt else None
     async with Simulator(
         api_keys=(API_KEY,),
@@ -260,6 +282,7 @@ async def _serve(connection: Connection, config: SimConfig) -> None:
         progress=config.progress,  # type: ignore[arg-type]
         progress_step=config.progress_step,
         max_processing_per_key=config.max_processing_per_key,
+        **dict(config.options),
     ) as sim:
         connection.send((sim.base_url, sim.now(), time.monotonic()))
         cpu_at_reset = time.process_time()
@@ -291,6 +314,7 @@ async def _serve(connection: Connection, config: SimConfig) -> None:
                         server_cpu_seconds=time.process_time() - cpu_at_reset,
                         peak_requests_per_second=peak_rate.peak,
                         webhooks_delivered=counters.webhooks_delivered,
+                        rate_limited_by=dict(counters.rate_limited_by),
                     )
                 )
             elif command == "task_times":

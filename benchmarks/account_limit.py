@@ -1,27 +1,40 @@
-"""Account limit: the API caps running tasks per key below the client's `max_concurrency`.
+"""Account limits: the two kinds of 429 (call rates and the running-task cap), unknown to the client.
 
-The simulator refuses a submission with 429 while the key already has 20 tasks running
-(`max_running_per_key=20`); the client is set to `max_concurrency=50`, more than the account allows, and
-must learn the cap from the 429s instead of hammering the API. 400 jobs of exactly 10 simulated seconds
-each can at best run in waves of 20: the ideal total is `ceil(jobs / 20) * 10` simulated seconds. The same
-jobs at `max_concurrency=20` (the cap, known in advance) are the baseline.
+One scenario per line of issue 11's table, each run with the library as a new user sets it up (limits
+unknown: `max_concurrency` only) and with a baseline in the same run: the library told the truth in advance
+(`RateLimits(...)`), or for random 429s the same workload without them. Each scenario has its own simulator
+process (see `_common.py`):
 
-Reported: 429s per job (requests the account refused: wasted), requests per job, the delay from a task's
-end to its receipt, the total time and its ratio to the ideal. The ideal assumes that a slot is reused the
-instant its task ends; in practice each of the 20 waves waits for that delay plus one submission round trip.
-Real latency (about 1 ms on loopback, plus event-loop lag) counts `1 / time_scale` times over in simulated
-seconds, so the time scale matters: 0.02 makes it about 0.05-0.2 simulated s per request, comparable to
-a real API's network round trip. At the brief's 0.001 a millisecond would be a whole simulated second, and
-even at 0.01 the lag alone costs about 5% of the ideal.
+- random 429s: 5% of all calls answered 429 at random (no `Retry-After`), 640 jobs of 1 s, `max_concurrency=64`;
+- chaos: 2,000 jobs of 1 s with 5% 500s on polls, 1% of submission answers lost after the task was created,
+  1% HTML 502 pages on submissions and polls, and 5% random 429s, against the same chaos without the 429s;
+- submissions limited to 20 per 2 s (a sliding window), with and without `Retry-After`, 200 jobs of 1 s;
+- task-result calls limited to 40 per 2 s (sliding, with `Retry-After`), 300 jobs of 2-6 s (uniform);
+- a real cap of 20 running tasks with the client at 64, 200 jobs of 1 s;
+- lost answers: 20% of submission answers lost after the task was created, `max_concurrency=8`, 100 jobs
+  of 5 s: the simulator's peak of running tasks must stay at 8.
+
+`ideal` is what a client knowing every duration and limit could do, with results received the instant
+tasks end: list scheduling of the jobs (in input order) on `min(max_concurrency, cap)` slots, submissions
+spaced by the submission window. Reported: 429s per job, the simulator's peak of running tasks, failed jobs
+(lost answers are failures: `SubmissionUncertainError`), total simulated time, its ratio to the ideal and to
+the baseline. The time scale of each scenario keeps the request rate within what two shared cores serve
+(about 1,500 requests per real second for client and server together), so that real latency stays a small
+part of a simulated second.
 
     python -m benchmarks.account_limit [--quick]
+    PIXVERSE_BENCH_SCENARIOS="cap,lost" python -m benchmarks.account_limit   # only scenarios naming these
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-from dataclasses import dataclass
+import heapq
+import os
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from benchmarks._common import (
     IMAGE_URL,
@@ -29,22 +42,44 @@ from benchmarks._common import (
     SimConfig,
     SimulatorProcess,
     Table,
+    Uniform,
+    duration_of,
     goal_text,
-    median,
     parse_quick_flag,
-    percentile,
 )
-from pixverse_async import ImageToVideo, PixVerseClient
-from pixverse_async.testing import ScaledClock
+from pixverse_async import ImageToVideo, PixVerseClient, RateLimits
+from pixverse_async.testing import CallRateLimit, Fault, ScaledClock
 
-TIME_SCALE = 0.02
-ACCOUNT_CAP = 20
-TASK_SECONDS = 10.0
-FULL_JOBS = 400
-QUICK_JOBS = 40
-ROUNDS = 3
-GOAL_WASTED_PER_JOB = 0.2
-GOAL_TIME_RATIO = 1.10
+GOAL_RANDOM = 1.3
+GOAL_RATE_PER_JOB = 0.2
+GOAL_RATE_TIME = 1.15
+GOAL_CAP_PER_JOB = 0.2
+GOAL_CAP_TIME = 1.10
+SEED = 7
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    client_options: Mapping[str, Any]
+    #: Simulator options overriding the scenario's (the baseline of random 429s runs without them).
+    sim_options: tuple[tuple[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    jobs: int
+    quick_jobs: int
+    duration: float | Uniform
+    time_scale: float
+    sim_options: tuple[tuple[str, Any], ...]
+    contenders: tuple[Contender, ...]
+    max_concurrency: int = 64
+    cap: int | None = None
+    submit_window: tuple[int, float] | None = None
+    #: Which goal applies: "random" (time vs the baseline), "rate", "cap", "max_running".
+    goal: str = "rate"
 
 
 @dataclass(frozen=True)
@@ -52,103 +87,259 @@ class Outcome:
     simulated_seconds: float
     stats: ServerStats
     failed: int
-    #: Per task: from its end on the server to its receipt by the user's loop (simulated seconds).
-    delays: list[float]
 
 
-async def run_batch(sim: SimulatorProcess, jobs: int, max_concurrency: int) -> Outcome:
+@dataclass
+class Row:
+    scenario: Scenario
+    contender: Contender
+    jobs: int
+    ideal: float
+    outcome: Outcome
+    notes: list[str] = field(default_factory=list)
+
+
+def ideal_seconds(durations: list[float], slots: int, submit_window: tuple[int, float] | None) -> float:
+    """List scheduling of the jobs on `slots`, in order, each submission waiting for the window to allow it."""
+    free = [0.0] * slots
+    submitted: deque[float] = deque()
+    end = 0.0
+    for duration in durations:
+        start = heapq.heappop(free)
+        if submit_window is not None:
+            calls, per = submit_window
+            if len(submitted) >= calls:
+                start = max(start, submitted[-calls] + per)
+            submitted.append(start)
+        heapq.heappush(free, start + duration)
+        end = max(end, start + duration)
+    return end
+
+
+def scenarios() -> list[Scenario]:
+    lost = (Fault("submit", "reset"), 0.01)
+    html_submit = (Fault("submit", "html_error"), 0.01)
+    chaos_polls = [(Fault("poll", "server_error"), 0.05), (Fault("poll", "html_error"), 0.01)]
+    chaos = (("random_faults", (lost, html_submit, *chaos_polls)),)
+    random_429 = (("random_rate_limit", 0.05),)
+    submit_limit = CallRateLimit(20, per=2.0)
+    new_user: Mapping[str, Any] = {}
+    return [
+        Scenario(
+            "random 429s (5% of calls)",
+            640,
+            128,
+            1.0,
+            0.2,
+            random_429,
+            (
+                Contender("library", new_user),
+                Contender("library, no 429s (baseline)", new_user, sim_options=()),
+            ),
+            goal="random",
+        ),
+        Scenario(
+            "chaos, 5% random 429s",
+            2000,
+            300,
+            1.0,
+            0.2,
+            (*chaos, *random_429),
+            (
+                Contender("library", new_user),
+                Contender("library, same chaos without 429s (baseline)", new_user, sim_options=chaos),
+            ),
+            goal="random",
+        ),
+        Scenario(
+            "submissions 20 per 2 s, Retry-After",
+            200,
+            60,
+            1.0,
+            0.2,
+            (("submit_rate_limit", submit_limit),),
+            (
+                Contender("library", new_user),
+                Contender("RateLimits(submits_per_minute=600) (baseline)", {"rate_limits": RateLimits(600)}),
+            ),
+            submit_window=(20, 2.0),
+        ),
+        Scenario(
+            "submissions 20 per 2 s, no Retry-After",
+            200,
+            60,
+            1.0,
+            0.2,
+            (("submit_rate_limit", CallRateLimit(20, per=2.0, retry_after=False)),),
+            (
+                Contender("library", new_user),
+                Contender("RateLimits(submits_per_minute=600) (baseline)", {"rate_limits": RateLimits(600)}),
+            ),
+            submit_window=(20, 2.0),
+        ),
+        Scenario(
+            "task-result 40 per 2 s, jobs of 2-6 s",
+            300,
+            100,
+            Uniform(2.0, 6.0),
+            0.05,
+            (("poll_rate_limit", CallRateLimit(40, per=2.0)),),
+            (
+                Contender("library", new_user),
+                Contender(
+                    "RateLimits(polls_per_minute=1200) (baseline)", {"rate_limits": RateLimits(polls_per_minute=1200)}
+                ),
+            ),
+        ),
+        Scenario(
+            "running cap 20, client at 64",
+            200,
+            60,
+            1.0,
+            0.05,
+            (),
+            (
+                Contender("library", new_user),
+                Contender("RateLimits(max_running=20) (baseline)", {"rate_limits": RateLimits(max_running=20)}),
+            ),
+            cap=20,
+            goal="cap",
+        ),
+        Scenario(
+            "20% of answers lost, max_concurrency=8",
+            100,
+            40,
+            5.0,
+            0.05,
+            (("random_faults", ((Fault("submit", "reset"), 0.2),)),),
+            (Contender("library", {"max_concurrency": 8}),),
+            max_concurrency=8,
+            goal="max_running",
+        ),
+    ]
+
+
+async def run_batch(sim: SimulatorProcess, prompts: list[str], client_options: Mapping[str, Any]) -> Outcome:
     """All jobs through `as_completed`; the time runs from the first pull to the last result."""
     sim.reset_counters()
-    requests = (ImageToVideo(f"job {index}", IMAGE_URL) for index in range(jobs))
+    requests = (ImageToVideo(prompt, IMAGE_URL) for prompt in prompts)
     failed = 0
-    received: dict[str, float] = {}
+    options: dict[str, Any] = {"max_concurrency": 64, **client_options}
     async with PixVerseClient(
-        sim.api_key, base_url=sim.base_url, clock=ScaledClock(sim.time_scale), max_concurrency=max_concurrency
+        sim.api_key, base_url=sim.base_url, clock=ScaledClock(sim.time_scale), **options
     ) as client:
         started = sim.sim_now()
         async with client.as_completed(requests) as results:
             async for result in results:
-                if result.task_id is not None:
-                    received[result.task_id] = sim.sim_now()
                 if not result.ok:
                     failed += 1
         finished = sim.sim_now()
-    ends = sim.task_times(received)
-    delays = [at - ends[task_id].ends_at for task_id, at in received.items()]
-    return Outcome(finished - started, sim.stats(), failed, delays)
+    return Outcome(finished - started, sim.stats(), failed)
 
 
-async def run(quick: bool = False) -> list[Table]:
-    jobs = QUICK_JOBS if quick else FULL_JOBS
-    ideal = math.ceil(jobs / ACCOUNT_CAP) * TASK_SECONDS
-    settings = {
-        f"as_completed, max_concurrency={ACCOUNT_CAP} (baseline: the cap)": ACCOUNT_CAP,
-        "as_completed, max_concurrency=50 (above the cap)": 50,
-    }
-    outcomes: dict[str, list[Outcome]] = {name: [] for name in settings}
-    config = SimConfig(time_scale=TIME_SCALE, duration=TASK_SECONDS, max_running_per_key=ACCOUNT_CAP)
-    with SimulatorProcess(config) as sim:
-        await run_batch(sim, ACCOUNT_CAP, ACCOUNT_CAP)  # warm up connections and imports
-        for _ in range(ROUNDS):
-            for name, max_concurrency in settings.items():
-                outcomes[name].append(await run_batch(sim, jobs, max_concurrency))
+async def run_scenario(scenario: Scenario, quick: bool) -> list[Row]:
+    jobs = scenario.quick_jobs if quick else scenario.jobs
+    rows: list[Row] = []
+    for contender in scenario.contenders:
+        options = scenario.sim_options if contender.sim_options is None else contender.sim_options
+        config = SimConfig(
+            time_scale=scenario.time_scale,
+            duration=scenario.duration,
+            max_running_per_key=scenario.cap,
+            duration_by_prompt=True,
+            seed=SEED,
+            options=options,
+        )
+        prompts = [f"job {index}" for index in range(jobs)]
+        durations = [duration_of(scenario.duration, SEED, prompt) for prompt in prompts]
+        slots = min(scenario.max_concurrency, scenario.cap or scenario.max_concurrency)
+        ideal = ideal_seconds(durations, slots, scenario.submit_window)
+        with SimulatorProcess(config) as sim:
+            outcome = await run_batch(
+                sim, prompts, {"max_concurrency": scenario.max_concurrency, **contender.client_options}
+            )
+        rows.append(Row(scenario, contender, jobs, ideal, outcome))
+    return rows
 
+
+def goal_notes(rows: list[Row]) -> list[str]:
+    library, *others = rows
+    scenario, stats = library.scenario, library.outcome.stats
+    per_job = stats.rate_limited / library.jobs
+    vs_ideal = library.outcome.simulated_seconds / library.ideal
+    name = scenario.name
+    if scenario.goal == "random":
+        ratio = library.outcome.simulated_seconds / others[0].outcome.simulated_seconds
+        return [
+            f"{name}: time vs the baseline {ratio:.2f}x (goal <= {GOAL_RANDOM}x): {goal_text(ratio <= GOAL_RANDOM)}"
+        ]
+    if scenario.goal == "max_running":
+        peak = stats.max_running
+        return [
+            f"{name}: peak running {peak} at max_concurrency={scenario.max_concurrency} "
+            f"(goal: never more): {goal_text(peak <= scenario.max_concurrency)}"
+        ]
+    per_job_goal, time_goal = (
+        (GOAL_CAP_PER_JOB, GOAL_CAP_TIME) if scenario.goal == "cap" else (GOAL_RATE_PER_JOB, GOAL_RATE_TIME)
+    )
+    vs_baseline = library.outcome.simulated_seconds / others[0].outcome.simulated_seconds
+    return [
+        f"{name}: {per_job:.2f} 429s per job (goal <= {per_job_goal}): {goal_text(per_job <= per_job_goal)}; "
+        f"{vs_ideal:.2f}x the ideal (goal <= {time_goal}x): {goal_text(vs_ideal <= time_goal)} "
+        f"(the baseline told the limits: {others[0].outcome.simulated_seconds / library.ideal:.2f}x; "
+        f"library vs baseline {vs_baseline:.2f}x)"
+    ]
+
+
+async def run(quick: bool = False, only: Callable[[Scenario], bool] | None = None) -> list[Table]:
     table = Table(
-        f"Account limit: {jobs} jobs of {TASK_SECONDS:.0f} s, the key may run {ACCOUNT_CAP} at once, "
-        f"time_scale {TIME_SCALE} (median of {ROUNDS} rounds)",
+        f"Account limits: 429s and time when the limits are unknown to the client{' (quick)' if quick else ''}",
         (
+            "scenario",
             "contender",
+            "jobs",
             "429s/job",
-            "requests/job",
-            "polls/job",
+            "429s by limit",
             "max running",
-            "delay p50",
-            "delay p95",
+            "failed",
             "total (sim s)",
+            "ideal",
             "vs ideal",
             "vs baseline",
-            "failed",
         ),
     )
-    baseline_seconds = median([o.simulated_seconds for o in outcomes[next(iter(settings))]])
-    for name, runs in outcomes.items():
-        total = median([o.simulated_seconds for o in runs])
-        table.add(
-            name,
-            median([o.stats.rate_limited / jobs for o in runs]),
-            median([o.stats.requests / jobs for o in runs]),
-            median([o.stats.poll_requests / jobs for o in runs]),
-            max(o.stats.max_running for o in runs),
-            median([percentile(o.delays, 0.5) for o in runs]),
-            median([percentile(o.delays, 0.95) for o in runs]),
-            total,
-            total / ideal,
-            total / baseline_seconds,
-            sum(o.failed for o in runs),
-        )
-    above_cap = outcomes[list(settings)[1]]
-    wasted = median([o.stats.rate_limited / jobs for o in above_cap])
-    time_ratio = median([o.simulated_seconds for o in above_cap]) / ideal
-    table.notes.append(f"ideal = ceil({jobs} / {ACCOUNT_CAP}) * {TASK_SECONDS:.0f} s = {ideal:.0f} simulated s")
-    table.notes.append(
-        "delay = from a task's end on the server to its receipt (simulated s); each of the "
-        f"{math.ceil(jobs / ACCOUNT_CAP)} waves waits for it before the next submissions"
-    )
-    table.notes.append(
-        f"goal: 429s per job < {GOAL_WASTED_PER_JOB} at max_concurrency=50: {wasted:.3f}, "
-        f"{goal_text(wasted < GOAL_WASTED_PER_JOB)}"
-    )
-    table.notes.append(
-        f"goal: total within {GOAL_TIME_RATIO - 1:.0%} of the ideal at max_concurrency=50: {time_ratio:.3f}x, "
-        f"{goal_text(time_ratio <= GOAL_TIME_RATIO)}"
-    )
+    for scenario in scenarios():
+        if only is not None and not only(scenario):
+            continue
+        rows = await run_scenario(scenario, quick)
+        baseline = rows[-1].outcome.simulated_seconds
+        for row in rows:
+            stats = row.outcome.stats
+            by_limit = " ".join(f"{key}:{count}" for key, count in sorted(stats.rate_limited_by.items())) or "-"
+            table.add(
+                scenario.name,
+                row.contender.name,
+                row.jobs,
+                stats.rate_limited / row.jobs,
+                by_limit,
+                stats.max_running,
+                row.outcome.failed,
+                row.outcome.simulated_seconds,
+                row.ideal,
+                row.outcome.simulated_seconds / row.ideal,
+                row.outcome.simulated_seconds / baseline,
+            )
+        table.notes.extend(goal_notes(rows))
+        print(f"  measured: {scenario.name}", flush=True)
+    table.notes.append("ideal: list scheduling on min(max_concurrency, cap) slots within the submission window")
     table.print()
     return [table]
 
 
 def main() -> None:
     quick = parse_quick_flag(__doc__ or "")
-    asyncio.run(run(quick))
+    words = [word for word in os.environ.get("PIXVERSE_BENCH_SCENARIOS", "").split(",") if word]
+    asyncio.run(run(quick, (lambda scenario: any(word in scenario.name for word in words)) if words else None))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ async with PixVerseClient() as client:
     await client.download(result, "cat.mp4")
 """
 
+from ._budget import RateLimits
 from ._bulk import AsCompleted, BatchCounts, EventKind, JobEvent, JobResult
 from ._client import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, PixVerseClient
 from ._clock import Clock, SystemClock
@@ -69,6 +70,7 @@ __all__ = [
     "PixVerseError",
     "PollPolicy",
     "RateLimitError",
+    "RateLimits",
     "Resolution",
     "RetryPolicy",
     "ServerError",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self, final
 import anyio
 import attrs
 
+from ._budget import Slot
 from ._exceptions import (
     AuthenticationError,
     InsufficientBalanceError,
@@ -270,44 +271,44 @@ class AsCompleted:
     async def _submitter(self, jobs: _JobSource) -> None:
         """Take the next job only when a running-task slot is free and the results are being read, so that
         memory stays flat however long the input."""
-        limiter = self._client._limiter
+        budget = self._client._budget
         backlog_limit = self._client.max_concurrency
         with anyio.CancelScope() as scope:
             wire_guard = WireGuard(scope=scope, stop=self._scope)
             while self._stop_error is None and not self._closed:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
-                await limiter.acquire()
+                slot = await budget.acquire()
                 if len(self._ready) >= backlog_limit:
                     # Results landed while this submitter waited for the slot: nobody is reading them.
-                    limiter.release()
+                    slot.release()
                     continue
                 try:
                     job = await jobs.next()
                 except BaseException:
-                    limiter.release()
+                    slot.release()
                     raise
                 if job is _EXHAUSTED or self._stop_error is not None:
-                    limiter.release()
+                    slot.release()
                     return
-                await self._start_job(job, wire_guard)
+                await self._start_job(job, slot, wire_guard)
 
-    async def _start_job(self, job: Job | KeyedJob, wire_guard: WireGuard) -> None:
-        """Submit (or adopt) one job while holding a running-task slot, then hand it to the poller."""
+    async def _start_job(self, job: Job | KeyedJob, slot: Slot, wire_guard: WireGuard) -> None:
+        """Submit (or adopt) one job holding a running-task slot, then hand both to the poller."""
         key: Hashable = None
         if isinstance(job, tuple):
             pair: tuple[Any, ...] = job
             try:
                 key, job = _split_keyed(pair)
             except InvalidRequestError as error:
-                self._client._limiter.release()
+                slot.release()
                 self._deliver(pair[1] if len(pair) == 2 else pair, None, error)  # type: ignore[arg-type]
                 return
         elif isinstance(job, Task):
             key = job.key
         self.counts.submitting += 1
         try:
-            task_id = await self._submit(job, wire_guard, key)
+            task_id, slot = await self._submit(job, slot, wire_guard, key)
         except PixVerseError as error:
             if isinstance(error, AuthenticationError | InsufficientBalanceError):
                 self._stop_error = self._stop_error or error
@@ -322,25 +323,27 @@ class AsCompleted:
         self._emit(EventKind.SUBMITTED, job, task_id, key=key)
         if self._closed:
             # The answer of a submission already on the wire arrived after the run was left: keep the paid
-            # task in `unfinished`, but poll it no more.
+            # task in `unfinished`, but poll it no more (its slot stays taken while it may run).
             self._running[task_id] = (key, job)
-            self._client._limiter.release()
+            slot.release_when_ended()
             return
         deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
         waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id, key=key)
         self._running[task_id] = waiter
         if isinstance(job, ImageToVideo):
-            await self._state.poller.follow(task_id, waiter, holds_slot=True, kind=kind_of(job))
+            await self._state.poller.follow(task_id, waiter, slot=slot, kind=kind_of(job))
         else:  # resumed: submitted earlier, so its age here says nothing about how long tasks take
-            await self._state.poller.follow(task_id, waiter, holds_slot=True, learns=False)
+            await self._state.poller.follow(task_id, waiter, slot=slot, learns=False)
 
-    async def _submit(self, job: Job, wire_guard: WireGuard, key: Hashable) -> str:
+    async def _submit(self, job: Job, slot: Slot, wire_guard: WireGuard, key: Hashable) -> tuple[str, Slot]:
+        """The job's task id and the slot that stands for it; the slot is given back here on failure."""
         if isinstance(job, Task | str):
             task_id = job if isinstance(job, str) else job.task_id
             if not isinstance(task_id, str) or not task_id.strip():
-                self._client._limiter.release()
+                slot.release()
                 raise InvalidRequestError("task", f"a task id must be a non-empty str, not {task_id!r}")
-            return task_id
+            slot.adopted()
+            return task_id, slot
         try:
             if not isinstance(job, ImageToVideo):
                 raise InvalidRequestError(
@@ -355,13 +358,15 @@ class AsCompleted:
                 except Exception as error:
                     raise _SubmissionRefused(error) from error
         except BaseException:
-            self._client._limiter.release()
+            slot.release()
             raise
 
         def on_retry(attempt: int, error: PixVerseError) -> None:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt, key=key)
 
-        return await self._client._submit_holding_slot(self._state, job, body, on_retry=on_retry, wire_guard=wire_guard)
+        return await self._client._submit_holding_slot(
+            self._state, job, body, slot, on_retry=on_retry, wire_guard=wire_guard
+        )
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job

@@ -128,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--accept-field", action="append", dest="accept_fields", help="accept this undocumented field (repeatable)"
     )
+    simulate.add_argument(
+        "--submit-rate", type=_call_rate, metavar="N/SECONDS", help="at most N submissions per SECONDS per key"
+    )
+    simulate.add_argument(
+        "--poll-rate", type=_call_rate, metavar="N/SECONDS", help="at most N task-result calls per SECONDS per key"
+    )
+    simulate.add_argument(
+        "--random-429-rate", type=_fraction, default=0.0, help="share of calls answered 429 at random"
+    )
+    simulate.add_argument(
+        "--rate-limit-retry-after",
+        type=_positive_number,
+        default=None,
+        help="Retry-After of every simulated 429 (seconds)",
+    )
     return parser
 
 
@@ -153,6 +168,17 @@ def _positive_number(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
     return value
+
+
+def _call_rate(text: str) -> tuple[int, float]:
+    calls, _, seconds = text.partition("/")
+    try:
+        parsed = int(calls), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be N/SECONDS, e.g. 20/2") from None
+    if parsed[0] < 1 or not parsed[1] > 0:
+        raise argparse.ArgumentTypeError("must be N/SECONDS with N >= 1 and SECONDS > 0")
+    return parsed
 
 
 def _fraction(text: str) -> float:
@@ -271,7 +297,12 @@ def _status(path: Path, *, as_json: bool) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .testing import serve_forever
+    from .testing import CallRateLimit, serve_forever
+
+    retry_after = args.rate_limit_retry_after is not None
+
+    def call_rate(given: tuple[int, float] | None) -> CallRateLimit | None:
+        return None if given is None else CallRateLimit(given[0], per=given[1], retry_after=retry_after)
 
     options = {
         "api_keys": tuple(args.api_keys or ("sk-test",)),
@@ -284,6 +315,11 @@ def _simulate(args: argparse.Namespace) -> int:
         "progress": args.progress,
         "progress_step": args.progress_step,
         "accept_fields": tuple(args.accept_fields or ()),
+        "rate_limit_retry_after": args.rate_limit_retry_after,
+        "random_rate_limit": args.random_429_rate,
+        "random_rate_limit_retry_after": args.rate_limit_retry_after,
+        "submit_rate_limit": call_rate(args.submit_rate),
+        "poll_rate_limit": call_rate(args.poll_rate),
     }
     if args.duration is not None:
         options["duration"] = args.duration

@@ -33,6 +33,7 @@ import attrs
 import yarl
 from anyio.abc import TaskGroup
 
+from ._budget import LocalBudget, RateLimits, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
 from ._convert import encode_image, parse_task_result, request_body
@@ -54,7 +55,6 @@ from ._exceptions import (
 )
 from ._forecast import kind_of
 from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact, shorten
-from ._limiter import RunningTaskLimiter
 from ._models import (
     ImageToVideo,
     Task,
@@ -138,6 +138,7 @@ class PixVerseClient:
         timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen value
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen value
         polling: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
+        rate_limits: RateLimits = RateLimits(),  # noqa: B008 - frozen value
         image_as_data_uri: bool = False,
         webhook_url: str | None = None,
         allow_private_video_hosts: bool = True,
@@ -165,6 +166,8 @@ class PixVerseClient:
             check_instance("session", session, aiohttp.ClientSession)
             if (problem := _session_problem(session, checked)) is not None:
                 raise InvalidRequestError("session", problem)
+        if not isinstance(rate_limits, RateLimits):
+            raise InvalidRequestError("rate_limits", f"must be a RateLimits, not {type(rate_limits).__name__}")
         self._api_key = checked
         self.base_url = url
         self.max_concurrency = max_concurrency
@@ -172,13 +175,21 @@ class PixVerseClient:
         self.timeouts = timeouts
         self.retry = retry
         self.polling = polling
+        self.rate_limits = rate_limits
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
         self.allow_private_video_hosts = allow_private_video_hosts
         self.clock: Clock = clock if clock is not None else default_clock()
         self._given_session = session
         self._rng = random.Random()
-        self._limiter = RunningTaskLimiter(max_concurrency)
+        self._budget = LocalBudget(
+            max_concurrency,
+            limits=rate_limits,
+            max_polls_per_second=polling.max_polls_per_second,
+            clock=self.clock,
+            retry=retry,
+            rng=self._rng,
+        )
         self._open: _OpenState | None = None
         self._abandoned: list[Task] = []
 
@@ -208,7 +219,7 @@ class PixVerseClient:
                 clock=self.clock,
                 policy=self.polling,
                 retry=self.retry,
-                limiter=self._limiter,
+                pacer=self._budget.task_results,
                 rng=self._rng,
                 webhooks=self.webhook_url is not None,
             )
@@ -266,14 +277,14 @@ class PixVerseClient:
             raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
         state = self._state()
         body = await self._request_body(request)
-        await self._limiter.acquire()
+        slot = await self._budget.acquire()
         # Sent from the client's own task, so that the caller can be cancelled at once (by anyio or asyncio)
         # while a request already on the wire still gets its answer: see `abandoned_tasks`.
         submission = _Submission(request)
         try:
-            state.background.start_soon(self._submit_for, state, body, submission, name="pixverse-submit")
+            state.background.start_soon(self._submit_for, state, body, submission, slot, name="pixverse-submit")
         except BaseException:
-            self._limiter.release()
+            slot.release()
             raise
         try:
             await submission.answered.wait()
@@ -286,14 +297,14 @@ class PixVerseClient:
             raise ClientClosedError("the client was closed before the submission was sent")
         return submission.task
 
-    async def _submit_for(self, state: _OpenState, body: object, submission: _Submission) -> None:
+    async def _submit_for(self, state: _OpenState, body: object, submission: _Submission, slot: Slot) -> None:
         """`submit()`'s request, holding the slot its caller took; never raises into the client's tasks."""
         try:
             with submission.stop, anyio.CancelScope() as scope:
-                task_id = await self._submit_holding_slot(
-                    state, submission.request, body, wire_guard=WireGuard(scope=scope, stop=submission.stop)
+                task_id, slot = await self._submit_holding_slot(
+                    state, submission.request, body, slot, wire_guard=WireGuard(scope=scope, stop=submission.stop)
                 )
-                state.poller.track(task_id, holds_slot=True, kind=kind_of(submission.request))
+                state.poller.track(task_id, slot=slot, kind=kind_of(submission.request))
                 submission.task = Task(task_id=task_id, request=submission.request)
                 if submission.stop.cancel_called:
                     self._abandoned.append(submission.task)
@@ -328,21 +339,28 @@ class PixVerseClient:
         state: _OpenState,
         request: ImageToVideo,
         body: object,
+        slot: Slot,
         *,
         on_retry: RetryCallback | None = None,
         wire_guard: WireGuard | None = None,
-    ) -> str:
-        """Submit with one running-task slot already taken, and return the new task's id.
+    ) -> tuple[str, Slot]:
+        """Submit holding a running-task slot; return the new task's id and the slot that now stands for it.
 
-        On success the slot stays taken: the poller gives it back when the task ends. On failure it is given
-        back here. With a `wire_guard` (see there), leaving waits for the answer of a request on the wire, so
-        that a task the server created is not lost, and sends no new one.
+        The slot is this call's from here on: on success it is returned, accepted, for the poller to give
+        back when the task ends (a 429 gives it back and a retry takes another, hence the return); on failure
+        it is given back here, and kept until the task could have ended when the answer was lost. With a
+        `wire_guard` (see there), leaving waits for the answer of a request on the wire, so that a task the
+        server created is not lost, and sends no new one. Submissions are paced by the budget.
         """
+        budget = self._budget
         attempt = 0
         while True:
             attempt += 1
+            on_wire = False
             try:
+                await budget.submissions.wait(self.clock)
                 if wire_guard is None:
+                    on_wire = True
                     response = await state.transport.send("POST", SUBMIT_PATH, body=body)
                 else:
                     if wire_guard.stop.cancel_called:
@@ -350,30 +368,38 @@ class PixVerseClient:
                         # caller left): hear it now, before anything is sent.
                         await anyio.lowlevel.checkpoint_if_cancelled()
                     wire_guard.scope.shield = True
+                    on_wire = True
                     try:
                         response = await state.transport.send("POST", SUBMIT_PATH, body=body)
                     finally:
                         wire_guard.scope.shield = False
                 if response.status == 200:
                     task_id = _task_id_from(response)
-                    self._limiter.on_accepted()
-                    return task_id
+                    slot.accepted()
+                    return task_id, slot
                 error: PixVerseError = state.transport.status_error(response)
                 del response  # its body may echo the key: not a local of a frame in the traceback
             except RequestNotSent as failure:
                 error = failure.error
             except (AnswerLost, APIResponseError) as failure:
-                self._limiter.release()
+                slot.release_when_ended()
                 cause = failure.error if isinstance(failure, AnswerLost) else failure
                 raise SubmissionUncertainError(request, cause) from cause
             except BaseException:
-                self._limiter.release()
+                # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
+                if on_wire:
+                    slot.release_when_ended()
+                else:
+                    slot.release()
                 raise
+            wait_for_a_slot = False
             if isinstance(error, RateLimitError):
-                self._limiter.on_rate_limited()
-            self._limiter.release()
-            if isinstance(error, ServerError):
+                wait_for_a_slot = slot.refused(error.retry_after)
+            elif isinstance(error, ServerError):
+                slot.release_when_ended()
                 raise SubmissionUncertainError(request, error) from error
+            else:
+                slot.release()
             if not isinstance(error, RateLimitError | APIConnectionError):
                 raise error
             retry_after = error.retry_after if isinstance(error, RateLimitError) else None
@@ -383,9 +409,9 @@ class PixVerseClient:
             if on_retry is not None:
                 on_retry(attempt, error)
             # At the account's cap after a 429, waiting for a running task to end is the backoff.
-            if retry_after is not None or not (isinstance(error, RateLimitError) and self._limiter.saturated):
+            if retry_after is not None or not wait_for_a_slot:
                 await self.clock.sleep(delay)
-            await self._limiter.acquire()
+            slot = await budget.acquire()
 
     def as_completed(
         self,
@@ -419,7 +445,19 @@ class PixVerseClient:
         """Poll a task once (retrying transient failures) and return what the server says now."""
         task_id = _task_id_of(task)
         transport = self._state().transport
-        return await self._retrying(lambda: _fetch_task_once(transport, task_id))
+        pacer, clock = self._budget.task_results, self.clock
+
+        async def paced_once() -> TaskResult:
+            await pacer.wait(clock)
+            try:
+                result = await _fetch_task_once(transport, task_id)
+            except RateLimitError as error:
+                pacer.refused(clock.now(), error.retry_after)
+                raise
+            pacer.accepted()
+            return result
+
+        return await self._retrying(paced_once)
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run an idempotent call (a poll, a download), retrying connection errors, timeouts, garbled answers,

@@ -3,11 +3,13 @@
 A pending task is a small slotted record in a heap ordered by next-poll time, not a coroutine: one loop pops
 the tasks that are due, polls them (bounded in flight and in rate, across the whole client), and files each
 back with its next time, which comes from the server's hints (`eta`, else `progress_percent` and the task's
-age, else the age alone), with jitter, a floor and a cap. A 429 on a poll pauses every poll, not just one
-task's. Nobody is polled after it is known to be terminal. Waiters (`wait()`, `as_completed()`) attach
+age, else the age alone), with jitter, a floor and a cap. Polls are paced by the budget's task-result pacer
+(see `_budget.py`): a lone 429 delays its task's poll, a second in a row pauses every poll and slows them
+down. Nobody is polled after it is known to be terminal. Waiters (`wait()`, `as_completed()`) attach
 waiters with an optional deadline; a task nobody waits for is still polled until it ends when it holds one
-of the client's running-task slots, so that the slot is given back. A first poll due at once, right after a
-submission, is made by the submitting task itself (`follow`), under the same limits.
+of the client's running-task slots (a `Slot`), so that the slot is given back when the task ends. A first
+poll due at once, right after a submission, is made by the submitting task itself (`follow`), under the
+same limits.
 """
 
 from __future__ import annotations
@@ -24,19 +26,20 @@ import anyio.abc
 import attrs
 from anyio.abc import TaskGroup
 
+from ._budget import Pacer, Slot
 from ._clock import Clock
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
     APIStatusError,
     ClientClosedError,
+    NotFoundError,
     PixVerseError,
     RateLimitError,
     ServerError,
     TaskTimeoutError,
 )
 from ._forecast import Evidence, Forecaster, Kind
-from ._limiter import RunningTaskLimiter
 from ._models import TaskResult
 from ._retry import RetryPolicy
 from ._validation import count, number
@@ -66,7 +69,9 @@ class PollPolicy:
     sigma) are the prior a new client starts from, before any task has ended. No task is polled again
     sooner than `min_interval` after its last poll, or later than `max_interval`. Jitter (`jitter` of the
     wait) only ever makes a poll earlier, never later than planned and never before the likely finish.
-    `max_polls_per_second` bounds the whole client's poll rate; `max_polls_in_flight` its concurrent polls.
+    `max_polls_per_second` caps the whole client's poll rate (a token bucket of one second's polls, applied
+    with `RateLimits.polls_per_minute` and the rate learnt from 429s); `max_polls_in_flight` its concurrent
+    polls.
 
     With webhooks on (`PixVerseClient(webhook_url=...)`), polls are a fallback for lost deliveries: a task
     is polled when, by the learnt durations, it would have ended with chance `1 - webhook_tail` (shortly
@@ -122,7 +127,8 @@ class PendingTask(Evidence):
     """One followed task: its hints (`Evidence`) and its place in the poller's heap."""
 
     task_id: str = attrs.field(kw_only=True)
-    holds_slot: bool = attrs.field(kw_only=True)
+    #: The running-task slot this task holds until it ends (None: it holds none).
+    slot: Slot | None = attrs.field(kw_only=True)
     #: Submitted by this client just now: its age is its real age, so its end teaches the forecaster.
     learns: bool = attrs.field(default=True, kw_only=True)
     waiters: tuple[Waiter, ...] = attrs.field(default=(), kw_only=True)
@@ -145,7 +151,7 @@ class Poller:
         clock: Clock,
         policy: PollPolicy,
         retry: RetryPolicy,
-        limiter: RunningTaskLimiter,
+        pacer: Pacer,
         rng: random.Random,
         webhooks: bool = False,
         keep_unclaimed: int = 1024,
@@ -154,7 +160,7 @@ class Poller:
         self._clock = clock
         self._policy = policy
         self._retry = retry
-        self._limiter = limiter
+        self._pacer = pacer
         self._rng = rng
         self.forecaster = Forecaster(prior_median=policy.expected_duration, prior_sigma=policy.duration_spread)
         self._keep_unclaimed = keep_unclaimed
@@ -163,10 +169,6 @@ class Poller:
         self._heap: list[tuple[float, int, PendingTask]] = []
         self._sequence = 0
         self._in_flight = 0
-        self._paused_until = 0.0
-        self._rate_limit_strikes = 0
-        self._tokens = 1.0
-        self._tokens_at = 0.0
         self._wake_scope: anyio.CancelScope | None = None
         # When the sleeping loop next looks at the heap by itself (clock time); inf while it waits on a poll
         # slot. Waking it costs a cancellation, so it is woken only for what comes before that.
@@ -184,13 +186,14 @@ class Poller:
     def polls_in_flight(self) -> int:
         return self._in_flight
 
-    def track(self, task_id: str, *, holds_slot: bool, kind: Kind = None) -> None:
-        """Start following a task this client just submitted; `kind` groups tasks of alike durations."""
-        pending = self._add(task_id, self._clock.now(), holds_slot, kind)
+    def track(self, task_id: str, *, slot: Slot | None, kind: Kind = None) -> None:
+        """Start following a task this client just submitted (holding its slot until it ends); `kind` groups
+        tasks of alike durations."""
+        pending = self._add(task_id, self._clock.now(), slot, kind)
         self._schedule(pending, self._first_due(pending), planned=True)
 
     async def follow(
-        self, task_id: str, waiter: Waiter, *, holds_slot: bool, kind: Kind = None, learns: bool = True
+        self, task_id: str, waiter: Waiter, *, slot: Slot | None, kind: Kind = None, learns: bool = True
     ) -> None:
         """Start following a task this client just submitted, with its first waiter.
 
@@ -199,12 +202,12 @@ class Poller:
         """
         if self._closed or task_id in self._pending or task_id in self._unclaimed:
             # A resumed task that is already followed (a wait() on it) or has ended: share what is there.
-            if holds_slot:
-                self._take_over_slot(task_id)
+            if slot is not None:
+                self._take_over_slot(task_id, slot)
             self.watch(task_id, waiter)
             return
         now = self._clock.now()
-        pending = self._add(task_id, now, holds_slot, kind)
+        pending = self._add(task_id, now, slot, kind)
         pending.learns = learns
         pending.waiters = (waiter,)
         first = self._first_due(pending)
@@ -221,16 +224,16 @@ class Poller:
                 # Cancelled mid-poll: whoever still needs the task gets it polled by the loop.
                 self._schedule(pending, self._clock.now())
 
-    def _take_over_slot(self, task_id: str) -> None:
+    def _take_over_slot(self, task_id: str, slot: Slot) -> None:
         """The caller took a running-task slot for a task this poller already knows: the task keeps one."""
         pending = self._pending.get(task_id)
-        if pending is not None and not pending.holds_slot and not pending.done:
-            pending.holds_slot = True
+        if pending is not None and pending.slot is None and not pending.done:
+            pending.slot = slot
         else:
-            self._limiter.release()
+            slot.release()
 
-    def _add(self, task_id: str, now: float, holds_slot: bool, kind: Kind) -> PendingTask:
-        pending = PendingTask(now, kind, task_id=task_id, holds_slot=holds_slot)
+    def _add(self, task_id: str, now: float, slot: Slot | None, kind: Kind) -> PendingTask:
+        pending = PendingTask(now, kind, task_id=task_id, slot=slot)
         self._pending[task_id] = pending
         return pending
 
@@ -287,7 +290,7 @@ class Poller:
         now = self._clock.now()
         if pending is None:
             # Not submitted here: its age is unknown, so its end teaches the forecaster nothing.
-            pending = PendingTask(now, None, task_id=task_id, holds_slot=False, learns=False)
+            pending = PendingTask(now, None, task_id=task_id, slot=None, learns=False)
             self._pending[task_id] = pending
             self._schedule(pending, now)
         pending.waiters += (waiter,)
@@ -304,17 +307,18 @@ class Poller:
         self._drop_if_unneeded(pending)
 
     def abandon(self, task_id: str, waiter: Waiter) -> None:
-        """The waiter's owner is gone for good: stop polling the task even if it holds a slot, and free it.
+        """The waiter's owner is gone for good: stop polling the task even if it holds a slot.
 
-        The task may still run on the server; its slot is given back because nobody will poll it again.
+        The task may still run on the server, and nobody will see it end: its slot is freed once it could
+        have ended (`Slot.release_when_ended`).
         """
         pending = self._pending.get(task_id)
         if pending is None or waiter not in pending.waiters:
             return
         pending.waiters = tuple(other for other in pending.waiters if other is not waiter)
-        if pending.holds_slot and not pending.waiters:
-            pending.holds_slot = False
-            self._limiter.release()
+        if pending.slot is not None and not pending.waiters:
+            slot, pending.slot = pending.slot, None
+            slot.release_when_ended()
         self._drop_if_unneeded(pending)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -374,11 +378,9 @@ class Poller:
             if self._in_flight >= self._policy.max_polls_in_flight:
                 self._waiting_for_slot = True  # a finishing poll wakes the loop
                 return math.inf
-            if self._paused_until > now:
-                return self._paused_until - now
-            wait_for_token = self._take_token(now)
-            if wait_for_token > 0:
-                return wait_for_token
+            wait_for_turn = self._pacer.delay(now)
+            if wait_for_turn > 0:
+                return wait_for_turn
             heapq.heappop(self._heap)
             self._claim(pending)
             polls.start_soon(self._poll, pending)
@@ -413,26 +415,15 @@ class Poller:
                 self._schedule(pending, due, planned=True)
 
     def _may_start_poll(self, now: float) -> bool:
-        """Whether a poll may start now (in flight, 429 pause, rate), taking a rate token if so."""
-        if self._in_flight >= self._policy.max_polls_in_flight or self._paused_until > now:
+        """Whether a poll may start now (in flight, the pacer's turn), taking the turn if so."""
+        if self._in_flight >= self._policy.max_polls_in_flight:
             return False
-        return self._take_token(now) == 0
+        return self._pacer.delay(now) == 0
 
     def _claim(self, pending: PendingTask) -> None:
         pending.due = math.inf  # any heap entry of it is stale from now on
         pending.in_flight = True
         self._in_flight += 1
-
-    def _take_token(self, now: float) -> float:
-        rate = self._policy.max_polls_per_second
-        if rate is None:
-            return 0.0
-        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            return (1.0 - self._tokens) / rate
-        self._tokens -= 1.0
-        return 0.0
 
     async def _poll(self, pending: PendingTask) -> None:
         try:
@@ -444,7 +435,7 @@ class Poller:
         except APIStatusError as error:
             self._finish(pending, error)
         else:
-            self._rate_limit_strikes = 0
+            self._pacer.accepted()
             pending.failures = 0
             self._on_poll_result(pending, result)
         finally:
@@ -472,14 +463,9 @@ class Poller:
             self._schedule(pending, capped, planned=capped == due)
 
     def _on_poll_rate_limited(self, pending: PendingTask, error: RateLimitError) -> None:
-        # The API is telling the whole key to slow down: pause every poll, not just this task's.
-        self._rate_limit_strikes += 1
-        pause = error.retry_after
-        if pause is None:
-            pause = self._retry.backoff(self._rate_limit_strikes, self._rng)
+        # The pacer tells a busy router's lone 429 (this task waits) from a rate limit (every poll pauses).
         now = self._clock.now()
-        self._paused_until = max(self._paused_until, now + pause)
-        self._schedule(pending, self._paused_until)
+        self._schedule(pending, now + self._pacer.refused(now, error.retry_after))
 
     def _on_poll_transient_error(self, pending: PendingTask, error: PixVerseError) -> None:
         pending.failures += 1
@@ -507,7 +493,7 @@ class Poller:
         return min([due, *deadlines])
 
     def _drop_if_unneeded(self, pending: PendingTask) -> bool:
-        if pending.waiters or pending.holds_slot or pending.done:
+        if pending.waiters or pending.slot is not None or pending.done:
             return pending.done
         pending.done = True
         self._pending.pop(pending.task_id, None)
@@ -522,9 +508,13 @@ class Poller:
             ended = forecaster.ended
             if ended >= _REPLAN_FROM and ended & (ended - 1) == 0:  # 8, 16, 32...: the model changed a lot
                 self._replan_all()
-        if pending.holds_slot:
-            pending.holds_slot = False
-            self._limiter.release()
+        if pending.slot is not None:
+            slot, pending.slot = pending.slot, None
+            # Seen to end, or unknown to the API: the slot is free. Given up on (errors): it may still run.
+            if isinstance(outcome, TaskResult | NotFoundError):
+                slot.release()
+            else:
+                slot.release_when_ended()
         if not pending.waiters and isinstance(outcome, TaskResult):
             self._unclaimed[pending.task_id] = outcome
             while len(self._unclaimed) > self._keep_unclaimed:

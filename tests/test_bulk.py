@@ -406,35 +406,38 @@ async def test_first_polls_made_right_after_submitting_respect_the_poll_limits()
     assert 2 <= server.peak <= 3
 
 
-async def test_a_429_on_polls_pauses_every_poll() -> None:
+async def test_a_lone_429_on_a_poll_delays_its_task_and_three_in_a_row_pause_every_poll() -> None:
     clock = ScaledClock(SCALE)
-    poll_times: list[float] = []
-    rate_limited_at: list[float] = []
+    polls: list[tuple[float, str]] = []
+    refused: list[tuple[float, str]] = []
 
     async def handler(request: web.Request) -> web.Response:
         if request.method == "POST":
             handler.count += 1  # type: ignore[attr-defined]
             return web.json_response({"task_id": f"t{handler.count}"})  # type: ignore[attr-defined]
-        now = clock.now()
-        poll_times.append(now)
-        if not rate_limited_at and len(poll_times) >= 3:
-            rate_limited_at.append(now)
+        now, task_id = clock.now(), request.query["task_id"]
+        polls.append((now, task_id))
+        if len(polls) in (3, 6, 7, 8):  # a lone 429, then three in a row
+            refused.append((now, task_id))
             return web.json_response(
                 {"code": 429, "reason": "RATE_LIMIT_EXCEEDED"}, status=429, headers={"Retry-After": "20"}
             )
-        finished = len(poll_times) > 12
+        finished = len(polls) > 14
         status = "TASK_STATUS_SUCCEED" if finished else "TASK_STATUS_PROCESSING"
-        return web.json_response({"task": {"task_id": request.query["task_id"], "status": status, "eta": 1}})
+        return web.json_response({"task": {"task_id": task_id, "status": status, "eta": 1}})
 
     handler.count = 0  # type: ignore[attr-defined]
-    # One poll in flight at a time, so that no poll was already on its way when the 429 came back.
+    # One poll in flight at a time, so that no poll was already on its way when a 429 came back.
     policy = PollPolicy(first_poll_after=0, min_interval=1, max_polls_per_second=None, max_polls_in_flight=1)
     async with tiny_server(handler) as url:
         async with PixVerseClient(KEY, base_url=url, clock=clock, polling=policy) as client:
             await collect(client, jobs(5))
-    (paused_at,) = rate_limited_at
-    during_pause = [round(t - paused_at, 3) for t in poll_times if paused_at < t < paused_at + 20]
-    assert during_pause == [], "polls went on during a 429 pause"
+    (lone_at, lone_task), _, _, (third_at, _) = refused
+    after_lone = [task for at, task in polls if lone_at < at < lone_at + 20]
+    assert after_lone, "a lone 429 (a busy router answers some at random) paused every poll"
+    assert lone_task not in after_lone, "the task whose poll was refused was polled before its Retry-After"
+    during_pause = [round(at - third_at, 3) for at, _ in polls if third_at < at < third_at + 20]
+    assert during_pause == [], "polls went on after three 429s in a row (a rate limit)"
 
 
 async def test_bad_arguments_are_rejected_before_anything_runs() -> None:

@@ -23,6 +23,8 @@ Submit: ``POST /v3/async/pixverse-v4.5-i2v``
 
     1. ``Authorization: Bearer <key>``: missing, not Bearer, or empty -> 400 ``MISSING_API_KEY``;
        a key not in ``api_keys`` -> 403 ``INVALID_API_KEY``.
+       Then the router's call limits, before the body is looked at (see Rate limits): ``submit_rate_limit``,
+       then ``random_rate_limit``. A call refused there creates nothing.
     2. The body: ``Content-Type`` other than ``application/json``, invalid JSON, not an object, an unknown top-level
        key (only ``extra`` is allowed beyond the documented fields), a missing, wrong-typed or out-of-range field ->
        400 ``INVALID_REQUEST_BODY``. The real API's answer to fields it does not document is not documented;
@@ -59,7 +61,8 @@ Submit: ``POST /v3/async/pixverse-v4.5-i2v``
     until an earlier one ends, first come first served, and then runs for its whole duration.
 
 Poll: ``GET /v3/async/task-result?task_id=<id>``
-    Same authentication. No ``task_id`` -> 400 ``INVALID_REQUEST_BODY``; an unknown task or one created with
+    Same authentication, then ``poll_rate_limit`` and ``random_rate_limit``. No ``task_id`` -> 400
+    ``INVALID_REQUEST_BODY``; an unknown task or one created with
     another key -> 404 ``TASK_NOT_FOUND``. The answer has the real API's shape: ``extra.seed`` (the
     submitted seed, or a random one, as a string), ``extra.debug_info`` (times in simulated epoch
     milliseconds, as strings, empty until reached), ``task.eta``, ``task.progress_percent`` (see Hints),
@@ -133,12 +136,34 @@ Webhooks
     ``"webhook"`` act on chosen deliveries (see :class:`Fault`). An injected fault takes precedence over the
     drop rate, which applies to the deliveries no fault was taken for.
 
+Rate limits
+    A router answers 429 ``RATE_LIMIT_EXCEEDED`` for two reasons that its body does not tell apart; the
+    simulator models both, per API key, and ``counters.rate_limited_by`` says which one answered each 429:
+
+    - ``"running_cap"``: ``max_running_per_key`` tasks are not yet terminal (step 5 of Submit), with
+      ``Retry-After`` only if ``rate_limit_retry_after`` is set.
+    - ``"submit_rate"`` / ``"poll_rate"``: ``submit_rate_limit`` / ``poll_rate_limit``, each a
+      :class:`CallRateLimit` ``(calls, per, window="sliding" | "fixed", retry_after=True)``: at most ``calls``
+      calls of that endpoint per ``per`` simulated seconds. ``"sliding"`` counts the calls of the last ``per``
+      seconds; ``"fixed"`` counts them in consecutive windows of ``per`` seconds from the simulator's start.
+      Only calls let through count (a refused call does not use up the window). With ``retry_after`` the 429
+      carries ``Retry-After``: the seconds until a call would be let through, rounded up.
+    - ``"random"``: ``random_rate_limit`` answers any submit or poll 429 with that probability (a busy
+      router), with ``Retry-After: <random_rate_limit_retry_after>`` if that is set.
+    - ``"fault"``: an injected or random ``rate_limit`` fault.
+
+    Random draws (``random_rate_limit`` and ``random_faults``) come from an RNG of their own, derived from
+    ``seed``, so that they do not shift task ids or durations.
+
 Faults
     ``sim.inject(Fault(endpoint, kind, times=1, ...))`` makes the next ``times`` requests to ``endpoint``
     ("submit", "poll" or "video"), or the next ``times`` webhook deliveries ("webhook"), misbehave; faults
     are consumed in the order injected, whatever the request holds. A webhook fault is taken when a delivery
     first falls due (once per delivery, not per attempt). See :class:`Fault` for each kind.
-    ``sim.clear_faults()`` drops those not yet used.
+    ``sim.clear_faults()`` drops those not yet used. ``random_faults=[(Fault("poll", "server_error"), 0.05)]``
+    makes each request to that endpoint misbehave so with that probability (the fault's ``times`` is
+    ignored), when no injected fault is pending for it; the entries of an endpoint are drawn in turn and the
+    first that strikes wins.
 
 Counters
     ``sim.counters`` (:class:`SimCounters`) tells what happened; ``sim.reset_counters()`` replaces it with a
@@ -181,6 +206,7 @@ __all__ = [
     "WEBHOOK_EVENT_TYPE",
     "WEBHOOK_RETRY_DELAYS",
     "WEBHOOK_TIMEOUT",
+    "CallRateLimit",
     "EtaMode",
     "Fault",
     "FaultEndpoint",
@@ -252,6 +278,8 @@ _WEBHOOK_FAULT_KINDS: Final = frozenset({"drop", "duplicate"})
 
 # Where an error answer keeps its reason until it is counted as sent.
 _REASON: Final = web.ResponseKey("reason", str)
+# Where a 429 keeps the limit that answered it (see SimCounters.rate_limited_by).
+_LIMITED_BY: Final = web.ResponseKey("limited_by", str)
 
 _NGINX_502_PAGE: Final = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -352,6 +380,49 @@ class Fault:
 
 
 @attrs.frozen
+class CallRateLimit:
+    """A router's call-rate limit on one endpoint, per key: at most ``calls`` calls per ``per`` simulated s.
+
+    ``window`` is "sliding" (any ``per`` seconds) or "fixed" (consecutive windows of ``per`` seconds);
+    ``retry_after`` says whether its 429s carry a ``Retry-After`` header. See the module documentation.
+    """
+
+    calls: int = attrs.field(validator=attrs.validators.ge(1))
+    per: float = attrs.field(validator=attrs.validators.gt(0.0))
+    window: Literal["sliding", "fixed"] = attrs.field(
+        default="sliding", validator=attrs.validators.in_(("sliding", "fixed"))
+    )
+    retry_after: bool = True
+
+
+@attrs.define
+class _CallWindow:
+    """The calls one key made to one endpoint that count against a :class:`CallRateLimit`."""
+
+    times: collections.deque[float] = attrs.Factory(collections.deque)
+    fixed_window: int = -1
+    fixed_count: int = 0
+
+    def refuse(self, limit: CallRateLimit, now: float, origin: float) -> float | None:
+        """Seconds until a call would be let through, or None: the call is let through and counted."""
+        if limit.window == "fixed":
+            index = math.floor((now - origin) / limit.per)
+            if index != self.fixed_window:
+                self.fixed_window, self.fixed_count = index, 0
+            if self.fixed_count >= limit.calls:
+                return max(0.0, origin + (index + 1) * limit.per - now)
+            self.fixed_count += 1
+            return None
+        times = self.times
+        while times and times[0] <= now - limit.per:
+            times.popleft()
+        if len(times) >= limit.calls:
+            return max(0.0, times[0] + limit.per - now)
+        times.append(now)
+        return None
+
+
+@attrs.frozen
 class SubmittedImage:
     """What a task's ``image`` field held, kept instead of the (possibly megabytes of) base64 text."""
 
@@ -432,6 +503,8 @@ class SimCounters:
     key_leaks_to_video_host: int = 0
     #: 429 answers sent, from ``max_running_per_key`` and from ``rate_limit`` faults, on any endpoint.
     rate_limited: int = 0
+    #: The same 429s by the limit that answered: "running_cap", "submit_rate", "poll_rate", "random", "fault".
+    rate_limited_by: collections.Counter[str] = attrs.Factory(collections.Counter)
     #: JSON error answers sent by the API site, by ``reason`` (fault answers included).
     errors_by_reason: collections.Counter[str] = attrs.Factory(collections.Counter)
     #: Peak number of non-terminal tasks per API key, measured right after each task creation.
@@ -634,6 +707,11 @@ class Simulator:
     plan: Callable[[Mapping[str, Any]], TaskPlan | None] | None
     max_running_per_key: int | None
     rate_limit_retry_after: float | None
+    submit_rate_limit: CallRateLimit | None
+    poll_rate_limit: CallRateLimit | None
+    random_rate_limit: float
+    random_rate_limit_retry_after: float | None
+    random_faults: tuple[tuple[Fault, float], ...]
     balance: int | None
     video_ttl: float
     webhook_timeout: float
@@ -660,6 +738,10 @@ class Simulator:
     # Per-task eta factors (eta="noisy"), drawn apart from ``_rng`` so that they shift no ids or durations.
     _hint_rng: random.Random
     _faults: list[_PendingFault]
+    # Per (key, endpoint): the calls counted against a CallRateLimit.
+    _call_windows: dict[tuple[str, str], _CallWindow]
+    # Random 429s and random faults: kept apart from ``_rng`` so that they do not shift task ids and durations.
+    _chaos_rng: random.Random
     _runners: list[web.AppRunner]
     _base_url: str | None
     _video_base_url: str | None
@@ -691,6 +773,11 @@ class Simulator:
         plan: Callable[[Mapping[str, Any]], TaskPlan | None] | None = None,
         max_running_per_key: int | None = None,
         rate_limit_retry_after: float | None = None,
+        submit_rate_limit: CallRateLimit | None = None,
+        poll_rate_limit: CallRateLimit | None = None,
+        random_rate_limit: float = 0.0,
+        random_rate_limit_retry_after: float | None = None,
+        random_faults: Collection[tuple[Fault, float]] = (),
         balance: int | None = None,
         video_ttl: float = 3600.0,
         webhook_timeout: float = WEBHOOK_TIMEOUT,
@@ -715,6 +802,12 @@ class Simulator:
         :param plan: per-submission override from the JSON body; ``None`` from it means the defaults.
         :param max_running_per_key: at most this many non-terminal tasks per key; more answers 429.
         :param rate_limit_retry_after: ``Retry-After`` (simulated s) on those 429s; ``None``: no header.
+        :param submit_rate_limit: a :class:`CallRateLimit` on submissions per key (see Rate limits).
+        :param poll_rate_limit: a :class:`CallRateLimit` on task-result calls per key.
+        :param random_rate_limit: probability that any submit or poll is answered 429 (a busy router).
+        :param random_rate_limit_retry_after: ``Retry-After`` (simulated s) on those; ``None``: no header.
+        :param random_faults: ``(fault, probability)`` pairs: each request to ``fault.endpoint`` misbehaves
+            like ``fault`` with that probability (see Faults).
         :param balance: number of tasks each key can pay for; more answers 400 BILLING_BALANCE_NOT_ENOUGH.
         :param video_ttl: simulated seconds a signed video URL stays valid.
         :param webhook_timeout: simulated seconds a webhook receiver has to answer 2xx (the API's 5 by
@@ -741,6 +834,17 @@ class Simulator:
             raise ValueError(f"max_running_per_key must be >= 0, got {max_running_per_key}")
         if balance is not None and balance < 0:
             raise ValueError(f"balance must be >= 0, got {balance}")
+        if not 0.0 <= random_rate_limit <= 1.0:
+            raise ValueError(f"random_rate_limit must be in [0, 1], got {random_rate_limit}")
+        for limit in (submit_rate_limit, poll_rate_limit):
+            if limit is not None and not isinstance(limit, CallRateLimit):
+                raise TypeError(f"a call-rate limit must be a CallRateLimit, not {type(limit).__name__}")
+        chaos = tuple(random_faults)
+        for entry in chaos:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Fault)):
+                raise TypeError(f"random_faults takes (Fault, probability) pairs, not {entry!r}")
+            if entry[0].endpoint == "webhook" or not 0.0 <= entry[1] <= 1.0:
+                raise ValueError(f"random_faults: a submit/poll/video fault and a probability in [0, 1], not {entry!r}")
         if video_ttl <= 0:
             raise ValueError(f"video_ttl must be > 0, got {video_ttl}")
         if webhook_timeout <= 0:
@@ -771,6 +875,11 @@ class Simulator:
             plan=plan,
             max_running_per_key=max_running_per_key,
             rate_limit_retry_after=rate_limit_retry_after,
+            submit_rate_limit=submit_rate_limit,
+            poll_rate_limit=poll_rate_limit,
+            random_rate_limit=random_rate_limit,
+            random_rate_limit_retry_after=random_rate_limit_retry_after,
+            random_faults=chaos,
             balance=balance,
             video_ttl=video_ttl,
             webhook_timeout=webhook_timeout,
@@ -793,6 +902,8 @@ class Simulator:
             processing_free_at={},
             hint_rng=random.Random(f"hints:{seed}") if seed is not None else random.Random(),
             faults=[],
+            call_windows={},
+            chaos_rng=random.Random(f"chaos:{seed}") if seed is not None else random.Random(),
             runners=[],
             base_url=None,
             video_base_url=None,
@@ -932,7 +1043,7 @@ class Simulator:
 
     def _take_fault(self, endpoint: FaultEndpoint) -> Fault | None:
         if not self._faults:  # the common case, kept cheap
-            return None
+            return self._random_fault(endpoint) if self.random_faults else None
         for index, pending in enumerate(self._faults):
             if pending.fault.endpoint == endpoint:
                 pending.remaining -= 1
@@ -940,7 +1051,35 @@ class Simulator:
                     del self._faults[index]
                 self.counters.faults_applied[f"{endpoint}:{pending.fault.kind}"] += 1
                 return pending.fault
+        return self._random_fault(endpoint) if self.random_faults else None
+
+    def _random_fault(self, endpoint: FaultEndpoint) -> Fault | None:
+        for fault, probability in self.random_faults:
+            if fault.endpoint == endpoint and self._chaos_rng.random() < probability:
+                self.counters.faults_applied[f"{endpoint}:{fault.kind}"] += 1
+                return fault
         return None
+
+    def _call_limit_answer(self, key: str, endpoint: str, limit: CallRateLimit | None) -> web.Response | None:
+        """The 429 of the router's call limits (rate window, then random), or None: the call goes on."""
+        if limit is not None:
+            window = self._call_windows.get((key, endpoint))
+            if window is None:
+                window = self._call_windows[(key, endpoint)] = _CallWindow()
+            wait = window.refuse(limit, self.now(), self._clock_origin_sim)
+            if wait is not None:
+                headers = _retry_after_header(wait) if limit.retry_after else {}
+                message = f"too many {endpoint} calls: at most {limit.calls} per {limit.per:g} s per key"
+                return self._rate_limited(f"{endpoint}_rate", message, headers)
+        if self.random_rate_limit and self._chaos_rng.random() < self.random_rate_limit:
+            headers = _retry_after_header(self.random_rate_limit_retry_after)
+            return self._rate_limited("random", "rate limit exceeded (the router is busy)", headers)
+        return None
+
+    def _rate_limited(self, limited_by: str, message: str, headers: Mapping[str, str]) -> web.Response:
+        response = self._error(429, "RATE_LIMIT_EXCEEDED", message, headers)
+        response[_LIMITED_BY] = limited_by
+        return response
 
     async def _sleep(self, simulated_seconds: float) -> None:
         await asyncio.sleep(simulated_seconds * self.time_scale)
@@ -960,6 +1099,7 @@ class Simulator:
             self.counters.errors_by_reason[reason] += 1
         if response.status == 429:
             self.counters.rate_limited += 1
+            self.counters.rate_limited_by[response.get(_LIMITED_BY, "fault")] += 1
         return response
 
     def _fault_answer(self, fault: Fault, server_error_reason: str) -> web.Response | None:
@@ -1026,6 +1166,9 @@ class Simulator:
         key = self._authenticate(request)
         if isinstance(key, web.Response):
             return key, None
+        limited = self._call_limit_answer(key, "submit", self.submit_rate_limit)
+        if limited is not None:
+            return limited, None
         if request.content_type != "application/json":
             return self._error(400, "INVALID_REQUEST_BODY", "Content-Type must be application/json"), None
         raw = await request.read()
@@ -1048,7 +1191,7 @@ class Simulator:
         if self.max_running_per_key is not None and len(running) >= self.max_running_per_key:
             message = f"too many running tasks: at most {self.max_running_per_key} per key"
             headers = _retry_after_header(self.rate_limit_retry_after)
-            return self._error(429, "RATE_LIMIT_EXCEEDED", message, headers), None
+            return self._rate_limited("running_cap", message, headers), None
 
         task = self._create_task(key, body, image, now)
         if task.ends_at > now:
@@ -1142,6 +1285,9 @@ class Simulator:
         key = self._authenticate(request)
         if isinstance(key, web.Response):
             return key
+        limited = self._call_limit_answer(key, "poll", self.poll_rate_limit)
+        if limited is not None:
+            return limited
         if not task_id:
             return self._error(400, "INVALID_REQUEST_BODY", "task_id is required")
         task = self._tasks.get(task_id)
