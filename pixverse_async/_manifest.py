@@ -35,6 +35,8 @@ from ._models import ImageToVideo
 FIELDS = ("id", "prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DIGITS = re.compile(r"[0-9]+")
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 # The largest cell a valid row can need: a data URI of the largest image the API takes, with room to spare.
 MAX_CELL_CHARS = len("data:image/jpeg;base64,") + 4 * -(-MAX_IMAGE_BYTES // 3) + 4096
 _CSV_LIMIT_LOCK = threading.Lock()  # csv.field_size_limit is process-wide: one reader at a time changes it
@@ -210,10 +212,9 @@ def _check_row(line: int, number: int, fields: Mapping[str, Any], base: Path, *,
     image = fields.get("image")
     if not isinstance(image, str) or not image.strip():
         raise InvalidRequestError("image", "is required: an http(s):// URL or a path relative to the manifest")
-    if not image.startswith(("http://", "https://", "data:")):
-        image_value: str | Path = base / image
-    else:
-        image_value = image
+    # A value with a URL scheme (ftp:, file:, HTTPS:...) goes to ImageToVideo as it is, which names what is
+    # wrong with it; anything else is a path relative to the manifest.
+    image_value: str | Path = image if _URL_SCHEME.match(image) and not _WINDOWS_DRIVE.match(image) else base / image
     if "prompt" not in fields:
         raise InvalidRequestError("prompt", "is required")
     request = ImageToVideo(

@@ -178,14 +178,7 @@ class ManifestRun:
 
     def _claim_journal(self) -> None:
         """Refuse a journal made from another manifest: the same file (even edited) or the same rows (moved)."""
-        path = str(self.options.manifest.resolve())
-        rows = hashlib.sha256("".join(f"{r.key}\0{r.fingerprint}\n" for r in self.rows).encode()).hexdigest()
-        known_path, known_rows = self.journal.meta("manifest_path"), self.journal.meta("manifest_rows")
-        if known_path is not None and known_path != path and known_rows != rows:
-            raise RunAborted(
-                f"the journal {self.journal.path} belongs to another manifest ({known_path}); nothing was sent"
-                " (use --journal FILE to give this manifest a journal of its own)"
-            )
+        path, rows = check_journal_manifest(self.journal, self.options.manifest, self.rows)
         self.journal.set_meta("manifest_path", path)
         self.journal.set_meta("manifest_rows", rows)
 
@@ -310,6 +303,20 @@ class ManifestRun:
         return tables, problems is None
 
 
+def check_journal_manifest(journal: Journal, manifest: Path, rows: Sequence[ManifestRow]) -> tuple[str, str]:
+    """Raise `RunAborted` if `journal` was made from another manifest; return this manifest's identity
+    (its resolved path, and a hash of its rows) to record."""
+    path = str(manifest.resolve())
+    digest = hashlib.sha256("".join(f"{r.key}\0{r.fingerprint}\n" for r in rows).encode()).hexdigest()
+    known_path, known_rows = journal.meta("manifest_path"), journal.meta("manifest_rows")
+    if known_path is not None and known_path != path and known_rows != digest:
+        raise RunAborted(
+            f"the journal {journal.path} belongs to another manifest ({known_path}); nothing was sent"
+            " (use --journal FILE to give this manifest a journal of its own)"
+        )
+    return path, digest
+
+
 def check_output_folder(out: Path) -> None:
     """Refuse, before anything is paid for, an `--out` where a video cannot be saved (created, renamed)."""
     if out.exists() and not out.is_dir():
@@ -369,6 +376,7 @@ def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO
     if journal_path.is_file():
         journal = Journal.open_existing(journal_path)
         try:
+            check_journal_manifest(journal, options.manifest, rows)  # refused as the run would refuse it
             entries = journal.rows()
         finally:
             journal.close()

@@ -163,3 +163,15 @@ async def test_a_dry_run_refuses_what_the_run_refuses(sim: Simulator, tmp_path: 
     bad = await cli("run", str(manifest), "--out", str(out), "--dry-run", base_url=sim.base_url)
     assert bad.returncode == 2 and "missing.png" in bad.stderr
     assert sim.counters.tasks_created == 1
+
+
+async def test_a_dry_run_refuses_a_journal_of_another_manifest_as_the_run_does(sim: Simulator, tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(png())
+    first = write_jsonl(tmp_path / "first.jsonl", [{"id": "a", "prompt": "a fox", "image": "a.png"}])
+    out = tmp_path / "out"
+    assert (await cli("run", str(first), "--out", str(out), base_url=sim.base_url)).returncode == 0
+    other = write_jsonl(tmp_path / "other.jsonl", [{"id": "x", "prompt": "another batch", "image": "a.png"}])
+    sim.reset_counters()
+    dry = await cli("run", str(other), "--out", str(out), "--dry-run", base_url=sim.base_url)
+    assert dry.returncode == 1 and "belongs to another manifest" in dry.stderr, dry.stdout + dry.stderr
+    assert sim.counters.submit_requests == sim.counters.poll_requests == 0

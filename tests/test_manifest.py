@@ -301,3 +301,17 @@ def test_near_miss_json_lines_raise_only_manifest_errors(fuzz_dir: Path, content
 @given(content=near_miss_csv())
 def test_near_miss_csv_raises_only_manifest_errors(fuzz_dir: Path, content: bytes) -> None:
     check_reader(fuzz_dir, "m.csv", content)
+
+
+@pytest.mark.parametrize(
+    ("image", "named"),
+    [("ftp://example.com/a.png", "'ftp'"), ("file:///etc/passwd", "'file'"), ("javascript:alert(1)", "'javascript'")],
+)
+async def test_an_image_with_another_url_scheme_is_named_as_such_not_as_a_missing_file(
+    sim: Simulator, tmp_path: Path, image: str, named: str
+) -> None:
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text(json.dumps({"prompt": "a fox", "image": image}) + "\n", encoding="utf-8")
+    result = await cli("run", str(manifest), "--out", str(tmp_path / "out"), sim=sim)
+    assert result.returncode == 2 and f"unsupported URL scheme {named}" in result.stderr, result.stderr
+    assert "no such file" not in result.stderr.lower() and sim.counters.submit_requests == 0
