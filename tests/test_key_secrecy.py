@@ -247,7 +247,13 @@ def test_redaction_masks_a_key_holding_the_usual_mask_characters() -> None:
     assert redact(f"a{key}b", Secret(key)) == f"a{chr(0x2022) * 3}b"
 
 
-@given(key=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=6, max_size=40))
+# Keys start "sk-", as real ones do: a bare 6-letter key such as "pixver" is found in this library's own
+# module names in any repr, which says nothing about the key.
+@given(
+    key=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=3, max_size=40).map(
+        "sk-".__add__
+    )
+)
 @settings(max_examples=40, deadline=None)
 def test_any_valid_key_echoed_anywhere_never_reaches_an_error(key: str) -> None:
     async def scenario() -> None:
