@@ -59,10 +59,10 @@ class PollPolicy:
     """When the shared poller looks at a task again, in the API's seconds (see `_forecast.py` for how).
 
     `delay_cost` is the one knob that trades polls for lateness: how many polls one second of delay (from a
-    task's end to the poll that sees it) is worth. With a usable hint the poller aims at `1 / delay_cost`
-    seconds after the earliest likely finish; with none, it spaces polls by the learnt hazard of the task's
-    age, more densely where many tasks of that kind end. The default, 2.0, comes from `benchmarks.polling`:
-    see the README's Performance section.
+    task's end to the poll that sees it) is worth. With a usable hint the poller steps into the window where the
+    finish likely is (`sqrt(2 * width / delay_cost)` at a time, at least `1 / delay_cost`); with none, it
+    spaces polls by the learnt hazard of the task's age, more densely where many tasks of that kind end. The
+    default, 2.0, comes from `benchmarks.polling`: see the README's Performance section.
 
     The first poll comes `first_poll_after` seconds after a submission, or, when None (the default), when it
     pays off by the learnt durations. `expected_duration` and `duration_spread` (a log-normal median and
