@@ -156,6 +156,9 @@ def _bin_end(index: int) -> float:
     return math.inf if index == BIN_COUNT - 1 else BIN_BASE ** (index + 1)
 
 
+_BIN_ENDS: Final = [BIN_BASE ** (index + 1) for index in range(BIN_COUNT - 1)] + [math.inf]
+
+
 def _spans(from_age: float, to_age: float) -> Iterator[tuple[int, float, float]]:
     """The bins that the ages from `from_age` to `to_age` cross, with the part of each that they cover."""
     index, start = _bin(from_age), from_age
@@ -194,9 +197,16 @@ class DurationModel:
 
     def count(self, from_age: float, to_age: float) -> None:
         """A task was at risk (running, not seen ended) from `from_age` to `to_age` seconds of its life."""
+        # Runs for every poll and every end: kept to a plain loop over the bins' ends (see `_spans`).
         self._peaks = None
-        for index, start, end in _spans(from_age, to_age):
-            self.exposure[index] += end - start
+        exposure, ends_of_bins = self.exposure, _BIN_ENDS
+        index, start = _bin(from_age), from_age
+        while start < to_age:
+            end = min(to_age, ends_of_bins[index])
+            if end > start:
+                exposure[index] += end - start
+                start = end
+            index += 1
 
     def ended_at(self, age: float) -> None:
         self._peaks = None
