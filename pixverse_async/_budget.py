@@ -75,8 +75,8 @@ import anyio
 import attrs
 
 from ._clock import Clock
-from ._exceptions import InvalidRequestError
 from ._retry import RetryPolicy
+from ._validation import check_count, number
 
 Endpoint = Literal["submit", "task-result"]
 
@@ -105,17 +105,9 @@ RATE_HORIZON = 60
 RATE_SPANS = (2.0, 5.0, 10.0, 30.0, 60.0)
 
 
-def _check_limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if attribute.name == "max_running":
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        wanted = "an int >= 1"
-    else:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-        wanted = "a number > 0"
-    if not ok:
-        raise InvalidRequestError(attribute.name, f"must be {wanted} or None, not {value!r}")
+def _whole_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        check_count(attribute.name, value, at_least=1)
 
 
 @attrs.frozen
@@ -127,9 +119,9 @@ class RateLimits:
     most `min(max_concurrency, max_running)`). None (the default) means unknown: learnt from the 429s.
     """
 
-    submits_per_minute: float | None = attrs.field(default=None, validator=_check_limit)
-    polls_per_minute: float | None = attrs.field(default=None, validator=_check_limit)
-    max_running: int | None = attrs.field(default=None, validator=_check_limit)
+    submits_per_minute: float | None = attrs.field(default=None, validator=number(above=0, none_means="unknown"))
+    polls_per_minute: float | None = attrs.field(default=None, validator=number(above=0, none_means="unknown"))
+    max_running: int | None = attrs.field(default=None, validator=_whole_or_none)
 
 
 class _SlotState(enum.Enum):

@@ -93,6 +93,11 @@ class Evidence:
     #: Up to which age this task's time is counted in the duration model.
     counted_to: float = 0.0
 
+    @property
+    def running_until(self) -> float:
+        """Until when the task is known to have run: its last poll that saw it running, else its submission."""
+        return self.seen_running_at if self.seen_running_at is not None else self.submitted_at
+
     def record(self, now: float, eta: float | None, progress: float | None) -> None:
         """A poll at `now` saw the task still running with these hints."""
         self.seen_running_at = now
@@ -351,7 +356,7 @@ class Forecaster:
             found = (lo, hi) if lo <= hi else disagreeing
         if found is None:
             return None
-        floor = evidence.seen_running_at if evidence.seen_running_at is not None else evidence.submitted_at
+        floor = evidence.running_until
         return max(found[0], floor), max(found[1], floor)
 
     @staticmethod

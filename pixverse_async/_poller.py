@@ -272,7 +272,7 @@ class Poller:
             return False
         now = self._clock.now()
         # The task ended just before the delivery was sent: its end is known to about now.
-        pending.seen_running_at = max(pending.seen_running_at or pending.submitted_at, now)
+        pending.seen_running_at = max(pending.running_until, now)
         if not pending.in_flight:
             self._schedule(pending, now)
         return True
@@ -395,11 +395,10 @@ class Poller:
         """
         if self.forecaster.window(pending) is None:
             return False
-        last_poll = pending.seen_running_at if pending.seen_running_at is not None else pending.submitted_at
         # Planned with the most jitter (the earliest it could be): later than now means not due yet.
-        if self._capped_by_deadlines(pending, self._plan(pending, last_poll, 1.0)) <= now:
+        if self._capped_by_deadlines(pending, self._plan(pending, pending.running_until, 1.0)) <= now:
             return False
-        due = self._capped_by_deadlines(pending, self._plan(pending, last_poll, self._rng.random()))
+        due = self._capped_by_deadlines(pending, self._plan(pending, pending.running_until, self._rng.random()))
         self._schedule(pending, max(due, now), planned=True)
         return True
 
@@ -409,8 +408,7 @@ class Poller:
         for pending in self._pending.values():
             if not pending.planned or pending.in_flight or pending.done:
                 continue
-            last_poll = pending.seen_running_at if pending.seen_running_at is not None else pending.submitted_at
-            due = self._capped_by_deadlines(pending, self._plan(pending, last_poll, self._rng.random()))
+            due = self._capped_by_deadlines(pending, self._plan(pending, pending.running_until, self._rng.random()))
             if due < pending.due:
                 self._schedule(pending, due, planned=True)
 
