@@ -353,7 +353,7 @@ class PixVerseClient:
         server created is not lost, and sends no new one. Submissions are paced by the budget.
         """
         budget = self._budget
-        attempt = 0
+        attempt = waits_at_the_cap = 0
         while True:
             attempt += 1
             on_wire = False
@@ -404,7 +404,11 @@ class PixVerseClient:
                 raise error
             retry_after = error.retry_after if isinstance(error, RateLimitError) else None
             delay = self.retry.delay(attempt, retry_after, self._rng)
-            if attempt >= self.retry.max_attempts or delay is None:
+            if wait_for_a_slot:
+                # At the account's cap, the wait for a running task to end is the backoff, and it ends only as
+                # tasks do: not a failed try (counting it failed jobs that merely queued behind the cap).
+                waits_at_the_cap += 1
+            if delay is None or attempt - waits_at_the_cap >= self.retry.max_attempts:
                 raise error
             if on_retry is not None:
                 on_retry(attempt, error)
