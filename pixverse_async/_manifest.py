@@ -30,13 +30,11 @@ import attrs
 
 from ._exceptions import InvalidRequestError
 from ._images import MAX_IMAGE_BYTES
-from ._models import ImageToVideo
+from ._models import ImageToVideo, has_url_scheme
 
 FIELDS = ("id", "prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DIGITS = re.compile(r"[0-9]+")
-_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 # The largest cell a valid row can need: a data URI of the largest image the API takes, with room to spare.
 MAX_CELL_CHARS = len("data:image/jpeg;base64,") + 4 * -(-MAX_IMAGE_BYTES // 3) + 4096
 _CSV_LIMIT_LOCK = threading.Lock()  # csv.field_size_limit is process-wide: one reader at a time changes it
@@ -214,7 +212,7 @@ def _check_row(line: int, number: int, fields: Mapping[str, Any], base: Path, *,
         raise InvalidRequestError("image", "is required: an http(s):// URL or a path relative to the manifest")
     # A value with a URL scheme (ftp:, file:, HTTPS:...) goes to ImageToVideo as it is, which names what is
     # wrong with it; anything else is a path relative to the manifest.
-    image_value: str | Path = image if _URL_SCHEME.match(image) and not _WINDOWS_DRIVE.match(image) else base / image
+    image_value: str | Path = image if has_url_scheme(image) else base / image
     if "prompt" not in fields:
         raise InvalidRequestError("prompt", "is required")
     request = ImageToVideo(

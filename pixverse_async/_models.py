@@ -39,7 +39,7 @@ MAX_SEED = 2_147_483_647
 _DATA_URI = re.compile(r"data:image/(?P<subtype>[a-z]+);base64,(?P<payload>.*)", re.DOTALL | re.IGNORECASE)
 # What a data URI may declare, for the formats the API takes.
 _DATA_URI_SUBTYPES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
-_URL_SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 # Whitespace and control characters have no place in a URL (a browser would percent-encode them).
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
@@ -135,18 +135,22 @@ def _check_image(value: object) -> None:
     )
 
 
+def has_url_scheme(value: str) -> bool:
+    """Whether `value` starts like a URL (`scheme:`), not like a path (a Windows drive's `C:\\` is a path)."""
+    return _URL_SCHEME.match(value) is not None and _WINDOWS_DRIVE.match(value) is None
+
+
 def check_image_url(value: str) -> str:
     """An image given as a str that is not a data URI: an http(s) URL, returned with its scheme in lower case
     (`HTTPS://` is https; servers compare the scheme as written). Anything else is named as what it is."""
     shown = repr(value[:80])
-    scheme = _URL_SCHEME.match(value)
-    if scheme is None or _WINDOWS_DRIVE.match(value):
+    if not has_url_scheme(value):
         raise InvalidRequestError(
             "image",
             f"{shown} is not a URL: a str must be an http(s):// URL or a data:image/...;base64, URI; "
             "for a local file pass pathlib.Path(...), for the image's content pass bytes",
         )
-    name = scheme["scheme"].lower()
+    name = value.partition(":")[0].lower()
     if name not in ("http", "https"):
         raise InvalidRequestError(
             "image",
