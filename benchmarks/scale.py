@@ -215,7 +215,9 @@ async def _measure_pending(
             base_url=base_url,
             session=session,
             clock=ScaledClock(PENDING_TIME_SCALE),
-            max_concurrency=pending,
+            # The warm-up's tasks are left running, and a task left running keeps its slot until it could have
+            # ended: room for them too, so that the measured run has `pending` slots.
+            max_concurrency=pending + WARM_UP_PENDING,
         ) as client:
             # The same steps once on a few tasks, so that code paths, caches and connections are warm.
             await _hold_pending(client, numbered_jobs(WARM_UP_PENDING, "warm-up"), WARM_UP_PENDING, lambda: None)
