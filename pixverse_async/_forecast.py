@@ -188,12 +188,17 @@ def _lognormal_hazard(age: float, median: float, sigma: float) -> float:
 class DurationModel:
     """How long tasks of one kind take: a hazard per age bin, from ends seen over task-seconds at risk."""
 
-    __slots__ = ("_peaks", "ended", "ends", "exposure")
+    __slots__ = ("_exposure", "_partial", "_peaks", "_through", "ended", "ends")
 
     def __init__(self, prior_median: float, prior_sigma: float) -> None:
         self._peaks: list[float] | None = None
+        self._exposure: list[float] | None = None
         self.ended = 0
-        self.exposure = [PRIOR_EXPOSURE] * BIN_COUNT
+        # Task-seconds at risk per bin, kept so that counting a task costs the same whatever its age: the bins
+        # it crossed whole are two marks in `_through` (a difference array: +1 where they start, -1 where they
+        # stop), the bins it entered or left part way are added to `_partial`. `exposure` sums them up.
+        self._through = [0] * (BIN_COUNT + 1)
+        self._partial = [PRIOR_EXPOSURE] * BIN_COUNT
         self.ends = []
         for index in range(BIN_COUNT):
             end = min(_bin_end(index), 10 * BIN_BASE**BIN_COUNT)
@@ -202,16 +207,33 @@ class DurationModel:
 
     def count(self, from_age: float, to_age: float) -> None:
         """A task was at risk (running, not seen ended) from `from_age` to `to_age` seconds of its life."""
-        # Runs for every poll and every end: kept to a plain loop over the bins' ends (see `_spans`).
-        self._peaks = None
-        exposure, ends_of_bins = self.exposure, _BIN_ENDS
-        index, start = _bin(from_age), from_age
-        while start < to_age:
-            end = min(to_age, ends_of_bins[index])
-            if end > start:
-                exposure[index] += end - start
-                start = end
-            index += 1
+        if to_age <= from_age:
+            return
+        self._peaks = self._exposure = None
+        first, last = _bin(from_age), _bin(to_age)
+        # Ages sit in their bin by `_bin`; its float log may put an age on a bin's edge one bin low or high.
+        if last <= first:
+            self._partial[first] += to_age - from_age
+            return
+        partial = self._partial
+        partial[first] += max(0.0, _BIN_ENDS[first] - from_age)
+        partial[last] += max(0.0, to_age - _BIN_ENDS[last - 1])
+        if last > first + 1:
+            self._through[first + 1] += 1
+            self._through[last] -= 1
+
+    @property
+    def exposure(self) -> list[float]:
+        """Task-seconds at risk per bin (the prior's included)."""
+        exposure = self._exposure
+        if exposure is None:
+            exposure, crossing = [], 0
+            for index in range(BIN_COUNT):
+                crossing += self._through[index]
+                width = _BIN_ENDS[index] - _bin_start(index) if index < BIN_COUNT - 1 else 0.0
+                exposure.append(self._partial[index] + crossing * width)
+            self._exposure = exposure
+        return exposure
 
     def ended_at(self, age: float) -> None:
         self._peaks = None
