@@ -36,7 +36,7 @@ from anyio.abc import TaskGroup
 from ._budget import LocalBudget, RateLimits, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
-from ._convert import encode_image, parse_task_result, request_body
+from ._protocol import encode_image, parse_task_result, request_body
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,

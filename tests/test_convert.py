@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pixverse_async import TaskResult, TaskStatus, Video
-from pixverse_async._convert import parse_task_result, task_result_to_json
+from pixverse_async._protocol import parse_task_result, task_result_to_json
 
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 
