@@ -36,7 +36,6 @@ from anyio.abc import TaskGroup
 from ._budget import LocalBudget, RateLimits, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
-from ._protocol import encode_image, parse_task_result, request_body
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -55,6 +54,7 @@ from ._exceptions import (
 )
 from ._forecast import kind_of
 from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact, shorten
+from ._images import encode_image, lowercase_scheme, read_image_file
 from ._models import (
     ImageToVideo,
     Task,
@@ -62,10 +62,9 @@ from ._models import (
     TaskStatus,
     Video,
     check_timeout,
-    lowercase_scheme,
-    read_image_file,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
+from ._protocol import parse_task_result, request_body
 from ._retry import RetryPolicy, parse_retry_after
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
 from ._wire import WireGuard

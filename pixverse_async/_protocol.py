@@ -7,7 +7,6 @@ missing fields become None or empty, numbers may arrive as strings, unknown stat
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._exceptions import InvalidRequestError
-from ._models import ImageToVideo, TaskResult, TaskStatus, Video, decode_data_uri, inspect_image_bytes
+from ._models import ImageToVideo, TaskResult, TaskStatus, Video
 
 _converter = cattrs.Converter()
 
@@ -152,18 +151,6 @@ def parse_task_result(body: object, *, received_at: datetime | None = None) -> T
 def task_result_to_json(result: TaskResult) -> dict[str, Any]:
     """The API's JSON shape of a result (for the simulator's answers and for round-trip tests)."""
     return _converter.unstructure(result)  # type: ignore[no-any-return]
-
-
-def encode_image(image: bytes | str, *, as_data_uri: bool) -> str:
-    """The `image` field for local image bytes or a data URI, as raw base64 or as a data URI."""
-    if isinstance(image, str):
-        if not as_data_uri:
-            data, _ = decode_data_uri(image)
-            return base64.b64encode(data).decode("ascii")
-        return image
-    info = inspect_image_bytes(image, source="image")
-    encoded = base64.b64encode(image).decode("ascii")
-    return f"data:{info.mime_type};base64,{encoded}" if as_data_uri else encoded
 
 
 def request_body(request: ImageToVideo, image_field: str, *, webhook_url: str | None = None) -> dict[str, Any]:
