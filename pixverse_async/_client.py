@@ -54,7 +54,6 @@ from ._exceptions import (
 )
 from ._forecast import kind_of
 from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact, shorten
-from ._images import encode_image, lowercase_scheme, read_image_file
 from ._models import (
     ImageToVideo,
     Task,
@@ -64,7 +63,7 @@ from ._models import (
     check_timeout,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
-from ._protocol import parse_task_result, request_body
+from ._protocol import parse_task_result, submission_body
 from ._retry import RetryPolicy, parse_retry_after
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
 from ._wire import WireGuard
@@ -318,20 +317,7 @@ class PixVerseClient:
             submission.answered.set()
 
     async def _request_body(self, request: ImageToVideo) -> dict[str, Any]:
-        image = request.image
-        if isinstance(image, Path):
-            # The file may have changed since the request was built: it is read and checked again here.
-            field = await anyio.to_thread.run_sync(
-                lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
-            )
-        elif isinstance(image, str) and image[:5].lower() != "data:":
-            # Checked when the request was built (a str cannot change since); only the scheme's case is fixed.
-            field = lowercase_scheme(image)
-        else:
-            field = encode_image(
-                bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri
-            )
-        return request_body(request, field, webhook_url=self.webhook_url)
+        return await submission_body(request, image_as_data_uri=self.image_as_data_uri, webhook_url=self.webhook_url)
 
     async def _submit_holding_slot(
         self,

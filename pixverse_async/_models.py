@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 import attrs
 
 from ._exceptions import InvalidRequestError
-from ._images import ImageInput, _check_image, _image_repr
+from ._images import ImageFile, ImageInput, check_image_input, image_repr
 from ._validation import check_number
 
 Resolution = Literal["360p", "540p", "720p", "1080p"]
@@ -166,7 +166,7 @@ class ImageToVideo:
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
-    image: ImageInput = attrs.field(repr=_image_repr)
+    image: ImageInput = attrs.field(repr=image_repr)
     # attrs runs validators after every field is set, so the 1080p rule can see fast_mode.
     resolution: Resolution = attrs.field(default="540p", kw_only=True, validator=_check_resolution)
     negative_prompt: str | None = attrs.field(default=None, kw_only=True, validator=_check_negative_prompt)
@@ -176,9 +176,13 @@ class ImageToVideo:
     # Copied and checked at construction; left out of the hash (a dict is not hashable), not of equality.
     extra_body: dict[str, Any] | None = attrs.field(default=None, kw_only=True, converter=_extra_body, hash=False)
 
+    # What the image file was when the request was built (None for other images): a submission sends the file
+    # only if it is still that file (see `ImageFile`).
+    _image_file: ImageFile | None = attrs.field(init=False, default=None, repr=False, eq=False)
+
     def __attrs_post_init__(self) -> None:
-        # The image is checked last, after the cheap field rules, because it may mean reading a file.
-        _check_image(self.image)
+        # The image is checked last, after the cheap field rules, because it may mean reading a file's header.
+        object.__setattr__(self, "_image_file", check_image_input(self.image))
 
 
 class TaskStatus(enum.Enum):

@@ -16,6 +16,7 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._exceptions import InvalidRequestError
+from ._images import image_field
 from ._models import ImageToVideo, TaskResult, TaskStatus, Video
 
 _converter = cattrs.Converter()
@@ -151,6 +152,16 @@ def parse_task_result(body: object, *, received_at: datetime | None = None) -> T
 def task_result_to_json(result: TaskResult) -> dict[str, Any]:
     """The API's JSON shape of a result (for the simulator's answers and for round-trip tests)."""
     return _converter.unstructure(result)  # type: ignore[no-any-return]
+
+
+async def submission_body(
+    request: ImageToVideo, *, image_as_data_uri: bool, webhook_url: str | None = None
+) -> dict[str, Any]:
+    """The JSON body of a submission, made when it is sent: a file image is read then, off the event loop, and
+    refused (`InvalidRequestError`, before anything is sent) if it changed or vanished since the request was
+    built."""
+    image = await image_field(request.image, request._image_file, as_data_uri=image_as_data_uri)
+    return request_body(request, image, webhook_url=webhook_url)
 
 
 def request_body(request: ImageToVideo, image_field: str, *, webhook_url: str | None = None) -> dict[str, Any]:
