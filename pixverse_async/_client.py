@@ -63,7 +63,7 @@ from ._models import (
     check_timeout,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
-from ._protocol import parse_task_result, submission_body
+from ._protocol import SUBMIT_PATH, TASK_RESULT_PATH, parse_task_result, submission_body
 from ._retry import RetryPolicy, parse_retry_after
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
 from ._wire import WireGuard
@@ -73,8 +73,6 @@ DEFAULT_MAX_CONCURRENCY = 64
 # As many as the poller's default polls in flight. With 32, as_completed at max_concurrency=64 had half the
 # raw loop's requests in flight, and each turn of the event loop served half as many of them.
 DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
-SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
-TASK_RESULT_PATH = "/v3/async/task-result"
 _DOWNLOAD_BUFFER_BYTES = 1 << 20
 _DOWNLOAD_CONNECTIONS = 32
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

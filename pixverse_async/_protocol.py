@@ -19,6 +19,9 @@ from ._exceptions import InvalidRequestError
 from ._images import image_field
 from ._models import ImageToVideo, TaskResult, TaskStatus, Video
 
+SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
+TASK_RESULT_PATH = "/v3/async/task-result"
+
 _converter = cattrs.Converter()
 
 
