@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from anyio.abc import TaskGroup
 from ._budget import LocalBudget, RateLimits, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
+from ._convert import parse_webhook
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -527,15 +527,12 @@ class PixVerseClient:
         """
         state = self._state()
         try:
-            event = json.loads(body)
+            event = parse_webhook(body)
         except ValueError:
             return 400
-        payload = event.get("payload") if isinstance(event, dict) else None
-        if not isinstance(payload, dict):
-            return 400
-        if event.get("event_type") != "ASYNC_TASK_RESULT":
+        if not event.is_task_result:
             return 202
-        hint = parse_task_result(payload)
+        hint = event.result
         if not hint.task_id:
             return 400
         if not hint.is_terminal:

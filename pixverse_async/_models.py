@@ -10,7 +10,7 @@ import enum
 import math
 import re
 import unicodedata
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
@@ -50,7 +50,7 @@ def _prompt_text_problem(value: str, *, if_blank: str) -> str | None:
     return None
 
 
-def _check_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
+def _check_prompt(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str):
         raise InvalidRequestError("prompt", f"must be a str, not {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
@@ -60,7 +60,7 @@ def _check_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str], value
         raise InvalidRequestError("prompt", problem)
 
 
-def _check_negative_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str | None], value: object) -> None:
+def _check_negative_prompt(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
     if value is None:
         return
     if not isinstance(value, str):
@@ -72,24 +72,27 @@ def _check_negative_prompt(instance: ImageToVideo, attribute: attrs.Attribute[st
         raise InvalidRequestError("negative_prompt", problem)
 
 
-def _check_fast_mode(instance: ImageToVideo, attribute: attrs.Attribute[bool], value: object) -> None:
+def _check_fast_mode(instance: object, attribute: attrs.Attribute[bool], value: object) -> None:
     if not isinstance(value, bool):
         raise InvalidRequestError("fast_mode", f"must be True or False, not {value!r}")
 
 
-def _check_resolution(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
+def _check_resolution(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
     if value not in RESOLUTIONS:
         raise InvalidRequestError("resolution", f"{value!r} is not one of {', '.join(RESOLUTIONS)}")
+
+
+def _check_resolution_with_fast_mode(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
     if value == "1080p" and instance.fast_mode:
         raise InvalidRequestError("resolution", "'1080p' is not available with fast_mode=True (use 360p to 720p)")
 
 
-def _check_style(instance: ImageToVideo, attribute: attrs.Attribute[str | None], value: object) -> None:
+def _check_style(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
     if value is not None and value not in STYLES:
         raise InvalidRequestError("style", f"{value!r} is not one of {', '.join(STYLES)} (or None)")
 
 
-def _check_seed(instance: ImageToVideo, attribute: attrs.Attribute[int | None], value: object) -> None:
+def _check_seed(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
     if value is None:
         return
     if not isinstance(value, int) or isinstance(value, bool):
@@ -168,7 +171,9 @@ class ImageToVideo:
     prompt: str = attrs.field(validator=_check_prompt)
     image: ImageInput = attrs.field(repr=image_repr)
     # attrs runs validators after every field is set, so the 1080p rule can see fast_mode.
-    resolution: Resolution = attrs.field(default="540p", kw_only=True, validator=_check_resolution)
+    resolution: Resolution = attrs.field(
+        default="540p", kw_only=True, validator=[_check_resolution, _check_resolution_with_fast_mode]
+    )
     negative_prompt: str | None = attrs.field(default=None, kw_only=True, validator=_check_negative_prompt)
     fast_mode: bool = attrs.field(default=False, kw_only=True, validator=_check_fast_mode)
     style: Style | None = attrs.field(default=None, kw_only=True, validator=_check_style)
@@ -183,6 +188,29 @@ class ImageToVideo:
     def __attrs_post_init__(self) -> None:
         # The image is checked last, after the cheap field rules, because it may mean reading a file's header.
         object.__setattr__(self, "_image_file", check_image_input(self.image))
+
+
+_FIELD_RULES: dict[str, Callable[[object, Any, object], None]] = {
+    "prompt": _check_prompt,
+    "resolution": _check_resolution,
+    "negative_prompt": _check_negative_prompt,
+    "fast_mode": _check_fast_mode,
+    "style": _check_style,
+    "seed": _check_seed,
+}
+
+
+def check_request_field(name: str, value: object) -> Any:
+    """`value` checked by the rule of `ImageToVideo`'s field `name` alone, and returned as the field takes it
+    (`extra_body` copied), or `InvalidRequestError`. Rules that join two fields (1080p only without fast_mode)
+    run when the request is built."""
+    if name == "extra_body":
+        return _extra_body(value)
+    if name == "image":
+        check_image_input(value)
+    else:
+        _FIELD_RULES[name](None, None, value)
+    return value
 
 
 class TaskStatus(enum.Enum):

@@ -1,8 +1,9 @@
-"""JSON in and out: the request body the API expects, and a lenient parser for its task-result answers.
+"""The API's wire protocol: its paths, the body of a submission, and the lenient parser of its task-result answers.
 
-One private cattrs `Converter` holds every hook. Parsing never fails on what a server might plausibly send:
-missing fields become None or empty, numbers may arrive as strings, unknown statuses become
-`TaskStatus.UNKNOWN` and unknown fields are ignored.
+The parser never fails on what a server might plausibly send: missing fields become None or empty, numbers
+may arrive as strings, unknown statuses become `TaskStatus.UNKNOWN` and unknown fields are ignored. It runs
+on every poll, so it is written out by hand; `_convert` declares the same shape for cattrs, and a test holds
+the two to the same answers.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import cattrs
-from cattrs.gen import make_dict_unstructure_fn, override
-
 from ._exceptions import InvalidRequestError
 from ._images import image_field
 from ._models import ImageToVideo, TaskResult, TaskStatus, Video
@@ -22,10 +20,9 @@ from ._models import ImageToVideo, TaskResult, TaskStatus, Video
 SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
 TASK_RESULT_PATH = "/v3/async/task-result"
 
-_converter = cattrs.Converter()
 
-
-def _lenient_float(value: object) -> float | None:
+def lenient_float(value: object) -> float | None:
+    """A number the API sent (maybe as a str), or None for anything that is not a finite number."""
     # Exact types first (the API sends plain numbers): this runs several times per poll.
     if type(value) is float:
         number = value
@@ -44,26 +41,19 @@ def _lenient_float(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _lenient_int(value: object) -> int | None:
+def lenient_int(value: object) -> int | None:
+    """A whole number the API sent (maybe as a str), or None."""
     if type(value) is str and value.isascii() and value.isdigit():  # how the API sends the seed
         return int(value)
-    number = _lenient_float(value)
+    number = lenient_float(value)
     return int(number) if number is not None and number.is_integer() else None
 
 
-def _lenient_str(value: object) -> str:
+def lenient_str(value: object) -> str:
+    """Text the API sent; "" for None, and any other value as its str."""
     if type(value) is str:
         return value
     return "" if value is None else str(value)
-
-
-_VIDEO_FIELDS = {
-    "url": override(rename="video_url"),
-    "ttl": override(rename="video_url_ttl"),
-    "type": override(rename="video_type"),
-    "received_at": override(omit=True),
-}
-_converter.register_unstructure_hook(Video, make_dict_unstructure_fn(Video, _converter, **_VIDEO_FIELDS))  # type: ignore[arg-type]
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -72,19 +62,19 @@ def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _structure_task_result(body: object, _: object = None, received_at: datetime | None = None) -> TaskResult:
-    # This runs on every poll, so it is written out by hand rather than generated, and a value of the type
-    # the API sends is taken inline: a call per field would cost more than the rest of the parsing. Any
-    # other value goes through the lenient readers.
+def parse_task_result(body: object, *, received_at: datetime | None = None) -> TaskResult:
+    """Parse a task-result answer; `received_at` stamps the videos so they know when they expire."""
+    # A value of the type the API sends is taken inline: a call per field would cost more than the rest of the
+    # parsing. Any other value goes through the lenient readers.
     top = body if type(body) is dict else _mapping(body)
     task = top.get("task")
     task = task if type(task) is dict else _mapping(task)
     status = task.get("status")
-    status = status if type(status) is str else _lenient_str(status)
+    status = status if type(status) is str else lenient_str(status)
     task_id = task.get("task_id")
-    task_id = task_id if type(task_id) is str else _lenient_str(task_id)
+    task_id = task_id if type(task_id) is str else lenient_str(task_id)
     reason = task.get("reason")
-    reason = reason if type(reason) is str else _lenient_str(reason)
+    reason = reason if type(reason) is str else lenient_str(reason)
     eta = task.get("eta")
     progress = task.get("progress_percent")
     extra = top.get("extra")
@@ -94,10 +84,10 @@ def _structure_task_result(body: object, _: object = None, received_at: datetime
         task_id=task_id,
         status=TaskStatus.parse(status),
         reason=reason,
-        eta=None if eta is None else _lenient_float(eta),
-        progress_percent=None if progress is None else _lenient_float(progress),
+        eta=None if eta is None else lenient_float(eta),
+        progress_percent=None if progress is None else lenient_float(progress),
         videos=_structure_videos(raw_videos, received_at) if raw_videos else (),
-        seed=None if seed is None or seed == "" else _lenient_int(seed),
+        seed=None if seed is None or seed == "" else lenient_int(seed),
         raw_status=status,
     )
 
@@ -117,44 +107,12 @@ def _structure_videos(raw_videos: object, received_at: datetime | None) -> tuple
         videos.append(
             Video(
                 url=url,
-                ttl=None if ttl is None else _lenient_float(ttl),
-                type=(kind if type(kind) is str else _lenient_str(kind)) or "mp4",
+                ttl=None if ttl is None else lenient_float(ttl),
+                type=(kind if type(kind) is str else lenient_str(kind)) or "mp4",
                 received_at=received_at,
             )
         )
     return tuple(videos)
-
-
-def _unstructure_task_result(result: TaskResult) -> dict[str, Any]:
-    return {
-        "extra": {"seed": "" if result.seed is None else str(result.seed)},
-        "task": {
-            "task_id": result.task_id,
-            "status": result.raw_status or result.status.value,
-            "reason": result.reason,
-            "task_type": "PIXVERSE_V4_5_I2V",
-            "eta": result.eta,
-            "progress_percent": result.progress_percent,
-        },
-        "images": [],
-        "audios": [],
-        "videos": [_converter.unstructure(video) for video in result.videos],
-    }
-
-
-_converter.register_structure_hook(TaskResult, _structure_task_result)
-_converter.register_unstructure_hook(TaskResult, _unstructure_task_result)
-
-
-def parse_task_result(body: object, *, received_at: datetime | None = None) -> TaskResult:
-    """Parse a task-result answer; `received_at` stamps the videos so they know when they expire."""
-    # The converter's hook, called directly: the generic dispatch costs more than the parsing, once per poll.
-    return _structure_task_result(body, received_at=received_at)
-
-
-def task_result_to_json(result: TaskResult) -> dict[str, Any]:
-    """The API's JSON shape of a result (for the simulator's answers and for round-trip tests)."""
-    return _converter.unstructure(result)  # type: ignore[no-any-return]
 
 
 async def submission_body(
@@ -167,11 +125,11 @@ async def submission_body(
     return request_body(request, image, webhook_url=webhook_url)
 
 
-def request_body(request: ImageToVideo, image_field: str, *, webhook_url: str | None = None) -> dict[str, Any]:
+def request_body(request: ImageToVideo, image: str, *, webhook_url: str | None = None) -> dict[str, Any]:
     """The JSON body of a submission; optional fields are left out when unset, `extra_body` merged in."""
     body: dict[str, Any] = {
         "prompt": request.prompt,
-        "image": image_field,
+        "image": image,
         "resolution": request.resolution,
         "fast_mode": request.fast_mode,
     }
