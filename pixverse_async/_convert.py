@@ -186,9 +186,12 @@ class RequestReader:
     def _problem(self, error: Exception) -> InvalidRequestError:
         if isinstance(error, InvalidRequestError):
             return error
-        # Only a missing required field gets here (every hook raises InvalidRequestError).
-        name = error.args[0] if isinstance(error, KeyError) and error.args else "?"
-        return InvalidRequestError(str(name), self._required.get(str(name), "is required"))
+        # cattrs notes which attribute it was structuring.
+        notes = [note for note in getattr(error, "__notes__", ()) if "@ attribute " in note]
+        name = notes[0].rpartition("@ attribute ")[2] if notes else "row"
+        if isinstance(error, KeyError):  # a required field that is missing
+            return InvalidRequestError(name, self._required.get(name, "is required"))
+        return InvalidRequestError(name, f"cannot be read ({type(error).__name__}: {error})")
 
 
 def unstructure(value: object) -> Any:
