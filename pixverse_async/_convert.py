@@ -12,6 +12,7 @@ places that are not on the hot path.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -72,6 +73,7 @@ def _str_only(value: object, _: object) -> str:
     return value if type(value) is str else ""
 
 
+@functools.cache  # built on first use: a client that gets no webhook never pays for the code generation
 def _wire_converter() -> cattrs.Converter:
     converter = cattrs.Converter()  # unknown fields are ignored (cattrs' default)
     converter.register_structure_hook(str, lambda value, _: lenient_str(value))
@@ -94,12 +96,9 @@ def _wire_converter() -> cattrs.Converter:
     return converter
 
 
-_wire = _wire_converter()
-
-
 def structure_task_result(body: object, *, received_at: datetime | None = None) -> TaskResult:
     """A task-result body read through the converter: the same result as `_protocol.parse_task_result`."""
-    wire = _wire.structure(body, _WireTaskResult)
+    wire = _wire_converter().structure(body, _WireTaskResult)
     task = wire.task
     stamped = received_at or datetime.now(UTC)
     return TaskResult(
@@ -196,7 +195,4 @@ class RequestReader:
 
 def unstructure(value: object) -> Any:
     """`value` (attrs classes, lists, dicts of them) as JSON values."""
-    return _json.unstructure(value)
-
-
-_json = cattrs.Converter()
+    return cattrs.Converter().unstructure(value)
