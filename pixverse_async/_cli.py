@@ -15,8 +15,8 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 import anyio
-import attrs
 
+from ._convert import unstructure
 from ._exceptions import PixVerseError
 from ._journal import Journal
 from ._manifest import ManifestError
@@ -288,7 +288,7 @@ def _status(path: Path, *, as_json: bool) -> int:
     finally:
         journal.close()
     if as_json:
-        print(json.dumps([attrs.asdict(row) for row in rows], indent=2))
+        print(json.dumps(unstructure(rows), indent=2))
         return 0
     from ._progress import console_for, status_table
 

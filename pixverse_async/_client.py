@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ from anyio.abc import TaskGroup
 from ._budget import LocalBudget, RateLimits, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
-from ._convert import encode_image, parse_task_result, request_body
+from ._convert import parse_webhook
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -62,10 +61,9 @@ from ._models import (
     TaskStatus,
     Video,
     check_timeout,
-    lowercase_scheme,
-    read_image_file,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
+from ._protocol import SUBMIT_PATH, TASK_RESULT_PATH, parse_task_result, submission_body
 from ._retry import RetryPolicy, parse_retry_after
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
 from ._wire import WireGuard
@@ -75,8 +73,6 @@ DEFAULT_MAX_CONCURRENCY = 64
 # As many as the poller's default polls in flight. With 32, as_completed at max_concurrency=64 had half the
 # raw loop's requests in flight, and each turn of the event loop served half as many of them.
 DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
-SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
-TASK_RESULT_PATH = "/v3/async/task-result"
 _DOWNLOAD_BUFFER_BYTES = 1 << 20
 _DOWNLOAD_CONNECTIONS = 32
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -319,20 +315,7 @@ class PixVerseClient:
             submission.answered.set()
 
     async def _request_body(self, request: ImageToVideo) -> dict[str, Any]:
-        image = request.image
-        if isinstance(image, Path):
-            # The file may have changed since the request was built: it is read and checked again here.
-            field = await anyio.to_thread.run_sync(
-                lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
-            )
-        elif isinstance(image, str) and image[:5].lower() != "data:":
-            # Checked when the request was built (a str cannot change since); only the scheme's case is fixed.
-            field = lowercase_scheme(image)
-        else:
-            field = encode_image(
-                bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri
-            )
-        return request_body(request, field, webhook_url=self.webhook_url)
+        return await submission_body(request, image_as_data_uri=self.image_as_data_uri, webhook_url=self.webhook_url)
 
     async def _submit_holding_slot(
         self,
@@ -544,15 +527,12 @@ class PixVerseClient:
         """
         state = self._state()
         try:
-            event = json.loads(body)
+            event = parse_webhook(body)
         except ValueError:
             return 400
-        payload = event.get("payload") if isinstance(event, dict) else None
-        if not isinstance(payload, dict):
-            return 400
-        if event.get("event_type") != "ASYNC_TASK_RESULT":
+        if not event.is_task_result:
             return 202
-        hint = parse_task_result(payload)
+        hint = event.result
         if not hint.task_id:
             return 400
         if not hint.is_terminal:

@@ -1,198 +1,198 @@
-"""JSON in and out: the request body the API expects, and a lenient parser for its task-result answers.
+"""The library's cattrs converters: JSON shapes declared once as attrs classes and structured by hooks, for the
+places that are not on the hot path.
 
-One private cattrs `Converter` holds every hook. Parsing never fails on what a server might plausibly send:
-missing fields become None or empty, numbers may arrive as strings, unknown statuses become
-`TaskStatus.UNKNOWN` and unknown fields are ignored.
+- Task-result bodies as they come in webhook deliveries (`parse_webhook`). The API's shape is declared by the
+  `_Wire*` classes below and read as leniently as `_protocol.parse_task_result`, the hand-written parser of
+  every poll: missing fields become None or empty, numbers may arrive as strings, unknown fields are ignored.
+  A test holds the two to the same result.
+- Rows of a manifest into `ImageToVideo` (`request_reader`): each field is read and checked by its own hook,
+  and every field's problem is collected, not only the first.
+- Values out as JSON (`unstructure`), e.g. `status --json`.
 """
 
 from __future__ import annotations
 
-import base64
-import math
-from collections.abc import Mapping
+import functools
+import json
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, final
 
+import attrs
 import cattrs
-from cattrs.gen import make_dict_unstructure_fn, override
+from cattrs.errors import ClassValidationError
+from cattrs.gen import make_dict_structure_fn, override
 
 from ._exceptions import InvalidRequestError
-from ._models import ImageToVideo, TaskResult, TaskStatus, Video, decode_data_uri, inspect_image_bytes
+from ._models import REQUEST_FIELDS, ImageToVideo, TaskResult, TaskStatus, Video, check_request_field
+from ._protocol import lenient_float, lenient_int, lenient_str
 
-_converter = cattrs.Converter()
-
-
-def _lenient_float(value: object) -> float | None:
-    # Exact types first (the API sends plain numbers): this runs several times per poll.
-    if type(value) is float:
-        number = value
-    elif type(value) is int or (isinstance(value, int | float) and not isinstance(value, bool)):
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
+WEBHOOK_TASK_RESULT = "ASYNC_TASK_RESULT"
 
 
-def _lenient_int(value: object) -> int | None:
-    if type(value) is str and value.isascii() and value.isdigit():  # how the API sends the seed
-        return int(value)
-    number = _lenient_float(value)
-    return int(number) if number is not None and number.is_integer() else None
+@attrs.frozen
+class _WireTask:
+    task_id: str = ""
+    status: str = ""
+    reason: str = ""
+    eta: float | None = None
+    progress_percent: float | None = None
 
 
-def _lenient_str(value: object) -> str:
-    if type(value) is str:
-        return value
-    return "" if value is None else str(value)
+@attrs.frozen
+class _WireVideo:
+    video_url: str = ""
+    video_url_ttl: float | None = None
+    video_type: str = ""
 
 
-_VIDEO_FIELDS = {
-    "url": override(rename="video_url"),
-    "ttl": override(rename="video_url_ttl"),
-    "type": override(rename="video_type"),
-    "received_at": override(omit=True),
-}
-_converter.register_unstructure_hook(Video, make_dict_unstructure_fn(Video, _converter, **_VIDEO_FIELDS))  # type: ignore[arg-type]
+@attrs.frozen
+class _WireExtra:
+    seed: int | None = None
 
 
-def _mapping(value: object) -> Mapping[str, Any]:
-    if type(value) is dict:
-        return value
-    return value if isinstance(value, Mapping) else {}
+@attrs.frozen
+class _WireTaskResult:
+    """The task-result body (API.md section 3): `task`, `videos`, `extra.seed`; `images`, `audios` unused."""
+
+    task: _WireTask = _WireTask()
+    videos: tuple[_WireVideo, ...] = ()
+    extra: _WireExtra = _WireExtra()
 
 
-def _structure_task_result(body: object, _: object = None, received_at: datetime | None = None) -> TaskResult:
-    # This runs on every poll, so it is written out by hand rather than generated, and a value of the type
-    # the API sends is taken inline: a call per field would cost more than the rest of the parsing. Any
-    # other value goes through the lenient readers.
-    top = body if type(body) is dict else _mapping(body)
-    task = top.get("task")
-    task = task if type(task) is dict else _mapping(task)
-    status = task.get("status")
-    status = status if type(status) is str else _lenient_str(status)
-    task_id = task.get("task_id")
-    task_id = task_id if type(task_id) is str else _lenient_str(task_id)
-    reason = task.get("reason")
-    reason = reason if type(reason) is str else _lenient_str(reason)
-    eta = task.get("eta")
-    progress = task.get("progress_percent")
-    extra = top.get("extra")
-    seed = (extra if type(extra) is dict else _mapping(extra)).get("seed")
-    raw_videos = top.get("videos")
+def _lenient_optional_float(value: object, _: object) -> float | None:
+    return None if value is None else lenient_float(value)
+
+
+def _lenient_seed(value: object, _: object) -> int | None:
+    return None if value is None or value == "" else lenient_int(value)
+
+
+def _str_only(value: object, _: object) -> str:
+    # A video without a URL string is no video (a number there is not a link).
+    return value if type(value) is str else ""
+
+
+@functools.cache  # built on first use: a client that gets no webhook never pays for the code generation
+def _wire_converter() -> cattrs.Converter:
+    converter = cattrs.Converter()  # unknown fields are ignored (cattrs' default)
+    converter.register_structure_hook(str, lambda value, _: lenient_str(value))
+    converter.register_structure_hook_func(lambda kind: kind == float | None, _lenient_optional_float)
+    converter.register_structure_hook_func(lambda kind: kind == int | None, _lenient_seed)
+    converter.register_structure_hook_func(
+        lambda kind: kind == tuple[_WireVideo, ...],
+        lambda value, _: (
+            tuple(converter.structure(video, _WireVideo) for video in value) if isinstance(value, list) else ()
+        ),
+    )
+    overrides: dict[type, dict[str, Any]] = {_WireVideo: {"video_url": override(struct_hook=_str_only)}}
+    for wire_class in (_WireTask, _WireVideo, _WireExtra, _WireTaskResult):
+        structure = make_dict_structure_fn(wire_class, converter, **overrides.get(wire_class, {}))
+        # A part that is not an object (null, a list, a number) is read as an empty one.
+        converter.register_structure_hook(
+            wire_class,
+            lambda value, kind, structure=structure: structure(value if isinstance(value, Mapping) else {}, kind),
+        )
+    return converter
+
+
+def structure_task_result(body: object, *, received_at: datetime | None = None) -> TaskResult:
+    """A task-result body read through the converter: the same result as `_protocol.parse_task_result`."""
+    wire = _wire_converter().structure(body, _WireTaskResult)
+    task = wire.task
+    stamped = received_at or datetime.now(UTC)
     return TaskResult(
-        task_id=task_id,
-        status=TaskStatus.parse(status),
-        reason=reason,
-        eta=None if eta is None else _lenient_float(eta),
-        progress_percent=None if progress is None else _lenient_float(progress),
-        videos=_structure_videos(raw_videos, received_at) if raw_videos else (),
-        seed=None if seed is None or seed == "" else _lenient_int(seed),
-        raw_status=status,
+        task_id=task.task_id,
+        status=TaskStatus.parse(task.status),
+        reason=task.reason,
+        eta=task.eta,
+        progress_percent=task.progress_percent,
+        videos=tuple(
+            Video(url=video.video_url, ttl=video.video_url_ttl, type=video.video_type or "mp4", received_at=stamped)
+            for video in wire.videos
+            if video.video_url
+        ),
+        seed=wire.extra.seed,
+        raw_status=task.status,
     )
 
 
-def _structure_videos(raw_videos: object, received_at: datetime | None) -> tuple[Video, ...]:
-    if not isinstance(raw_videos, list):
-        return ()
-    received_at = received_at or datetime.now(UTC)
-    videos = []
-    for video in raw_videos:
-        fields = video if type(video) is dict else _mapping(video)
-        url = fields.get("video_url")
-        if type(url) is not str or not url:
-            continue
-        ttl = fields.get("video_url_ttl")
-        kind = fields.get("video_type")
-        videos.append(
-            Video(
-                url=url,
-                ttl=None if ttl is None else _lenient_float(ttl),
-                type=(kind if type(kind) is str else _lenient_str(kind)) or "mp4",
-                received_at=received_at,
-            )
+@attrs.frozen
+class WebhookEvent:
+    """One webhook delivery: its `event_type` and the task result it carries (a hint, to be confirmed)."""
+
+    event_type: str
+    result: TaskResult
+
+    @property
+    def is_task_result(self) -> bool:
+        return self.event_type == WEBHOOK_TASK_RESULT
+
+
+def parse_webhook(body: bytes | str) -> WebhookEvent:
+    """A delivery's raw body, `{"event_type": ..., "payload": <task-result body>}` (API.md section 4); raise
+    `ValueError` when it is not JSON or its payload is not an object."""
+    event = json.loads(body)
+    payload = event.get("payload") if isinstance(event, dict) else None
+    if not isinstance(payload, dict):
+        raise ValueError("a webhook delivery's payload must be a JSON object")
+    return WebhookEvent(event_type=lenient_str(event.get("event_type")), result=structure_task_result(payload))
+
+
+# -- manifest rows into requests -------------------------------------------------------------------------------
+
+Reader = Callable[[Any], Any]
+
+
+@final
+class RequestReader:
+    """Builds `ImageToVideo` from a row of fields (a manifest's), reading each value first with the row
+    format's own reader of that field (CSV cells are text), then checking it by the field's rule. Every field
+    is read and checked, so `read` raises an `ExceptionGroup` of every field's `InvalidRequestError`."""
+
+    def __init__(
+        self, readers: Mapping[str, Reader], *, required: Mapping[str, str], columns: Mapping[str, str]
+    ) -> None:
+        """`readers` by field name; `required`: what to say of a required field that is missing; `columns`:
+        the row's name of a field that it names otherwise."""
+        self._required = dict(required)
+        converter = cattrs.Converter(detailed_validation=True)
+
+        def field_hook(name: str) -> Callable[[Any, Any], Any]:
+            read = readers.get(name)
+            if read is None:
+                return lambda value, _: check_request_field(name, value)
+            return lambda value, _: check_request_field(name, read(value))
+
+        fields: dict[str, Any] = {
+            name: override(struct_hook=field_hook(name), rename=columns.get(name))
+            for name in (*REQUEST_FIELDS, "extra_body")
+        }
+        converter.register_structure_hook(
+            ImageToVideo, make_dict_structure_fn(ImageToVideo, converter, _cattrs_forbid_extra_keys=False, **fields)
         )
-    return tuple(videos)
+        self._converter = converter
+
+    def read(self, fields: Mapping[str, Any]) -> ImageToVideo:
+        try:
+            request: ImageToVideo = self._converter.structure(fields, ImageToVideo)
+        except ClassValidationError as group:
+            raise ExceptionGroup("the row's fields", [self._problem(error) for error in group.exceptions]) from None
+        except InvalidRequestError as error:  # a rule that joins two fields, checked as the request is built
+            raise ExceptionGroup("the row's fields", [error]) from None
+        return request
+
+    def _problem(self, error: Exception) -> InvalidRequestError:
+        if isinstance(error, InvalidRequestError):
+            return error
+        # cattrs notes which attribute it was structuring.
+        notes = [note for note in getattr(error, "__notes__", ()) if "@ attribute " in note]
+        name = notes[0].rpartition("@ attribute ")[2] if notes else "row"
+        if isinstance(error, KeyError):  # a required field that is missing
+            return InvalidRequestError(name, self._required.get(name, "is required"))
+        return InvalidRequestError(name, f"cannot be read ({type(error).__name__}: {error})")
 
 
-def _unstructure_task_result(result: TaskResult) -> dict[str, Any]:
-    return {
-        "extra": {"seed": "" if result.seed is None else str(result.seed)},
-        "task": {
-            "task_id": result.task_id,
-            "status": result.raw_status or result.status.value,
-            "reason": result.reason,
-            "task_type": "PIXVERSE_V4_5_I2V",
-            "eta": result.eta,
-            "progress_percent": result.progress_percent,
-        },
-        "images": [],
-        "audios": [],
-        "videos": [_converter.unstructure(video) for video in result.videos],
-    }
-
-
-_converter.register_structure_hook(TaskResult, _structure_task_result)
-_converter.register_unstructure_hook(TaskResult, _unstructure_task_result)
-
-
-def parse_task_result(body: object, *, received_at: datetime | None = None) -> TaskResult:
-    """Parse a task-result answer; `received_at` stamps the videos so they know when they expire."""
-    # The converter's hook, called directly: the generic dispatch costs more than the parsing, once per poll.
-    return _structure_task_result(body, received_at=received_at)
-
-
-def task_result_to_json(result: TaskResult) -> dict[str, Any]:
-    """The API's JSON shape of a result (for the simulator's answers and for round-trip tests)."""
-    return _converter.unstructure(result)  # type: ignore[no-any-return]
-
-
-def encode_image(image: bytes | str, *, as_data_uri: bool) -> str:
-    """The `image` field for local image bytes or a data URI, as raw base64 or as a data URI."""
-    if isinstance(image, str):
-        if not as_data_uri:
-            data, _ = decode_data_uri(image)
-            return base64.b64encode(data).decode("ascii")
-        return image
-    info = inspect_image_bytes(image, source="image")
-    encoded = base64.b64encode(image).decode("ascii")
-    return f"data:{info.mime_type};base64,{encoded}" if as_data_uri else encoded
-
-
-def request_body(request: ImageToVideo, image_field: str, *, webhook_url: str | None = None) -> dict[str, Any]:
-    """The JSON body of a submission; optional fields are left out when unset, `extra_body` merged in."""
-    body: dict[str, Any] = {
-        "prompt": request.prompt,
-        "image": image_field,
-        "resolution": request.resolution,
-        "fast_mode": request.fast_mode,
-    }
-    if request.negative_prompt is not None:
-        body["negative_prompt"] = request.negative_prompt
-    if request.style is not None:
-        body["style"] = request.style
-    if request.seed is not None:
-        body["seed"] = request.seed
-    extra_body = request.extra_body
-    if extra_body is not None:
-        body.update(extra_body)  # checked at construction: JSON values, no documented field
-    if webhook_url is not None:
-        extra = body.get("extra")
-        if extra is None:
-            body["extra"] = {"webhook": {"url": webhook_url}}
-        elif isinstance(extra, dict) and "webhook" not in extra:
-            body["extra"] = {**extra, "webhook": {"url": webhook_url}}
-        else:
-            raise InvalidRequestError(
-                "extra_body",
-                "'extra' must be an object without 'webhook' when the client has a webhook_url (it sets"
-                " extra.webhook itself)",
-            )
-    return body
+def unstructure(value: object) -> Any:
+    """`value` (attrs classes, lists, dicts of them) as JSON values."""
+    return cattrs.Converter().unstructure(value)

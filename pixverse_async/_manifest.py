@@ -28,9 +28,10 @@ from typing import Any
 
 import attrs
 
+from ._convert import RequestReader
 from ._exceptions import InvalidRequestError
-from ._images import MAX_IMAGE_BYTES
-from ._models import ImageToVideo, has_url_scheme
+from ._images import MAX_IMAGE_BYTES, has_url_scheme
+from ._models import ImageToVideo
 
 FIELDS = ("id", "prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -77,6 +78,9 @@ def read_manifest(path: Path) -> list[ManifestRow]:
             row = _check_row(line, number, fields, path.parent, from_csv=suffix == ".csv")
         except InvalidRequestError as error:
             problems.append(f"line {line}: {error}")
+            continue
+        except ExceptionGroup as errors:  # every field's problem
+            problems.extend(f"line {line}: {error}" for error in errors.exceptions)
             continue
         if row.key in seen_keys:
             problems.append(f"line {line}: id {row.key!r} is already used on line {seen_keys[row.key]}")
@@ -207,24 +211,13 @@ def _check_row(line: int, number: int, fields: Mapping[str, Any], base: Path, *,
         allowed = ", ".join(FIELDS)
         raise InvalidRequestError("columns", f"unknown {', '.join(map(repr, unknown))} (allowed: {allowed})")
     key = _output_key(fields.get("id"), number)
-    image = fields.get("image")
-    if not isinstance(image, str) or not image.strip():
-        raise InvalidRequestError("image", "is required: an http(s):// URL or a path relative to the manifest")
+    values = {name: value for name, value in fields.items() if name != "id"}
     # A value with a URL scheme (ftp:, file:, HTTPS:...) goes to ImageToVideo as it is, which names what is
     # wrong with it; anything else is a path relative to the manifest.
-    image_value: str | Path = image if has_url_scheme(image) else base / image
-    if "prompt" not in fields:
-        raise InvalidRequestError("prompt", "is required")
-    request = ImageToVideo(
-        fields["prompt"],
-        image_value,
-        resolution=fields.get("resolution", "540p"),
-        negative_prompt=fields.get("negative_prompt"),
-        fast_mode=_flag_cell(fields.get("fast_mode")) if from_csv else fields.get("fast_mode", False),
-        style=fields.get("style"),
-        seed=_seed_cell(fields.get("seed")) if from_csv else fields.get("seed"),
-        extra_body=_json_object(fields.get("extra")),
-    )
+    image = fields.get("image")
+    if isinstance(image, str) and image.strip() and not has_url_scheme(image):
+        values["image"] = base / image
+    request = (_CSV_REQUESTS if from_csv else _JSON_REQUESTS).read(values)
     fingerprint = hashlib.sha256(json.dumps(dict(fields), sort_keys=True, default=str).encode()).hexdigest()
     return ManifestRow(line=line, key=key, request=request, fingerprint=fingerprint)
 
@@ -271,3 +264,22 @@ def _seed_cell(cell: str | None) -> int | None:
     if not _DIGITS.fullmatch(cell):
         raise InvalidRequestError("seed", f"{cell!r} is not a whole number written in the digits 0-9")
     return int(cell)
+
+
+def _image_cell(value: object) -> object:
+    """The `image` column: a URL, or a path already made relative to the manifest."""
+    if isinstance(value, Path) or (isinstance(value, str) and value.strip()):
+        return value
+    raise InvalidRequestError("image", _IMAGE_REQUIRED)
+
+
+_IMAGE_REQUIRED = "is required: an http(s):// URL or a path relative to the manifest"
+_REQUIRED = {"prompt": "is required", "image": _IMAGE_REQUIRED}
+_COLUMNS = {"extra_body": "extra"}
+# JSON values go to ImageToVideo as they are; CSV cells, all text, are read by one written rule each.
+_JSON_REQUESTS = RequestReader({"image": _image_cell, "extra_body": _json_object}, required=_REQUIRED, columns=_COLUMNS)
+_CSV_REQUESTS = RequestReader(
+    {"image": _image_cell, "fast_mode": _flag_cell, "seed": _seed_cell, "extra_body": _json_object},
+    required=_REQUIRED,
+    columns=_COLUMNS,
+)

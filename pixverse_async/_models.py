@@ -6,46 +6,27 @@ sent or paid for.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import errno
 import math
-import os
 import re
-import stat
 import unicodedata
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
 
 import attrs
 
 from ._exceptions import InvalidRequestError
-from ._images import MAX_IMAGE_BYTES, ImageError, ImageInfo, probe_image
+from ._images import ImageFile, ImageInput, check_image_input, image_repr
 from ._validation import check_number
 
 Resolution = Literal["360p", "540p", "720p", "1080p"]
 Style = Literal["anime", "3d_animation", "clay", "comic", "cyberpunk"]
-ImageInput = str | bytes | Path
 
 RESOLUTIONS: tuple[str, ...] = get_args(Resolution)
 STYLES: tuple[str, ...] = get_args(Style)
 MAX_PROMPT_CHARS = 2048
 MAX_SEED = 2_147_483_647
-
-_DATA_URI = re.compile(r"data:image/(?P<subtype>[a-z]+);base64,(?P<payload>.*)", re.DOTALL | re.IGNORECASE)
-# What a data URI may declare, for the formats the API takes.
-_DATA_URI_SUBTYPES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
-_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
-# Whitespace and control characters have no place in a URL (a browser would percent-encode them).
-_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
-# Opening a FIFO for reading waits for a writer unless non-blocking; reads of a regular file are unaffected.
-_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 # A prompt is text for people: tab, line feed and carriage return are its only control characters, and it must
@@ -69,7 +50,7 @@ def _prompt_text_problem(value: str, *, if_blank: str) -> str | None:
     return None
 
 
-def _check_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
+def _check_prompt(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str):
         raise InvalidRequestError("prompt", f"must be a str, not {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
@@ -79,7 +60,7 @@ def _check_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str], value
         raise InvalidRequestError("prompt", problem)
 
 
-def _check_negative_prompt(instance: ImageToVideo, attribute: attrs.Attribute[str | None], value: object) -> None:
+def _check_negative_prompt(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
     if value is None:
         return
     if not isinstance(value, str):
@@ -91,204 +72,33 @@ def _check_negative_prompt(instance: ImageToVideo, attribute: attrs.Attribute[st
         raise InvalidRequestError("negative_prompt", problem)
 
 
-def _check_fast_mode(instance: ImageToVideo, attribute: attrs.Attribute[bool], value: object) -> None:
+def _check_fast_mode(instance: object, attribute: attrs.Attribute[bool], value: object) -> None:
     if not isinstance(value, bool):
         raise InvalidRequestError("fast_mode", f"must be True or False, not {value!r}")
 
 
-def _check_resolution(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
+def _check_resolution(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
     if value not in RESOLUTIONS:
         raise InvalidRequestError("resolution", f"{value!r} is not one of {', '.join(RESOLUTIONS)}")
+
+
+def _check_resolution_with_fast_mode(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
     if value == "1080p" and instance.fast_mode:
         raise InvalidRequestError("resolution", "'1080p' is not available with fast_mode=True (use 360p to 720p)")
 
 
-def _check_style(instance: ImageToVideo, attribute: attrs.Attribute[str | None], value: object) -> None:
+def _check_style(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
     if value is not None and value not in STYLES:
         raise InvalidRequestError("style", f"{value!r} is not one of {', '.join(STYLES)} (or None)")
 
 
-def _check_seed(instance: ImageToVideo, attribute: attrs.Attribute[int | None], value: object) -> None:
+def _check_seed(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
     if value is None:
         return
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidRequestError("seed", f"must be an int from 0 to {MAX_SEED}, not {type(value).__name__}")
     if not 0 <= value <= MAX_SEED:
         raise InvalidRequestError("seed", f"{value} is outside 0 to {MAX_SEED}")
-
-
-def _check_image(value: object) -> None:
-    if isinstance(value, str):
-        if value[:5].lower() == "data:":
-            decode_data_uri(value)
-            return
-        check_image_url(value)
-        return
-    if isinstance(value, bytes | bytearray):
-        inspect_image_bytes(bytes(value), source="bytes")
-        return
-    if isinstance(value, Path):
-        inspect_image_bytes(read_image_file(value), source=str(value))
-        return
-    raise InvalidRequestError(
-        "image", f"must be a URL str, a data URI, a pathlib.Path or bytes, not {type(value).__name__}"
-    )
-
-
-def has_url_scheme(value: str) -> bool:
-    """Whether `value` starts like a URL (`scheme:`), not like a path (a Windows drive's `C:\\` is a path)."""
-    return _URL_SCHEME.match(value) is not None and _WINDOWS_DRIVE.match(value) is None
-
-
-def check_image_url(value: str) -> str:
-    """An image given as a str that is not a data URI: an http(s) URL, returned with its scheme in lower case
-    (`HTTPS://` is https; servers compare the scheme as written). Anything else is named as what it is."""
-    shown = repr(value[:80])
-    if not has_url_scheme(value):
-        raise InvalidRequestError(
-            "image",
-            f"{shown} is not a URL: a str must be an http(s):// URL or a data:image/...;base64, URI; "
-            "for a local file pass pathlib.Path(...), for the image's content pass bytes",
-        )
-    name = value.partition(":")[0].lower()
-    if name not in ("http", "https"):
-        raise InvalidRequestError(
-            "image",
-            f"unsupported URL scheme {name!r} in {shown}: only http:// and https:// URLs, data:image/ URIs, "
-            "a pathlib.Path or bytes are accepted",
-        )
-    if _URL_FORBIDDEN.search(value):
-        raise InvalidRequestError("image", f"malformed URL {shown}: it holds whitespace or a control character")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises on a port that is not a number in range
-    except ValueError as error:
-        raise InvalidRequestError("image", f"malformed URL {shown}: {error}") from None
-    if not parts.hostname or not value[len(name) :].startswith("://"):
-        raise InvalidRequestError("image", f"malformed URL {shown}: it has no host")
-    return lowercase_scheme(value)
-
-
-def lowercase_scheme(url: str) -> str:
-    """`url` with its scheme in lower case; the very same str when it already is (the usual case)."""
-    scheme, colon, rest = url.partition(":")
-    return url if scheme.islower() else scheme.lower() + colon + rest
-
-
-def inspect_image_bytes(data: bytes, *, source: str) -> ImageInfo:
-    """Check an image's content against the API's rules, as an `InvalidRequestError` naming `source`."""
-    try:
-        return probe_image(data)
-    except ImageError as error:
-        raise InvalidRequestError("image", f"{source}: {error}") from None
-
-
-def read_image_file(path: Path) -> bytes:
-    """Read a first frame from disk: only a regular file, and at most the size limit plus one byte of it.
-
-    A device (`/dev/zero` never ends), a FIFO (opening it would wait for a writer), a socket or a directory is
-    refused before it is opened; the file is opened without blocking and checked again once open, in case the
-    path was swapped in between.
-    """
-    try:
-        status = os.stat(path)
-    except (OSError, ValueError) as error:
-        raise InvalidRequestError("image", f"{_shown_path(path)}: {_path_problem(error)}") from None
-    _check_regular_file(path, status)
-    try:
-        descriptor = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_CLOEXEC)
-    except OSError as error:
-        raise InvalidRequestError("image", f"{path}: {_path_problem(error)}") from None
-    try:
-        status = os.fstat(descriptor)
-        _check_regular_file(path, status)
-        with os.fdopen(descriptor, "rb", closefd=False) as file:
-            data = file.read(MAX_IMAGE_BYTES + 1)
-    except OSError as error:
-        raise InvalidRequestError("image", f"{path}: cannot be read ({error.strerror or error})") from None
-    finally:
-        os.close(descriptor)
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidRequestError(
-            "image", f"{path}: file is over {MAX_IMAGE_BYTES} bytes; the API accepts at most 10 MB"
-        )
-    return data
-
-
-def _check_regular_file(path: Path, status: os.stat_result) -> None:
-    mode = status.st_mode
-    if stat.S_ISREG(mode):
-        if status.st_size > MAX_IMAGE_BYTES:
-            raise InvalidRequestError(
-                "image",
-                f"{path}: file is {status.st_size} bytes; the API accepts at most {MAX_IMAGE_BYTES} bytes (10 MB)",
-            )
-        return
-    kind = (
-        "a directory"
-        if stat.S_ISDIR(mode)
-        else "a FIFO (named pipe)"
-        if stat.S_ISFIFO(mode)
-        else "a character device"
-        if stat.S_ISCHR(mode)
-        else "a block device"
-        if stat.S_ISBLK(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "not a regular file"
-    )
-    raise InvalidRequestError("image", f"{path}: is {kind}, not an image file")
-
-
-def _shown_path(path: Path) -> str:
-    # A path the OS refuses may be unprintable or huge: shown as a short repr.
-    text = str(path)
-    return repr(text[:120] + "…") if len(text) > 120 else repr(text) if "\x00" in text else text
-
-
-def _path_problem(error: OSError | ValueError) -> str:
-    if isinstance(error, UnicodeError):
-        return "the path cannot be encoded as a file name"
-    if isinstance(error, ValueError):
-        return "the path holds a NUL character, which no file name can"
-    if isinstance(error, FileNotFoundError):
-        return "no such file"
-    if isinstance(error, PermissionError):
-        return "permission denied"
-    if error.errno == errno.ENAMETOOLONG:
-        return "the path is too long for the file system"
-    if error.errno == errno.ENOTDIR:
-        return "a part of the path is not a directory"
-    return f"cannot be read ({error.strerror or error})"
-
-
-def decode_data_uri(uri: str) -> tuple[bytes, ImageInfo]:
-    """Decode a `data:image/...;base64,` URI and check the image it carries."""
-    match = _DATA_URI.fullmatch(uri)
-    if match is None:
-        media_type = uri[5:].split(",", 1)[0].split(";", 1)[0].strip()[:40]
-        if media_type and not media_type.lower().startswith("image/"):
-            raise InvalidRequestError(
-                "image",
-                f"a data URI of type {media_type!r} is not an image: only data:image/png;base64,... and "
-                "data:image/jpeg;base64,... are accepted",
-            )
-        raise InvalidRequestError("image", "a data URI must look like data:image/png;base64,<base64>")
-    declared = _DATA_URI_SUBTYPES.get(match["subtype"].lower())
-    if declared is None:
-        raise InvalidRequestError(
-            "image", f"data URI declares image/{match['subtype']}; only PNG and JPEG are accepted"
-        )
-    try:
-        data = base64.b64decode(match["payload"], validate=True)
-    except binascii.Error:
-        raise InvalidRequestError("image", "the data URI's payload is not valid base64") from None
-    info = inspect_image_bytes(data, source="data URI")
-    if info.format != declared:
-        raise InvalidRequestError(
-            "image", f"data URI declares image/{match['subtype']} but carries a {info.format.upper()}"
-        )
-    return data, info
 
 
 def check_timeout(timeout: object) -> None:
@@ -345,15 +155,6 @@ def _extra_body(value: object) -> dict[str, Any] | None:
     return copy
 
 
-def _image_repr(value: ImageInput) -> str:
-    # A request's repr shows up in logs and errors: never dump megabytes of image data into them.
-    if isinstance(value, bytes | bytearray):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, str) and value[:5].lower() == "data:":
-        return f"<data URI, {len(value)} chars>"
-    return repr(value)
-
-
 @attrs.frozen
 class ImageToVideo:
     """One image-to-video job. Building it checks every rule of the API and raises `InvalidRequestError`.
@@ -368,9 +169,11 @@ class ImageToVideo:
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
-    image: ImageInput = attrs.field(repr=_image_repr)
+    image: ImageInput = attrs.field(repr=image_repr)
     # attrs runs validators after every field is set, so the 1080p rule can see fast_mode.
-    resolution: Resolution = attrs.field(default="540p", kw_only=True, validator=_check_resolution)
+    resolution: Resolution = attrs.field(
+        default="540p", kw_only=True, validator=[_check_resolution, _check_resolution_with_fast_mode]
+    )
     negative_prompt: str | None = attrs.field(default=None, kw_only=True, validator=_check_negative_prompt)
     fast_mode: bool = attrs.field(default=False, kw_only=True, validator=_check_fast_mode)
     style: Style | None = attrs.field(default=None, kw_only=True, validator=_check_style)
@@ -378,9 +181,36 @@ class ImageToVideo:
     # Copied and checked at construction; left out of the hash (a dict is not hashable), not of equality.
     extra_body: dict[str, Any] | None = attrs.field(default=None, kw_only=True, converter=_extra_body, hash=False)
 
+    # What the image file was when the request was built (None for other images): a submission sends the file
+    # only if it is still that file (see `ImageFile`).
+    _image_file: ImageFile | None = attrs.field(init=False, default=None, repr=False, eq=False)
+
     def __attrs_post_init__(self) -> None:
-        # The image is checked last, after the cheap field rules, because it may mean reading a file.
-        _check_image(self.image)
+        # The image is checked last, after the cheap field rules, because it may mean reading a file's header.
+        object.__setattr__(self, "_image_file", check_image_input(self.image))
+
+
+_FIELD_RULES: dict[str, Callable[[object, Any, object], None]] = {
+    "prompt": _check_prompt,
+    "resolution": _check_resolution,
+    "negative_prompt": _check_negative_prompt,
+    "fast_mode": _check_fast_mode,
+    "style": _check_style,
+    "seed": _check_seed,
+}
+
+
+def check_request_field(name: str, value: object) -> Any:
+    """`value` checked by the rule of `ImageToVideo`'s field `name` alone, and returned as the field takes it
+    (`extra_body` copied), or `InvalidRequestError`. Rules that join two fields (1080p only without fast_mode)
+    run when the request is built."""
+    if name == "extra_body":
+        return _extra_body(value)
+    if name == "image":
+        check_image_input(value)
+    else:
+        _FIELD_RULES[name](None, None, value)
+    return value
 
 
 class TaskStatus(enum.Enum):

@@ -1,77 +1,110 @@
-"""The task-result parser: round trips, and nothing a server might send ever crashes it."""
+"""Task-result bodies: the hand-written parser of every poll (`_protocol`) and the converter's declared shape
+(`_convert`, used for webhook payloads) give the same result for every body, and never crash on what a server
+might send."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pixverse_async import TaskResult, TaskStatus, Video
-from pixverse_async._convert import parse_task_result, task_result_to_json
+from pixverse_async import TaskResult, TaskStatus
+from pixverse_async._convert import structure_task_result
+from pixverse_async._protocol import parse_task_result
 
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
-
-finite = st.floats(allow_nan=False, allow_infinity=False, min_value=0, max_value=1e9)
-videos = st.builds(
-    Video,
-    url=st.text(min_size=1).map(lambda s: "https://cdn.example/" + s),
-    ttl=st.none() | finite,
-    type=st.sampled_from(["mp4", "webm"]),
-    received_at=st.just(RECEIVED),
-)
-task_results = st.builds(
-    TaskResult,
-    task_id=st.text(min_size=1),
-    status=st.sampled_from([s for s in TaskStatus if s is not TaskStatus.UNKNOWN]),
-    reason=st.text(),
-    eta=st.none() | finite,
-    progress_percent=st.none() | st.floats(min_value=0, max_value=100),
-    videos=st.lists(videos, max_size=3).map(tuple),
-    seed=st.none() | st.integers(min_value=0, max_value=2_147_483_647),
-    raw_status=st.just(""),
-)
-
-
-@given(task_results)
-def test_round_trip_through_the_api_json_shape(result: TaskResult) -> None:
-    wire = json.loads(json.dumps(task_result_to_json(result)))
-    parsed = parse_task_result(wire, received_at=RECEIVED)
-    assert parsed == TaskResult(
-        task_id=result.task_id,
-        status=result.status,
-        reason=result.reason,
-        eta=result.eta,
-        progress_percent=result.progress_percent,
-        videos=result.videos,
-        seed=result.seed,
-        raw_status=result.status.value,
-    )
-
+Parser = Callable[..., TaskResult]
+PARSERS = pytest.mark.parametrize("parse", [parse_task_result, structure_task_result], ids=["by-hand", "converter"])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
 )
-known_keys = st.sampled_from(["task_id", "status", "reason", "eta", "progress_percent", "video_url", "video_url_ttl"])
+unknown_fields = st.dictionaries(st.text(max_size=12).map(lambda name: "x_" + name), json_values, max_size=3)
 
 
-@given(
+def number(low: float, high: float) -> st.SearchStrategy[Any]:
+    """A number as the API sends it: JSON int or float, or the same written in a str."""
+    plain = st.integers(int(low), int(high)) | st.floats(low, high, allow_nan=False)
+    return plain | plain.map(str) | plain.map(lambda n: f" {n} ")
+
+
+def with_unknown_fields(fields: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(lambda known, unknown: {**unknown, **known}, fields, unknown_fields)
+
+
+statuses = st.sampled_from([s.value for s in TaskStatus]) | st.just("TASK_STATUS_PAUSED")
+tasks = with_unknown_fields(
+    st.fixed_dictionaries(
+        {"task_id": st.text(min_size=1), "status": statuses},
+        optional={
+            "reason": st.text(),
+            "task_type": st.just("PIXVERSE_V4_5_I2V"),
+            "eta": number(0, 1e6) | st.none(),
+            "progress_percent": number(0, 100) | st.none(),
+        },
+    )
+)
+videos = with_unknown_fields(
+    st.fixed_dictionaries(
+        {"video_url": st.text(min_size=1).map(lambda path: "https://cdn.example/" + path)},
+        optional={"video_url_ttl": number(0, 1e6) | st.none(), "video_type": st.sampled_from(["mp4", "webm", ""])},
+    )
+)
+seeds = st.integers(0, 2_147_483_647)
+valid_bodies = with_unknown_fields(
+    st.fixed_dictionaries(
+        {"task": tasks},
+        optional={
+            "videos": st.lists(videos, max_size=3),
+            "extra": with_unknown_fields(st.fixed_dictionaries({}, optional={"seed": seeds | seeds.map(str)})),
+            "images": st.just([]),
+            "audios": st.just([]),
+        },
+    )
+)
+
+
+@given(valid_bodies)
+def test_every_valid_body_with_unknown_fields_gets_the_same_result_from_both(body: dict[str, Any]) -> None:
+    by_hand = parse_task_result(body, received_at=RECEIVED)
+    assert structure_task_result(body, received_at=RECEIVED) == by_hand
+    # The result is the body's, not a default's.
+    assert by_hand.task_id == body["task"]["task_id"] and by_hand.raw_status == body["task"]["status"]
+    assert len(by_hand.videos) == len(body.get("videos", []))
+
+
+task_keys = st.sampled_from(["task_id", "status", "reason", "eta", "progress_percent", "junk"])
+video_keys = st.sampled_from(["video_url", "video_url_ttl", "video_type", "junk"])
+any_body = (
     st.dictionaries(st.sampled_from(["task", "videos", "extra", "images", "junk"]), json_values)
     | json_values
-    | st.fixed_dictionaries({"task": st.dictionaries(known_keys, json_values), "videos": st.lists(json_values)})
+    | st.fixed_dictionaries(
+        {
+            "task": st.dictionaries(task_keys, json_values) | json_values,
+            "videos": st.lists(st.dictionaries(video_keys, json_values) | json_values) | json_values,
+            "extra": st.dictionaries(st.sampled_from(["seed", "junk"]), json_values) | json_values,
+        }
+    )
 )
-def test_anything_parses_without_crashing(body: Any) -> None:
-    result = parse_task_result(body)
+
+
+@given(any_body)
+def test_anything_parses_without_crashing_and_alike(body: Any) -> None:
+    result = parse_task_result(body, received_at=RECEIVED)
     assert isinstance(result.status, TaskStatus)
     assert isinstance(result.task_id, str)
     assert all(isinstance(video.url, str) and video.url for video in result.videos)
+    assert structure_task_result(body, received_at=RECEIVED) == result
 
 
-def test_documented_example_with_string_numbers_and_unknown_fields() -> None:
+@PARSERS
+def test_documented_example_with_string_numbers_and_unknown_fields(parse: Parser) -> None:
     body = {
         "extra": {"seed": "158881667", "debug_info": {"request_info": ""}},
         "task": {
@@ -87,7 +120,7 @@ def test_documented_example_with_string_numbers_and_unknown_fields() -> None:
         "audios": [],
         "videos": [{"video_url": "https://cdn/x.mp4?sig=1", "video_url_ttl": "3600", "video_type": "mp4"}],
     }
-    result = parse_task_result(body, received_at=RECEIVED)
+    result = parse(body, received_at=RECEIVED)
     assert result.status is TaskStatus.SUCCEED and result.is_terminal
     assert (result.eta, result.progress_percent, result.seed) == (0.0, 100.0, 158881667)
     (video,) = result.videos
@@ -96,7 +129,8 @@ def test_documented_example_with_string_numbers_and_unknown_fields() -> None:
     assert "sig=1" not in repr(video)
 
 
-def test_unknown_status_and_missing_fields() -> None:
-    result = parse_task_result({"task": {"status": "TASK_STATUS_PAUSED", "eta": "soon"}})
+@PARSERS
+def test_unknown_status_and_missing_fields(parse: Parser) -> None:
+    result = parse({"task": {"status": "TASK_STATUS_PAUSED", "eta": "soon"}})
     assert result.status is TaskStatus.UNKNOWN and result.raw_status == "TASK_STATUS_PAUSED"
     assert result.eta is None and result.videos == () and result.reason == ""

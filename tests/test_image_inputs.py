@@ -7,15 +7,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pixverse_async import ImageToVideo, InvalidRequestError
 from pixverse_async.testing import Simulator
 from tests.helpers import SCALE, client_for
-from tests.images import png
+from tests.images import jpeg, png
 
 pytestmark = pytest.mark.anyio
 
@@ -140,3 +143,133 @@ def test_a_file_over_the_limit_is_refused_from_its_size_before_reading(tmp_path:
     with big.open("wb") as file:
         file.truncate(50 * 1024 * 1024)
     assert "the API accepts at most 10485760 bytes" in refused(big)
+
+
+# -- a file is read whole only when it is sent -----------------------------------------------------------------
+
+
+def _bytes_read_by_this_process() -> int:
+    # rchar: every byte the process's read calls returned, whatever read them.
+    with open("/proc/self/io", "rb") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith(b"rchar:"))
+
+
+def _jpeg_with_a_big_app_segment_first(width: int, height: int) -> bytes:
+    """A JPEG whose frame header comes after 8 MB of APP segments (EXIF and ICC data can be that big)."""
+    app_segment = b"\xff\xe2" + (0xFFFF).to_bytes(2, "big") + b"\x00" * (0xFFFF - 2)
+    image = jpeg(width, height)
+    return image[:2] + app_segment * 128 + image[2:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+@pytest.mark.parametrize(
+    "content",
+    [png(400, 300, pad_to=9 * 1024 * 1024), _jpeg_with_a_big_app_segment_first(640, 480)],
+    ids=["png-9MB", "jpeg-8MB-of-app-segments"],
+)
+async def test_building_a_request_from_a_path_in_a_coroutine_reads_the_header_only(
+    tmp_path: Path, content: bytes
+) -> None:
+    frame = tmp_path / "frame.img"
+    frame.write_bytes(content)
+    before = _bytes_read_by_this_process()
+    request = ImageToVideo("p", frame)
+    read = _bytes_read_by_this_process() - before
+    assert request.image == frame
+    assert len(content) > 8_000_000 and read < 64 * 1024
+
+
+async def test_the_whole_file_is_read_at_submission_in_a_worker_thread(tmp_path: Path) -> None:
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png(400, 300))
+    opened_in: list[int] = []
+    watching = True
+
+    def on_audit(event: str, args: tuple[object, ...]) -> None:
+        if watching and event == "open" and args and args[0] == str(frame):
+            opened_in.append(threading.get_ident())
+
+    sys.addaudithook(on_audit)  # audit hooks cannot be removed: this one stops listening below
+    try:
+        async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+            request = ImageToVideo("p", frame)
+            built = len(opened_in)
+            await client.submit(request)
+            assert sim.counters.tasks_created == 1
+    finally:
+        watching = False
+    loop_thread = threading.get_ident()
+    assert built == 1 and opened_in[0] == loop_thread  # the header, read where the request is built
+    assert len(opened_in) == 2 and opened_in[1] != loop_thread
+
+
+def _same_times(path: Path, status: os.stat_result) -> None:
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def _rewritten_same_size_and_times(frame: Path) -> None:
+    status = frame.stat()
+    frame.write_bytes(png(300, 400, pad_to=status.st_size))
+    _same_times(frame, status)  # the header still shows the change: 300x400, not 400x300
+
+
+def _replaced_by_a_copy(frame: Path) -> None:
+    status = frame.stat()
+    copy = frame.with_name("copy.png")
+    copy.write_bytes(frame.read_bytes())
+    _same_times(copy, status)
+    copy.replace(frame)  # same content, size and times; another inode
+
+
+def _touched(frame: Path) -> None:
+    status = frame.stat()
+    os.utime(frame, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda frame: frame.write_bytes(png(600, 400)),
+        _rewritten_same_size_and_times,
+        _replaced_by_a_copy,
+        _touched,
+    ],
+    ids=["another-image", "same-size-and-times", "replaced-by-a-copy", "touched"],
+)
+async def test_a_file_changed_since_the_request_was_built_is_refused_before_sending(
+    tmp_path: Path, change: Any
+) -> None:
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png(400, 300, pad_to=4096))
+    request = ImageToVideo("p", frame)
+    change(frame)
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        with pytest.raises(InvalidRequestError, match="the file changed since the request was built") as caught:
+            await client.submit(request)
+        assert caught.value.field == "image"
+        assert sim.counters.submit_requests == 0
+        # Built again, the request sends what the file holds now.
+        await client.submit(ImageToVideo("p", frame))
+        assert sim.counters.tasks_created == 1
+
+
+async def test_a_file_removed_since_the_request_was_built_is_refused_before_sending(tmp_path: Path) -> None:
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png(400, 300))
+    request = ImageToVideo("p", frame)
+    frame.unlink()
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        with pytest.raises(InvalidRequestError, match="no such file: it was removed since the request was built"):
+            await client.submit(request)
+        assert sim.counters.submit_requests == 0
+
+
+async def test_an_unchanged_file_is_sent_whole_as_built(tmp_path: Path) -> None:
+    frame = tmp_path / "frame.jpg"
+    content = _jpeg_with_a_big_app_segment_first(640, 480)[: 2 + 4 * 0x10001] + jpeg(640, 480)[2:]
+    frame.write_bytes(content)
+    request = ImageToVideo("p", frame)
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        task = await client.submit(request)
+        image = sim.tasks[task.task_id].image
+    assert (image.width, image.height) == (640, 480)

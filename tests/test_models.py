@@ -25,10 +25,27 @@ def rejected(field: str, **kwargs: object) -> InvalidRequestError:
     return caught.value
 
 
-def test_defaults_and_repr() -> None:
+def test_defaults_and_repr(tmp_path: Path) -> None:
     request = ImageToVideo("a cat surfing", URL)
     assert (request.resolution, request.fast_mode, request.style, request.seed) == ("540p", False, None, None)
-    assert isinstance(InvalidRequestError("x", "y"), ValueError)
+    assert repr(request) == (
+        "ImageToVideo(prompt='a cat surfing', image='https://example.com/frame.png', resolution='540p', "
+        "negative_prompt=None, fast_mode=False, style=None, seed=None, extra_body=None)"
+    )
+    # Image data never goes into a repr (it ends up in logs and errors), only its size; a path is shown as is.
+    image = png()
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    assert repr(ImageToVideo("p", image, seed=7)) == (
+        f"ImageToVideo(prompt='p', image=<{len(image)} bytes>, resolution='540p', negative_prompt=None, "
+        "fast_mode=False, style=None, seed=7, extra_body=None)"
+    )
+    assert f"image=<data URI, {len(uri)} chars>," in repr(ImageToVideo("p", uri))
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(image)
+    assert repr(ImageToVideo("p", frame, extra_body={"x": 1})) == (
+        f"ImageToVideo(prompt='p', image={frame!r}, resolution='540p', negative_prompt=None, fast_mode=False, "
+        "style=None, seed=None, extra_body={'x': 1})"
+    )
 
 
 # Text as people write it: no control characters but tab, CR and LF, and no lone surrogates.

@@ -1,0 +1,157 @@
+"""The API's wire protocol: its paths, the body of a submission, and the lenient parser of its task-result answers.
+
+The parser never fails on what a server might plausibly send: missing fields become None or empty, numbers
+may arrive as strings, unknown statuses become `TaskStatus.UNKNOWN` and unknown fields are ignored. It runs
+on every poll, so it is written out by hand; `_convert` declares the same shape for cattrs, and a test holds
+the two to the same answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from ._exceptions import InvalidRequestError
+from ._images import image_field
+from ._models import ImageToVideo, TaskResult, TaskStatus, Video
+
+SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
+TASK_RESULT_PATH = "/v3/async/task-result"
+
+
+def lenient_float(value: object) -> float | None:
+    """A number the API sent (maybe as a str), or None for anything that is not a finite number."""
+    # Exact types first (the API sends plain numbers): this runs several times per poll.
+    if type(value) is float:
+        number = value
+    elif type(value) is int or (isinstance(value, int | float) and not isinstance(value, bool)):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def lenient_int(value: object) -> int | None:
+    """A whole number the API sent (maybe as a str), or None."""
+    if type(value) is str and value.isascii() and value.isdigit():  # how the API sends the seed
+        return int(value)
+    number = lenient_float(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def lenient_str(value: object) -> str:
+    """Text the API sent; "" for None, and any other value as its str."""
+    if type(value) is str:
+        return value
+    return "" if value is None else str(value)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
+    return value if isinstance(value, Mapping) else {}
+
+
+def parse_task_result(body: object, *, received_at: datetime | None = None) -> TaskResult:
+    """Parse a task-result answer; `received_at` stamps the videos so they know when they expire."""
+    # A value of the type the API sends is taken inline: a call per field would cost more than the rest of the
+    # parsing. Any other value goes through the lenient readers.
+    top = body if type(body) is dict else _mapping(body)
+    task = top.get("task")
+    task = task if type(task) is dict else _mapping(task)
+    status = task.get("status")
+    status = status if type(status) is str else lenient_str(status)
+    task_id = task.get("task_id")
+    task_id = task_id if type(task_id) is str else lenient_str(task_id)
+    reason = task.get("reason")
+    reason = reason if type(reason) is str else lenient_str(reason)
+    eta = task.get("eta")
+    progress = task.get("progress_percent")
+    extra = top.get("extra")
+    seed = (extra if type(extra) is dict else _mapping(extra)).get("seed")
+    raw_videos = top.get("videos")
+    return TaskResult(
+        task_id=task_id,
+        status=TaskStatus.parse(status),
+        reason=reason,
+        eta=None if eta is None else lenient_float(eta),
+        progress_percent=None if progress is None else lenient_float(progress),
+        videos=_structure_videos(raw_videos, received_at) if raw_videos else (),
+        seed=None if seed is None or seed == "" else lenient_int(seed),
+        raw_status=status,
+    )
+
+
+def _structure_videos(raw_videos: object, received_at: datetime | None) -> tuple[Video, ...]:
+    if not isinstance(raw_videos, list):
+        return ()
+    received_at = received_at or datetime.now(UTC)
+    videos = []
+    for video in raw_videos:
+        fields = video if type(video) is dict else _mapping(video)
+        url = fields.get("video_url")
+        if type(url) is not str or not url:
+            continue
+        ttl = fields.get("video_url_ttl")
+        kind = fields.get("video_type")
+        videos.append(
+            Video(
+                url=url,
+                ttl=None if ttl is None else lenient_float(ttl),
+                type=(kind if type(kind) is str else lenient_str(kind)) or "mp4",
+                received_at=received_at,
+            )
+        )
+    return tuple(videos)
+
+
+async def submission_body(
+    request: ImageToVideo, *, image_as_data_uri: bool, webhook_url: str | None = None
+) -> dict[str, Any]:
+    """The JSON body of a submission, made when it is sent: a file image is read then, off the event loop, and
+    refused (`InvalidRequestError`, before anything is sent) if it changed or vanished since the request was
+    built."""
+    image = await image_field(request.image, request._image_file, as_data_uri=image_as_data_uri)
+    return request_body(request, image, webhook_url=webhook_url)
+
+
+def request_body(request: ImageToVideo, image: str, *, webhook_url: str | None = None) -> dict[str, Any]:
+    """The JSON body of a submission; optional fields are left out when unset, `extra_body` merged in."""
+    body: dict[str, Any] = {
+        "prompt": request.prompt,
+        "image": image,
+        "resolution": request.resolution,
+        "fast_mode": request.fast_mode,
+    }
+    if request.negative_prompt is not None:
+        body["negative_prompt"] = request.negative_prompt
+    if request.style is not None:
+        body["style"] = request.style
+    if request.seed is not None:
+        body["seed"] = request.seed
+    extra_body = request.extra_body
+    if extra_body is not None:
+        body.update(extra_body)  # checked at construction: JSON values, no documented field
+    if webhook_url is not None:
+        extra = body.get("extra")
+        if extra is None:
+            body["extra"] = {"webhook": {"url": webhook_url}}
+        elif isinstance(extra, dict) and "webhook" not in extra:
+            body["extra"] = {**extra, "webhook": {"url": webhook_url}}
+        else:
+            raise InvalidRequestError(
+                "extra_body",
+                "'extra' must be an object without 'webhook' when the client has a webhook_url (it sets"
+                " extra.webhook itself)",
+            )
+    return body
