@@ -35,10 +35,10 @@ from ._exceptions import (
     VideoExpiredError,
     VideoHostError,
 )
-from ._http import Timeouts
 from ._models import ImageToVideo, Resolution, Style, Task, TaskResult, TaskStatus, Video
 from ._poller import PollPolicy
 from ._retry import RetryPolicy
+from ._transport import Timeouts
 from ._version import __version__
 
 __all__ = [

@@ -54,7 +54,6 @@ from ._exceptions import (
     VideoHostError,
 )
 from ._forecast import kind_of
-from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact, shorten
 from ._models import (
     ImageToVideo,
     Task,
@@ -67,6 +66,17 @@ from ._models import (
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._retry import RetryPolicy, parse_retry_after
+from ._transport import (
+    USER_AGENT,
+    AnswerLost,
+    ApiTransport,
+    RequestNotSent,
+    Response,
+    Secret,
+    Timeouts,
+    redact,
+    shorten,
+)
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
 from ._wire import WireGuard
 
