@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -69,6 +68,7 @@ from ._transport import (
     Timeouts,
 )
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
+from ._webhooks import answer_delivery
 from ._wire import WireGuard
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
@@ -550,22 +550,7 @@ class PixVerseClient:
         that confirmation was scheduled; 202 when there is nothing to do (a duplicate, a late delivery, a task
         this client does not follow, an event that is not a task result); 400 when the body is malformed.
         """
-        state = self._state()
-        try:
-            event = json.loads(body)
-        except ValueError:
-            return 400
-        payload = event.get("payload") if isinstance(event, dict) else None
-        if not isinstance(payload, dict):
-            return 400
-        if event.get("event_type") != "ASYNC_TASK_RESULT":
-            return 202
-        hint = parse_task_result(payload)
-        if not hint.task_id:
-            return 400
-        if not hint.is_terminal:
-            return 202
-        return 200 if state.poller.confirm(hint.task_id) else 202
+        return answer_delivery(body, self._state().poller)
 
     # -- download -------------------------------------------------------------------------------------------
 
