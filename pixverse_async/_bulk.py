@@ -350,7 +350,7 @@ class AsCompleted:
                     "job",
                     f"must be an ImageToVideo, a Task, a task id or a (key, job) pair, not {type(job).__name__}",
                 )
-            body = await self._client._request_body(job)
+            body = await self._state.submitter.request_body(job)
             if self._on_event is not None:
                 # Not through _emit: a journal that cannot record "submitting" must stop the submission.
                 try:
@@ -364,9 +364,7 @@ class AsCompleted:
         def on_retry(attempt: int, error: PixVerseError) -> None:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt, key=key)
 
-        return await self._client._submit_holding_slot(
-            self._state, job, body, slot, on_retry=on_retry, wire_guard=wire_guard
-        )
+        return await self._state.submitter.send(job, body, slot, on_retry=on_retry, wire_guard=wire_guard)
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job

@@ -19,7 +19,7 @@ import random
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar, final
+from typing import Self, TypeVar, final
 
 import aiohttp
 import anyio
@@ -30,7 +30,7 @@ from anyio.abc import TaskGroup
 from ._budget import LocalBudget, RateLimits, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
-from ._convert import encode_image, parse_task_result, request_body
+from ._convert import parse_task_result
 from ._download import Downloader
 from ._exceptions import (
     APIConnectionError,
@@ -41,7 +41,6 @@ from ._exceptions import (
     PixVerseError,
     RateLimitError,
     ServerError,
-    SubmissionUncertainError,
     TaskFailedError,
     VideoHostError,
 )
@@ -53,17 +52,15 @@ from ._models import (
     TaskStatus,
     Video,
     check_timeout,
-    lowercase_scheme,
-    read_image_file,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._retry import RetryPolicy
+from ._submission import Submitter
 from ._transport import (
     USER_AGENT,
     AnswerLost,
     ApiTransport,
     RequestNotSent,
-    Response,
     Secret,
     Timeouts,
 )
@@ -76,7 +73,6 @@ DEFAULT_MAX_CONCURRENCY = 64
 # As many as the poller's default polls in flight. With 32, as_completed at max_concurrency=64 had half the
 # raw loop's requests in flight, and each turn of the event loop served half as many of them.
 DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
-SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
 TASK_RESULT_PATH = "/v3/async/task-result"
 _DOWNLOAD_BUFFER_BYTES = 1 << 20
 _DOWNLOAD_CONNECTIONS = 32
@@ -86,7 +82,6 @@ _MP4_HEAD_BYTES = 8
 
 T = TypeVar("T")
 _log = logging.getLogger("pixverse_async")
-RetryCallback = Callable[[int, PixVerseError], None]
 
 
 @final
@@ -110,6 +105,7 @@ class _OpenState:
     session: aiohttp.ClientSession
     transport: ApiTransport
     poller: Poller
+    submitter: Submitter
     background: TaskGroup
     stack: contextlib.AsyncExitStack
 
@@ -236,7 +232,20 @@ class PixVerseClient:
             background.start_soon(transport.deadlines.watch, name="pixverse-request-deadlines")
             stack.callback(background.cancel_scope.cancel)
             self._open = _OpenState(
-                session=session, transport=transport, poller=poller, background=background, stack=stack.pop_all()
+                session=session,
+                transport=transport,
+                poller=poller,
+                submitter=Submitter(
+                    transport,
+                    self._budget,
+                    clock=self.clock,
+                    retry=self.retry,
+                    rng=self._rng,
+                    image_as_data_uri=self.image_as_data_uri,
+                    webhook_url=self.webhook_url,
+                ),
+                background=background,
+                stack=stack.pop_all(),
             )
         return self
 
@@ -284,7 +293,7 @@ class PixVerseClient:
         if not isinstance(request, ImageToVideo):
             raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
         state = self._state()
-        body = await self._request_body(request)
+        body = await state.submitter.request_body(request)
         slot = await self._budget.acquire()
         # Sent from the client's own task, so that the caller can be cancelled at once (by anyio or asyncio)
         # while a request already on the wire still gets its answer: see `abandoned_tasks`.
@@ -309,8 +318,8 @@ class PixVerseClient:
         """`submit()`'s request, holding the slot its caller took; never raises into the client's tasks."""
         try:
             with submission.stop, anyio.CancelScope() as scope:
-                task_id, slot = await self._submit_holding_slot(
-                    state, submission.request, body, slot, wire_guard=WireGuard(scope=scope, stop=submission.stop)
+                task_id, slot = await state.submitter.send(
+                    submission.request, body, slot, wire_guard=WireGuard(scope=scope, stop=submission.stop)
                 )
                 state.poller.track(task_id, slot=slot, kind=kind_of(submission.request))
                 submission.task = Task(task_id=task_id, request=submission.request)
@@ -325,105 +334,6 @@ class PixVerseClient:
             submission.error = error
         finally:
             submission.answered.set()
-
-    async def _request_body(self, request: ImageToVideo) -> dict[str, Any]:
-        image = request.image
-        if isinstance(image, Path):
-            # The file may have changed since the request was built: it is read and checked again here.
-            field = await anyio.to_thread.run_sync(
-                lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
-            )
-        elif isinstance(image, str) and image[:5].lower() != "data:":
-            # Checked when the request was built (a str cannot change since); only the scheme's case is fixed.
-            field = lowercase_scheme(image)
-        else:
-            field = encode_image(
-                bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri
-            )
-        return request_body(request, field, webhook_url=self.webhook_url)
-
-    async def _submit_holding_slot(
-        self,
-        state: _OpenState,
-        request: ImageToVideo,
-        body: object,
-        slot: Slot,
-        *,
-        on_retry: RetryCallback | None = None,
-        wire_guard: WireGuard | None = None,
-    ) -> tuple[str, Slot]:
-        """Submit holding a running-task slot; return the new task's id and the slot that now stands for it.
-
-        The slot is this call's from here on: on success it is returned, accepted, for the poller to give
-        back when the task ends (a 429 gives it back and a retry takes another, hence the return); on failure
-        it is given back here, and kept until the task could have ended when the answer was lost. With a
-        `wire_guard` (see there), leaving waits for the answer of a request on the wire, so that a task the
-        server created is not lost, and sends no new one. Submissions are paced by the budget.
-        """
-        budget = self._budget
-        attempt = waits_at_the_cap = 0
-        while True:
-            attempt += 1
-            on_wire = False
-            try:
-                await budget.submissions.wait(self.clock)
-                if wire_guard is None:
-                    on_wire = True
-                    response = await state.transport.send("POST", SUBMIT_PATH, body=body)
-                else:
-                    if wire_guard.stop.cancel_called:
-                        # Cancelled without an await since at which to hear it (woken in the very turn the
-                        # caller left): hear it now, before anything is sent.
-                        await anyio.lowlevel.checkpoint_if_cancelled()
-                    wire_guard.scope.shield = True
-                    on_wire = True
-                    try:
-                        response = await state.transport.send("POST", SUBMIT_PATH, body=body)
-                    finally:
-                        wire_guard.scope.shield = False
-                if response.status == 200:
-                    task_id = _task_id_from(response)
-                    slot.accepted()
-                    return task_id, slot
-                error: PixVerseError = state.transport.status_error(response)
-                del response  # its body may echo the key: not a local of a frame in the traceback
-            except RequestNotSent as failure:
-                error = failure.error
-            except (AnswerLost, APIResponseError) as failure:
-                slot.release_when_ended()
-                cause = failure.error if isinstance(failure, AnswerLost) else failure
-                raise SubmissionUncertainError(request, cause) from cause
-            except BaseException:
-                # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
-                if on_wire:
-                    slot.release_when_ended()
-                else:
-                    slot.release()
-                raise
-            wait_for_a_slot = False
-            if isinstance(error, RateLimitError):
-                wait_for_a_slot = slot.refused(error.retry_after)
-            elif isinstance(error, ServerError):
-                slot.release_when_ended()
-                raise SubmissionUncertainError(request, error) from error
-            else:
-                slot.release()
-            if not isinstance(error, RateLimitError | APIConnectionError):
-                raise error
-            retry_after = error.retry_after if isinstance(error, RateLimitError) else None
-            delay = self.retry.delay(attempt, retry_after, self._rng)
-            if wait_for_a_slot:
-                # At the account's cap, the wait for a running task to end is the backoff, and it ends only as
-                # tasks do: not a failed try (counting it failed jobs that merely queued behind the cap).
-                waits_at_the_cap += 1
-            if delay is None or attempt - waits_at_the_cap >= self.retry.max_attempts:
-                raise error
-            if on_retry is not None:
-                on_retry(attempt, error)
-            # At the account's cap after a 429, waiting for a running task to end is the backoff.
-            if retry_after is not None or not wait_for_a_slot:
-                await self.clock.sleep(delay)
-            slot = await budget.acquire()
 
     def as_completed(
         self,
@@ -636,14 +546,6 @@ async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: fl
         if not delivered.is_set():
             poller.unwatch(task_id, waiter)
     return outcomes[0]
-
-
-def _task_id_from(response: Response) -> str:
-    body = response.json()
-    task_id = body.get("task_id") if isinstance(body, dict) else None
-    if not isinstance(task_id, str) or not task_id:
-        raise APIResponseError("the submission was answered 200 without a task_id")
-    return task_id
 
 
 def _task_id_of(task: Task | TaskResult | str) -> str:

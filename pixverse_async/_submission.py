@@ -1,0 +1,166 @@
+"""One submission: its body, its running-task slot, the shield that keeps its answer, and the POST rule.
+
+Submissions are billed and the API takes no idempotency key, so a submission retries only when the server
+cannot have created a task (it could not be reached, or it answered 429); when the request went out and the
+answer was lost (read timeout, reset, 5xx, a garbled 200), it raises `SubmissionUncertainError` instead of
+paying twice. `submit()` and `as_completed()` both submit through a `Submitter`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, final
+
+import anyio
+import anyio.lowlevel
+
+from ._budget import Budget, Slot
+from ._clock import Clock
+from ._convert import encode_image, request_body
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseError,
+    PixVerseError,
+    RateLimitError,
+    ServerError,
+    SubmissionUncertainError,
+)
+from ._models import ImageToVideo, lowercase_scheme, read_image_file
+from ._retry import RetryPolicy
+from ._transport import AnswerLost, ApiTransport, RequestNotSent, Response
+from ._wire import WireGuard
+
+SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
+RetryCallback = Callable[[int, PixVerseError], None]
+
+
+@final
+class Submitter:
+    """Submits for one open client, through its transport and its budget."""
+
+    def __init__(
+        self,
+        transport: ApiTransport,
+        budget: Budget,
+        *,
+        clock: Clock,
+        retry: RetryPolicy,
+        rng: random.Random,
+        image_as_data_uri: bool,
+        webhook_url: str | None,
+    ) -> None:
+        self._transport = transport
+        self._budget = budget
+        self.clock = clock
+        self.retry = retry
+        self._rng = rng
+        self.image_as_data_uri = image_as_data_uri
+        self.webhook_url = webhook_url
+
+    async def request_body(self, request: ImageToVideo) -> dict[str, Any]:
+        image = request.image
+        if isinstance(image, Path):
+            # The file may have changed since the request was built: it is read and checked again here.
+            field = await anyio.to_thread.run_sync(
+                lambda: encode_image(read_image_file(image), as_data_uri=self.image_as_data_uri)
+            )
+        elif isinstance(image, str) and image[:5].lower() != "data:":
+            # Checked when the request was built (a str cannot change since); only the scheme's case is fixed.
+            field = lowercase_scheme(image)
+        else:
+            field = encode_image(
+                bytes(image) if isinstance(image, bytearray) else image, as_data_uri=self.image_as_data_uri
+            )
+        return request_body(request, field, webhook_url=self.webhook_url)
+
+    async def send(
+        self,
+        request: ImageToVideo,
+        body: object,
+        slot: Slot,
+        *,
+        on_retry: RetryCallback | None = None,
+        wire_guard: WireGuard | None = None,
+    ) -> tuple[str, Slot]:
+        """Submit holding a running-task slot; return the new task's id and the slot that now stands for it.
+
+        The slot is this call's from here on: on success it is returned, accepted, for the poller to give
+        back when the task ends (a 429 gives it back and a retry takes another, hence the return); on failure
+        it is given back here, and kept until the task could have ended when the answer was lost. With a
+        `wire_guard` (see there), leaving waits for the answer of a request on the wire, so that a task the
+        server created is not lost, and sends no new one. Submissions are paced by the budget.
+        """
+        budget = self._budget
+        attempt = waits_at_the_cap = 0
+        while True:
+            attempt += 1
+            on_wire = False
+            try:
+                await budget.submissions.wait(self.clock)
+                if wire_guard is None:
+                    on_wire = True
+                    response = await self._transport.send("POST", SUBMIT_PATH, body=body)
+                else:
+                    if wire_guard.stop.cancel_called:
+                        # Cancelled without an await since at which to hear it (woken in the very turn the
+                        # caller left): hear it now, before anything is sent.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                    wire_guard.scope.shield = True
+                    on_wire = True
+                    try:
+                        response = await self._transport.send("POST", SUBMIT_PATH, body=body)
+                    finally:
+                        wire_guard.scope.shield = False
+                if response.status == 200:
+                    task_id = _task_id_from(response)
+                    slot.accepted()
+                    return task_id, slot
+                error: PixVerseError = self._transport.status_error(response)
+                del response  # its body may echo the key: not a local of a frame in the traceback
+            except RequestNotSent as failure:
+                error = failure.error
+            except (AnswerLost, APIResponseError) as failure:
+                slot.release_when_ended()
+                cause = failure.error if isinstance(failure, AnswerLost) else failure
+                raise SubmissionUncertainError(request, cause) from cause
+            except BaseException:
+                # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
+                if on_wire:
+                    slot.release_when_ended()
+                else:
+                    slot.release()
+                raise
+            wait_for_a_slot = False
+            if isinstance(error, RateLimitError):
+                wait_for_a_slot = slot.refused(error.retry_after)
+            elif isinstance(error, ServerError):
+                slot.release_when_ended()
+                raise SubmissionUncertainError(request, error) from error
+            else:
+                slot.release()
+            if not isinstance(error, RateLimitError | APIConnectionError):
+                raise error
+            retry_after = error.retry_after if isinstance(error, RateLimitError) else None
+            delay = self.retry.delay(attempt, retry_after, self._rng)
+            if wait_for_a_slot:
+                # At the account's cap, the wait for a running task to end is the backoff, and it ends only as
+                # tasks do: not a failed try (counting it failed jobs that merely queued behind the cap).
+                waits_at_the_cap += 1
+            if delay is None or attempt - waits_at_the_cap >= self.retry.max_attempts:
+                raise error
+            if on_retry is not None:
+                on_retry(attempt, error)
+            # At the account's cap after a 429, waiting for a running task to end is the backoff.
+            if retry_after is not None or not wait_for_a_slot:
+                await self.clock.sleep(delay)
+            slot = await budget.acquire()
+
+
+def _task_id_from(response: Response) -> str:
+    body = response.json()
+    task_id = body.get("task_id") if isinstance(body, dict) else None
+    if not isinstance(task_id, str) or not task_id:
+        raise APIResponseError("the submission was answered 200 without a task_id")
+    return task_id
