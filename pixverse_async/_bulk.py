@@ -16,12 +16,14 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, final
+from typing import Any, Self, final
 
 import anyio
 import attrs
+from anyio.abc import TaskGroup
 
 from ._budget import Slot
+from ._clock import Clock
 from ._exceptions import (
     AuthenticationError,
     InsufficientBalanceError,
@@ -31,11 +33,9 @@ from ._exceptions import (
 )
 from ._forecast import kind_of
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout
-from ._poller import Outcome, Waiter
+from ._poller import Outcome, Poller, Waiter
+from ._submission import Submitter
 from ._wire import WireGuard
-
-if TYPE_CHECKING:
-    from ._client import PixVerseClient, _OpenState
 
 Job = ImageToVideo | Task | str
 # A job with a key of the caller's (a row id, a database key), given back on its result and events.
@@ -125,20 +125,30 @@ class AsCompleted:
 
     def __init__(
         self,
-        client: PixVerseClient,
-        state: _OpenState,
         jobs: Iterable[Job | KeyedJob] | AsyncIterable[Job | KeyedJob],
         *,
         timeout: float | None,
         on_event: EventCallback | None,
+        submitter: Submitter,
+        poller: Poller,
+        background: TaskGroup,
+        clock: Clock,
+        max_concurrency: int,
+        max_submissions_in_flight: int,
     ) -> None:
+        """Built by `client.as_completed()`, from the open client's parts: its submitter, its poller, the task
+        group its background tasks run in (this run's feeding among them), and its limits."""
         check_timeout(timeout)
         if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
             raise InvalidRequestError(
                 "jobs", f"must be an iterable or async iterable of jobs, not {type(jobs).__name__}"
             )
-        self._client = client
-        self._state = state
+        self._submissions = submitter
+        self._poller = poller
+        self._background = background
+        self._clock = clock
+        self._max_concurrency = max_concurrency
+        self._max_submissions_in_flight = max_submissions_in_flight
         self._jobs = jobs
         self._timeout = timeout
         self._on_event = on_event
@@ -197,7 +207,7 @@ class AsCompleted:
         self._scope.cancel()
         for task_id, entry in self._running.items():
             if isinstance(entry, _JobWaiter):
-                self._state.poller.abandon(task_id, entry)
+                self._poller.abandon(task_id, entry)
         self._notify()
 
     def __aiter__(self) -> AsyncIterator[JobResult]:
@@ -238,7 +248,7 @@ class AsCompleted:
         if self._closed:
             raise RuntimeError("this as_completed() run is closed")
         self._started = True
-        self._state.background.start_soon(self._run, name="pixverse-as-completed")
+        self._background.start_soon(self._run, name="pixverse-as-completed")
 
     def _notify(self) -> None:
         self._changed.set()
@@ -255,7 +265,7 @@ class AsCompleted:
     async def _run(self) -> None:
         # A fixed pool of submitters, each pulling its next job itself: the submissions on the wire are
         # bounded apart from max_concurrency, and a job costs no task of its own.
-        submitters = min(self._client.max_submissions_in_flight, self._client.max_concurrency)
+        submitters = min(self._max_submissions_in_flight, self._max_concurrency)
         jobs = _JobSource(self._jobs)
         try:
             with self._scope:
@@ -271,14 +281,13 @@ class AsCompleted:
     async def _submitter(self, jobs: _JobSource) -> None:
         """Take the next job only when a running-task slot is free and the results are being read, so that
         memory stays flat however long the input."""
-        budget = self._client._budget
-        backlog_limit = self._client.max_concurrency
+        backlog_limit = self._max_concurrency
         with anyio.CancelScope() as scope:
             wire_guard = WireGuard(scope=scope, stop=self._scope)
             while self._stop_error is None and not self._closed:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
-                slot = await budget.acquire()
+                slot = await self._submissions.take_slot()
                 if len(self._ready) >= backlog_limit:
                     # Results landed while this submitter waited for the slot: nobody is reading them.
                     slot.release()
@@ -327,13 +336,13 @@ class AsCompleted:
             self._running[task_id] = (key, job)
             slot.release_when_ended()
             return
-        deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
+        deadline = None if self._timeout is None else self._clock.now() + self._timeout
         waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id, key=key)
         self._running[task_id] = waiter
         if isinstance(job, ImageToVideo):
-            await self._state.poller.follow(task_id, waiter, slot=slot, kind=kind_of(job))
+            await self._poller.follow(task_id, waiter, slot=slot, kind=kind_of(job))
         else:  # resumed: submitted earlier, so its age here says nothing about how long tasks take
-            await self._state.poller.follow(task_id, waiter, slot=slot, learns=False)
+            await self._poller.follow(task_id, waiter, slot=slot, learns=False)
 
     async def _submit(self, job: Job, slot: Slot, wire_guard: WireGuard, key: Hashable) -> tuple[str, Slot]:
         """The job's task id and the slot that stands for it; the slot is given back here on failure."""
@@ -350,7 +359,7 @@ class AsCompleted:
                     "job",
                     f"must be an ImageToVideo, a Task, a task id or a (key, job) pair, not {type(job).__name__}",
                 )
-            body = await self._state.submitter.request_body(job)
+            body = await self._submissions.request_body(job)
             if self._on_event is not None:
                 # Not through _emit: a journal that cannot record "submitting" must stop the submission.
                 try:
@@ -364,7 +373,7 @@ class AsCompleted:
         def on_retry(attempt: int, error: PixVerseError) -> None:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt, key=key)
 
-        return await self._state.submitter.send(job, body, slot, on_retry=on_retry, wire_guard=wire_guard)
+        return await self._submissions.send(job, body, slot, on_retry=on_retry, wire_guard=wire_guard)
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job

@@ -294,7 +294,7 @@ class PixVerseClient:
             raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
         state = self._state()
         body = await state.submitter.request_body(request)
-        slot = await self._budget.acquire()
+        slot = await state.submitter.take_slot()
         # Sent from the client's own task, so that the caller can be cancelled at once (by anyio or asyncio)
         # while a request already on the wire still gets its answer: see `abandoned_tasks`.
         submission = _Submission(request)
@@ -359,7 +359,18 @@ class PixVerseClient:
         Leaving early stops submitting and polling at once; `results.unfinished` then lists the tasks that
         were paid for and had not ended, `results.unread` the jobs that had ended but were not yielded.
         """
-        return AsCompleted(self, self._state(), jobs, timeout=timeout, on_event=on_event)
+        state = self._state()
+        return AsCompleted(
+            jobs,
+            timeout=timeout,
+            on_event=on_event,
+            submitter=state.submitter,
+            poller=state.poller,
+            background=state.background,
+            clock=self.clock,
+            max_concurrency=self.max_concurrency,
+            max_submissions_in_flight=self.max_submissions_in_flight,
+        )
 
     # -- poll -----------------------------------------------------------------------------------------------
 

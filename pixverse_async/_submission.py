@@ -59,6 +59,11 @@ class Submitter:
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
 
+    async def take_slot(self) -> Slot:
+        """A running-task slot for the next submission: waits while the budget has none free. The slot is then
+        the caller's, to hand to `send()` or to give back."""
+        return await self._budget.acquire()
+
     async def request_body(self, request: ImageToVideo) -> dict[str, Any]:
         image = request.image
         if isinstance(image, Path):
