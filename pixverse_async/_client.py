@@ -1,11 +1,9 @@
 """`PixVerseClient`: submit image-to-video jobs, poll them through one shared poller, download the videos.
 
-Retry rules, because submissions are billed and the API takes no idempotency key:
-- polls and downloads retry on connection errors, timeouts, 429 and 5xx;
-- a submission retries only when the server cannot have created a task (it could not be reached, or it
-  answered 429); when the request went out and the answer was lost (read timeout, reset, 5xx, a garbled
-  200), it raises `SubmissionUncertainError` instead of paying twice;
-- authentication and balance errors are never retried.
+The client checks its configuration, opens and closes what lives while it is open (the session, the
+transport and its read-timeout watchdog, the poller, the submitter) and hands each call to its owner:
+submissions to `_submission.py`, polls to `_poller.py`, many jobs to `_bulk.py`, downloads to `_download.py`,
+webhook deliveries to `_webhooks.py`. Which failures are retried is decided once, in `_retry.py`.
 """
 
 from __future__ import annotations
@@ -33,16 +31,11 @@ from ._clock import Clock, default_clock
 from ._convert import parse_task_result
 from ._download import Downloader
 from ._exceptions import (
-    APIConnectionError,
-    APIResponseError,
     ClientClosedError,
-    DownloadConnectionError,
     InvalidRequestError,
     PixVerseError,
     RateLimitError,
-    ServerError,
     TaskFailedError,
-    VideoHostError,
 )
 from ._forecast import kind_of
 from ._models import (
@@ -54,7 +47,7 @@ from ._models import (
     check_timeout,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, call_with_retries
 from ._submission import Submitter
 from ._transport import (
     USER_AGENT,
@@ -393,23 +386,7 @@ class PixVerseClient:
         return await self._retrying(paced_once)
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        """Run an idempotent call (a poll, a download), retrying connection errors, timeouts, garbled answers,
-        429 and 5xx."""
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None
-            error: PixVerseError
-            try:
-                return await attempt_once()
-            except (RateLimitError, ServerError, VideoHostError) as status_error:
-                error, retry_after = status_error, status_error.retry_after
-            except (APIConnectionError, APIResponseError, DownloadConnectionError) as transient:
-                error, retry_after = transient, None
-            delay = self.retry.delay(attempt, retry_after, self._rng)
-            if attempt >= self.retry.max_attempts or delay is None:
-                raise error
-            await self.clock.sleep(delay)
+        return await call_with_retries(attempt_once, policy=self.retry, clock=self.clock, rng=self._rng)
 
     async def wait(self, task: Task | TaskResult | str, *, timeout: float | None = None) -> TaskResult:
         """Wait until the task ends and return its result.

@@ -29,19 +29,16 @@ from anyio.abc import TaskGroup
 from ._budget import Pacer, Slot
 from ._clock import Clock
 from ._exceptions import (
-    APIConnectionError,
-    APIResponseError,
-    APIStatusError,
+    APIError,
     ClientClosedError,
     NotFoundError,
     PixVerseError,
     RateLimitError,
-    ServerError,
     TaskTimeoutError,
 )
 from ._forecast import Evidence, Forecaster, Kind
 from ._models import TaskResult
-from ._retry import RetryPolicy
+from ._retry import CallKind, RetryPolicy, Verdict, decide
 from ._validation import count, number
 
 Outcome = TaskResult | PixVerseError
@@ -426,12 +423,13 @@ class Poller:
     async def _poll(self, pending: PendingTask) -> None:
         try:
             result = await self._fetch(pending.task_id)
-        except RateLimitError as error:
-            self._on_poll_rate_limited(pending, error)
-        except (APIConnectionError, APIResponseError, ServerError) as error:
-            self._on_poll_transient_error(pending, error)
-        except APIStatusError as error:
-            self._finish(pending, error)
+        except APIError as error:
+            if decide(error, CallKind.IDEMPOTENT) is not Verdict.RETRY:
+                self._finish(pending, error)
+            elif isinstance(error, RateLimitError):
+                self._on_poll_rate_limited(pending, error)
+            else:
+                self._on_poll_transient_error(pending, error)
         else:
             self._pacer.accepted()
             pending.failures = 0

@@ -20,15 +20,13 @@ from ._budget import Budget, Slot
 from ._clock import Clock
 from ._convert import encode_image, request_body
 from ._exceptions import (
-    APIConnectionError,
     APIResponseError,
     PixVerseError,
     RateLimitError,
-    ServerError,
     SubmissionUncertainError,
 )
 from ._models import ImageToVideo, lowercase_scheme, read_image_file
-from ._retry import RetryPolicy
+from ._retry import CallKind, RetryPolicy, Verdict, decide, retry_after_of
 from ._transport import AnswerLost, ApiTransport, RequestNotSent, Response
 from ._wire import WireGuard
 
@@ -124,12 +122,13 @@ class Submitter:
                     return task_id, slot
                 error: PixVerseError = self._transport.status_error(response)
                 del response  # its body may echo the key: not a local of a frame in the traceback
+                reached_server = True
             except RequestNotSent as failure:
-                error = failure.error
-            except (AnswerLost, APIResponseError) as failure:
-                slot.release_when_ended()
-                cause = failure.error if isinstance(failure, AnswerLost) else failure
-                raise SubmissionUncertainError(request, cause) from cause
+                error, reached_server = failure.error, False
+            except AnswerLost as failure:
+                error, reached_server = failure.error, True
+            except APIResponseError as failure:  # a 200 without a task id
+                error, reached_server = failure, True
             except BaseException:
                 # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
                 if on_wire:
@@ -137,17 +136,18 @@ class Submitter:
                 else:
                     slot.release()
                 raise
+            verdict = decide(error, CallKind.BILLED, reached_server=reached_server)
+            if verdict is Verdict.UNCERTAIN:
+                slot.release_when_ended()
+                raise SubmissionUncertainError(request, error) from error
             wait_for_a_slot = False
             if isinstance(error, RateLimitError):
                 wait_for_a_slot = slot.refused(error.retry_after)
-            elif isinstance(error, ServerError):
-                slot.release_when_ended()
-                raise SubmissionUncertainError(request, error) from error
             else:
                 slot.release()
-            if not isinstance(error, RateLimitError | APIConnectionError):
+            if verdict is Verdict.GIVE_UP:
                 raise error
-            retry_after = error.retry_after if isinstance(error, RateLimitError) else None
+            retry_after = retry_after_of(error)
             delay = self.retry.delay(attempt, retry_after, self._rng)
             if wait_for_a_slot:
                 # At the account's cap, the wait for a running task to end is the backoff, and it ends only as
