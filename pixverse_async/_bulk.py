@@ -34,8 +34,7 @@ from ._exceptions import (
 from ._forecast import kind_of
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout
 from ._poller import Outcome, Poller, Waiter
-from ._submission import Submitter
-from ._wire import WireGuard
+from ._submission import Submitter, WireShield
 
 Job = ImageToVideo | Task | str
 # A job with a key of the caller's (a row id, a database key), given back on its result and events.
@@ -283,7 +282,7 @@ class AsCompleted:
         memory stays flat however long the input."""
         backlog_limit = self._max_concurrency
         with anyio.CancelScope() as scope:
-            wire_guard = WireGuard(scope=scope, stop=self._scope)
+            shield = WireShield(scope=scope, stop=self._scope)
             while self._stop_error is None and not self._closed:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
@@ -300,9 +299,9 @@ class AsCompleted:
                 if job is _EXHAUSTED or self._stop_error is not None:
                     slot.release()
                     return
-                await self._start_job(job, slot, wire_guard)
+                await self._start_job(job, slot, shield)
 
-    async def _start_job(self, job: Job | KeyedJob, slot: Slot, wire_guard: WireGuard) -> None:
+    async def _start_job(self, job: Job | KeyedJob, slot: Slot, shield: WireShield) -> None:
         """Submit (or adopt) one job holding a running-task slot, then hand both to the poller."""
         key: Hashable = None
         if isinstance(job, tuple):
@@ -317,7 +316,7 @@ class AsCompleted:
             key = job.key
         self.counts.submitting += 1
         try:
-            task_id, slot = await self._submit(job, slot, wire_guard, key)
+            task_id, slot = await self._submit(job, slot, shield, key)
         except PixVerseError as error:
             if isinstance(error, AuthenticationError | InsufficientBalanceError):
                 self._stop_error = self._stop_error or error
@@ -344,7 +343,7 @@ class AsCompleted:
         else:  # resumed: submitted earlier, so its age here says nothing about how long tasks take
             await self._poller.follow(task_id, waiter, slot=slot, learns=False)
 
-    async def _submit(self, job: Job, slot: Slot, wire_guard: WireGuard, key: Hashable) -> tuple[str, Slot]:
+    async def _submit(self, job: Job, slot: Slot, shield: WireShield, key: Hashable) -> tuple[str, Slot]:
         """The job's task id and the slot that stands for it; the slot is given back here on failure."""
         if isinstance(job, Task | str):
             task_id = job if isinstance(job, str) else job.task_id
@@ -373,7 +372,7 @@ class AsCompleted:
         def on_retry(attempt: int, error: PixVerseError) -> None:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt, key=key)
 
-        return await self._submissions.send(job, body, slot, on_retry=on_retry, wire_guard=wire_guard)
+        return await self._submissions.send(job, body, slot, on_retry=on_retry, shield=shield)
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job

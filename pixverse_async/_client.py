@@ -48,7 +48,7 @@ from ._models import (
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._retry import RetryPolicy, call_with_retries
-from ._submission import Submitter
+from ._submission import Submitter, WireShield
 from ._transport import (
     USER_AGENT,
     AnswerLost,
@@ -59,7 +59,6 @@ from ._transport import (
 )
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
 from ._webhooks import answer_delivery
-from ._wire import WireGuard
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
 DEFAULT_MAX_CONCURRENCY = 64
@@ -222,7 +221,7 @@ class PixVerseClient:
             )
             background = await stack.enter_async_context(anyio.create_task_group())
             await background.start(poller.run, name="pixverse-poller")
-            background.start_soon(transport.deadlines.watch, name="pixverse-request-deadlines")
+            background.start_soon(transport.watchdog.run, name="pixverse-read-timeout-watchdog")
             stack.callback(background.cancel_scope.cancel)
             self._open = _OpenState(
                 session=session,
@@ -312,7 +311,7 @@ class PixVerseClient:
         try:
             with submission.stop, anyio.CancelScope() as scope:
                 task_id, slot = await state.submitter.send(
-                    submission.request, body, slot, wire_guard=WireGuard(scope=scope, stop=submission.stop)
+                    submission.request, body, slot, shield=WireShield(scope=scope, stop=submission.stop)
                 )
                 state.poller.track(task_id, slot=slot, kind=kind_of(submission.request))
                 submission.task = Task(task_id=task_id, request=submission.request)
@@ -422,7 +421,7 @@ class PixVerseClient:
             on_outcome=lambda outcome: send.send_nowait((True, outcome)),
             on_progress=lambda result: send.send_nowait((False, result)),
         )
-        state.poller.watch(task_id, waiter)
+        state.poller.add_waiter(task_id, waiter)
         finished = False
         try:
             with send, receive:
@@ -436,7 +435,7 @@ class PixVerseClient:
                         return
         finally:
             if not finished:
-                state.poller.unwatch(task_id, waiter)
+                state.poller.remove_waiter(task_id, waiter)
 
     # -- webhooks -------------------------------------------------------------------------------------------
 
@@ -527,12 +526,12 @@ async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: fl
 
     deadline = None if timeout is None else clock.now() + timeout
     waiter = CallbackWaiter(deadline=deadline, timeout=timeout, on_outcome=deliver)
-    poller.watch(task_id, waiter)
+    poller.add_waiter(task_id, waiter)
     try:
         await delivered.wait()
     finally:
         if not delivered.is_set():
-            poller.unwatch(task_id, waiter)
+            poller.remove_waiter(task_id, waiter)
     return outcomes[0]
 
 

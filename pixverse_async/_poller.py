@@ -201,7 +201,7 @@ class Poller:
             # A resumed task that is already followed (a wait() on it) or has ended: share what is there.
             if slot is not None:
                 self._take_over_slot(task_id, slot)
-            self.watch(task_id, waiter)
+            self.add_waiter(task_id, waiter)
             return
         now = self._clock.now()
         pending = self._add(task_id, now, slot, kind)
@@ -274,7 +274,7 @@ class Poller:
             self._schedule(pending, now)
         return True
 
-    def watch(self, task_id: str, waiter: Waiter) -> None:
+    def add_waiter(self, task_id: str, waiter: Waiter) -> None:
         """Call `waiter` when `task_id` ends (or its deadline passes); polls it now if it is not followed yet."""
         if self._closed:
             waiter.deliver(ClientClosedError("the client is closed"))
@@ -295,7 +295,7 @@ class Poller:
         if waiter.deadline is not None and waiter.deadline < pending.due and not pending.in_flight:
             self._schedule(pending, waiter.deadline)
 
-    def unwatch(self, task_id: str, waiter: Waiter) -> None:
+    def remove_waiter(self, task_id: str, waiter: Waiter) -> None:
         """The waiter left (cancelled); stop polling the task if nobody else needs it."""
         pending = self._pending.get(task_id)
         if pending is None:

@@ -15,6 +15,7 @@ from typing import Any, final
 
 import anyio
 import anyio.lowlevel
+import attrs
 
 from ._budget import Budget, Slot
 from ._clock import Clock
@@ -28,10 +29,24 @@ from ._exceptions import (
 from ._models import ImageToVideo, lowercase_scheme, read_image_file
 from ._retry import CallKind, RetryPolicy, Verdict, decide, retry_after_of
 from ._transport import AnswerLost, ApiTransport, RequestNotSent, Response
-from ._wire import WireGuard
 
 SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
 RetryCallback = Callable[[int, PixVerseError], None]
+
+
+@attrs.frozen
+class WireShield:
+    """Two cancel scopes that let a task sending submissions for someone be cancelled without losing a task.
+
+    `scope` is a cancel scope the sending task runs in: `Submitter.send` shields it only while a request is on
+    the wire, so a cancellation then waits for the answer (bounded by the read timeout) and a task the server
+    created is not lost. `stop` is the scope whose cancellation means the caller left (an `as_completed` run's,
+    a `submit()` call's): once it is cancelled, nothing more is sent. Toggling one scope per sending task
+    costs far less than entering a new shielded scope per request.
+    """
+
+    scope: anyio.CancelScope
+    stop: anyio.CancelScope
 
 
 @final
@@ -85,14 +100,14 @@ class Submitter:
         slot: Slot,
         *,
         on_retry: RetryCallback | None = None,
-        wire_guard: WireGuard | None = None,
+        shield: WireShield | None = None,
     ) -> tuple[str, Slot]:
         """Submit holding a running-task slot; return the new task's id and the slot that now stands for it.
 
         The slot is this call's from here on: on success it is returned, accepted, for the poller to give
         back when the task ends (a 429 gives it back and a retry takes another, hence the return); on failure
         it is given back here, and kept until the task could have ended when the answer was lost. With a
-        `wire_guard` (see there), leaving waits for the answer of a request on the wire, so that a task the
+        `shield` (see there), leaving waits for the answer of a request on the wire, so that a task the
         server created is not lost, and sends no new one. Submissions are paced by the budget.
         """
         budget = self._budget
@@ -102,20 +117,20 @@ class Submitter:
             on_wire = False
             try:
                 await budget.submissions.wait(self.clock)
-                if wire_guard is None:
+                if shield is None:
                     on_wire = True
                     response = await self._transport.send("POST", SUBMIT_PATH, body=body)
                 else:
-                    if wire_guard.stop.cancel_called:
+                    if shield.stop.cancel_called:
                         # Cancelled without an await since at which to hear it (woken in the very turn the
                         # caller left): hear it now, before anything is sent.
                         await anyio.lowlevel.checkpoint_if_cancelled()
-                    wire_guard.scope.shield = True
+                    shield.scope.shield = True
                     on_wire = True
                     try:
                         response = await self._transport.send("POST", SUBMIT_PATH, body=body)
                     finally:
-                        wire_guard.scope.shield = False
+                        shield.scope.shield = False
                 if response.status == 200:
                     task_id = _task_id_from(response)
                     slot.accepted()

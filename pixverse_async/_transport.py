@@ -160,7 +160,7 @@ class Timeouts:
     download_read: float | None = attrs.field(default=60.0, validator=_check_seconds)
 
     def for_api(self) -> aiohttp.ClientTimeout:
-        # No sock_read: `read` is kept by the client's `Deadlines` watchdog, without a timer per request.
+        # No sock_read: `read` is kept by the transport's `ReadTimeoutWatchdog`, without a timer per request.
         return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=None)
 
     def for_download(self) -> aiohttp.ClientTimeout:
@@ -210,8 +210,8 @@ class ApiTransport:
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeouts.for_api()
-        # Its watch() must run while the client is open.
-        self.deadlines = Deadlines(timeouts.read)
+        # Its run() must run while the client is open.
+        self.watchdog = ReadTimeoutWatchdog(timeouts.read)
         # Built once, and only what must go with each request: aiohttp merges every header it is given, one
         # by one, on every request. The User-Agent is a default of the session the client creates.
         self._headers = _RequestHeaders(api_key, None)
@@ -226,7 +226,7 @@ class ApiTransport:
         url = self._base_url + path
         data = None if body is None else _COMPACT_JSON.encode(body).encode()
         headers = self._headers if data is None else self._json_headers
-        deadline = self.deadlines.arm()
+        deadline = self.watchdog.arm()
         failure: RequestNotSent | AnswerLost
         try:
             # No redirects: following one could carry the key to another host.
@@ -236,7 +236,7 @@ class ApiTransport:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)
         except asyncio.CancelledError:
-            if not self.deadlines.timed_out(deadline):
+            if not self.watchdog.uncancel_if_expired(deadline):
                 raise
             failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
         except aiohttp.ConnectionTimeoutError:
@@ -252,7 +252,7 @@ class ApiTransport:
             detail = self.redact(str(error)) or type(error).__name__
             failure = AnswerLost(APIConnectionError(f"{method} {path}: {detail}"))
         finally:
-            self.deadlines.disarm(deadline)
+            self.watchdog.disarm(deadline)
         # Raised here, outside the handlers, so that aiohttp's error is not kept as its __context__: aiohttp's
         # frames hold the request's headers, key included, in plain locals that a traceback would show.
         raise failure
@@ -322,49 +322,52 @@ _CHECKS_PER_LIMIT = 8
 
 
 @final
-class Deadline:
-    """When one request, running in `task`, must have ended (`time.monotonic()`)."""
+class RequestDeadline:
+    """When one request, running in `asyncio_task` (an `asyncio.Task`, not a PixVerse `Task`), must have ended
+    (`time.monotonic()`: real time, not the client's clock)."""
 
-    __slots__ = ("at", "cancelling", "expired", "task")
+    __slots__ = ("asyncio_task", "at", "cancelling", "expired")
 
     def __init__(self, task: asyncio.Task[object], at: float) -> None:
-        self.task = task
+        self.asyncio_task = task
         self.at = at
         self.cancelling = task.cancelling()
         self.expired = False
 
 
 @final
-class Deadlines:
-    """The deadlines of the requests in flight, each `limit` seconds after its request started."""
+class ReadTimeoutWatchdog:
+    """The deadlines of the API requests in flight, each `limit` seconds after its request started, and the
+    task (`run()`) that cancels the requests past theirs."""
 
     def __init__(self, limit: float | None) -> None:
         self.limit = limit
-        self._armed: set[Deadline] = set()
+        self._armed: set[RequestDeadline] = set()
 
-    def arm(self) -> Deadline | None:
+    def arm(self) -> RequestDeadline | None:
         """A deadline for the request the current task starts now (None when there is no limit)."""
         if self.limit is None:
             return None
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("API requests must run in an asyncio task")
-        deadline = Deadline(task, time.monotonic() + self.limit)
+        deadline = RequestDeadline(task, time.monotonic() + self.limit)
         self._armed.add(deadline)
         return deadline
 
-    def disarm(self, deadline: Deadline | None) -> None:
+    def disarm(self, deadline: RequestDeadline | None) -> None:
         """The request ended, one way or another."""
         if deadline is not None:
             self._armed.discard(deadline)
 
     @staticmethod
-    def timed_out(deadline: Deadline | None) -> bool:
-        """On a `CancelledError` in the request: whether it came from its deadline alone. If so it is taken
-        back, and the caller raises its timeout error instead."""
-        return deadline is not None and deadline.expired and deadline.task.uncancel() <= deadline.cancelling
+    def uncancel_if_expired(deadline: RequestDeadline | None) -> bool:
+        """On a `CancelledError` in the request: True when its deadline, and nobody else, cancelled it. The
+        cancellation is then taken back (`Task.uncancel()`, as `asyncio.timeout()` does) and the caller raises
+        its timeout error instead; on False the caller lets the `CancelledError` propagate."""
+        return deadline is not None and deadline.expired and deadline.asyncio_task.uncancel() <= deadline.cancelling
 
-    async def watch(self) -> None:
+    async def run(self) -> None:
         """Cancel every request past its deadline, until cancelled; at most an eighth of the limit late.
 
         Cancelled (the client closing), it goes on while requests remain: a submission shielded to learn its
@@ -386,4 +389,4 @@ class Deadlines:
         for deadline in self._armed:
             if deadline.at <= now and not deadline.expired:
                 deadline.expired = True
-                deadline.task.cancel()
+                deadline.asyncio_task.cancel()
