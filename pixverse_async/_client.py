@@ -32,6 +32,7 @@ from ._convert import parse_task_result
 from ._download import Downloader
 from ._exceptions import (
     ClientClosedError,
+    ConfigurationError,
     InvalidRequestError,
     PixVerseError,
     RateLimitError,
@@ -137,26 +138,26 @@ class PixVerseClient:
         # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
         del api_key
         if isinstance(checked, str):
-            raise InvalidRequestError("api_key", checked)
+            raise ConfigurationError("api_key", checked)
         url = (base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        check_http_url("base_url", url, credentials_allowed=False)
+        check_http_url("base_url", url, credentials_allowed=False, error=ConfigurationError)
         if webhook_url is not None:
-            check_http_url("webhook_url", webhook_url)
-        check_count("max_concurrency", max_concurrency)
-        check_count("max_submissions_in_flight", max_submissions_in_flight)
-        check_instance("timeouts", timeouts, Timeouts)
-        check_instance("retry", retry, RetryPolicy)
-        check_instance("polling", polling, PollPolicy)
-        check_bool("image_as_data_uri", image_as_data_uri)
-        check_bool("allow_private_video_hosts", allow_private_video_hosts)
+            check_http_url("webhook_url", webhook_url, error=ConfigurationError)
+        check_count("max_concurrency", max_concurrency, error=ConfigurationError)
+        check_count("max_submissions_in_flight", max_submissions_in_flight, error=ConfigurationError)
+        check_instance("timeouts", timeouts, Timeouts, error=ConfigurationError)
+        check_instance("retry", retry, RetryPolicy, error=ConfigurationError)
+        check_instance("polling", polling, PollPolicy, error=ConfigurationError)
+        check_bool("image_as_data_uri", image_as_data_uri, error=ConfigurationError)
+        check_bool("allow_private_video_hosts", allow_private_video_hosts, error=ConfigurationError)
         if clock is not None and not all(callable(getattr(clock, method, None)) for method in ("now", "sleep")):
-            raise InvalidRequestError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
+            raise ConfigurationError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
         if session is not None:
-            check_instance("session", session, aiohttp.ClientSession)
+            check_instance("session", session, aiohttp.ClientSession, error=ConfigurationError)
             if (problem := _session_problem(session, checked)) is not None:
-                raise InvalidRequestError("session", problem)
+                raise ConfigurationError("session", problem)
         if not isinstance(rate_limits, RateLimits):
-            raise InvalidRequestError("rate_limits", f"must be a RateLimits, not {type(rate_limits).__name__}")
+            raise ConfigurationError("rate_limits", f"must be a RateLimits, not {type(rate_limits).__name__}")
         self._api_key = checked
         self.base_url = url
         self.max_concurrency = max_concurrency
@@ -200,7 +201,7 @@ class PixVerseClient:
             session = self._given_session
             # Checked again: a session's default headers can be changed after the client was built.
             if session is not None and (problem := _session_problem(session, self._api_key)) is not None:
-                raise InvalidRequestError("session", problem)
+                raise ConfigurationError("session", problem)
             if session is None:
                 # Connections are needed only for requests in flight, not one per running task: enough for
                 # every submission and poll the caps allow, plus some for downloads.
@@ -467,7 +468,7 @@ class PixVerseClient:
     def _download_session(self) -> aiohttp.ClientSession:
         state = self._state()
         if self._given_session is not None and (problem := _session_problem(state.session, self._api_key)):
-            raise InvalidRequestError("session", problem)
+            raise ConfigurationError("session", problem)
         return state.session
 
 

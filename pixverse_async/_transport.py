@@ -26,6 +26,7 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ConfigurationError,
     InsufficientBalanceError,
     NotFoundError,
     PermissionDeniedError,
@@ -142,7 +143,7 @@ class _RequestHeaders:
 
 def _check_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     # Zero would not mean "no limit" (that is None) but a watchdog checking without pause.
-    check_number(attribute.name, value, above=0, none_means="no limit")
+    check_number(attribute.name, value, above=0, none_means="no limit", error=ConfigurationError)
 
 
 @attrs.frozen
