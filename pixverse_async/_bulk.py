@@ -118,8 +118,10 @@ class AsCompleted:
     """What `client.as_completed()` returns: an async iterator of `JobResult`, and an async context manager.
 
     Use it as `async with client.as_completed(jobs) as results: async for r in results: ...`. Leaving the
-    block, by any way, stops submitting and polling at once. Plain `async for` also works: breaking out of
-    it stops everything when the loop's iterator is dropped (asyncio closes it then).
+    block, by any way, stops submitting and polling at once, and waits for the answers of submissions already
+    on the wire. Plain `async for r in client.as_completed(jobs)` also stops submitting and polling at once
+    when it is left (break, exception, cancellation), but cannot wait for those answers: a task whose answer
+    comes later is still listed in `unfinished`.
     """
 
     def __init__(
@@ -210,21 +212,9 @@ class AsCompleted:
         self._notify()
 
     def __aiter__(self) -> AsyncIterator[JobResult]:
-        # Inside `async with`, leaving the block stops the run: iterate directly, without a generator.
-        return self if self._in_context else self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[JobResult]:
-        # An async generator, so that a plain `async for` that breaks out still stops the run: asyncio
-        # closes a dropped generator, which runs the `finally`.
-        try:
-            while True:
-                try:
-                    result = await self.__anext__()
-                except StopAsyncIteration:
-                    return
-                yield result
-        finally:
-            self._stop()
+        # Inside `async with`, leaving the block stops the run: iterate directly. A plain `async for` gets an
+        # iterator of its own that stops the run when the loop lets go of it.
+        return self if self._in_context else _PlainIteration(self)
 
     async def __anext__(self) -> JobResult:
         self._start()
@@ -432,6 +422,35 @@ class AsCompleted:
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
+
+
+@final
+class _PlainIteration:
+    """What a plain `async for` over an `AsCompleted` iterates. Leaving the loop stops the run at once, without
+    the garbage collector or the event loop: an exception or a cancellation through `__anext__` stops it
+    there, and a `break` drops the loop's last reference to this iterator, which CPython frees at that very
+    point (`__del__`). Stopping is synchronous, so it can happen there.
+    """
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: AsCompleted) -> None:
+        self._run = run
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> JobResult:
+        try:
+            return await self._run.__anext__()
+        except BaseException:
+            self._run._stop()
+            raise
+
+    def __del__(self) -> None:
+        run = self._run
+        if not run._closed:
+            run._stop()
 
 
 @attrs.define(slots=True, eq=False)
