@@ -112,9 +112,11 @@ class PixVerseClient:
     server at once, across every call; `max_submissions_in_flight` (default 64) the submissions that
     `as_completed` has on the wire at once. An `aiohttp.ClientSession` you pass is used and left open; it must not
     carry credentials in its defaults (they would go to the video host too). `allow_private_video_hosts=False`
-    refuses downloads from loopback, private, link-local and other non-global addresses. `clock` is where all
-    waiting happens (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's
-    scale while a test using it runs).
+    refuses downloads from loopback, private, link-local and other non-global addresses. `clock` is where the
+    client's own waiting happens: retry backoff, poll intervals, pacing, `timeout=` of `wait()` and
+    `as_completed()` (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's
+    scale while a test using it runs). The network timeouts of `timeouts` are real seconds whatever the clock:
+    they bound real sockets.
     """
 
     def __init__(

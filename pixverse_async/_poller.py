@@ -4,12 +4,14 @@ A pending task is a small slotted record in a heap ordered by next-poll time, no
 the tasks that are due, polls them (bounded in flight and in rate, across the whole client), and files each
 back with its next time, which comes from the server's hints (`eta`, else `progress_percent` and the task's
 age, else the age alone), with jitter, a floor and a cap. Polls are paced by the budget's task-result pacer
-(see `_budget.py`): a lone 429 delays its task's poll, a second in a row pauses every poll and slows them
-down. Nobody is polled after it is known to be terminal. Waiters (`wait()`, `as_completed()`) attach
-waiters with an optional deadline; a task nobody waits for is still polled until it ends when it holds one
-of the client's running-task slots (a `Slot`), so that the slot is given back when the task ends. A first
-poll due at once, right after a submission, is made by the submitting task itself (`follow`), under the
-same limits.
+(see `_budget.py`): a lone 429 delays its task's poll, `RATE_EVIDENCE` (3) in a row pause every poll and
+slow them down. Nobody is polled after it is known to be terminal.
+
+Whoever waits for a task (`wait()`, `watch()`, an `as_completed()` run) adds a `Waiter` to it, with an
+optional deadline, and is called back once with its outcome. A task nobody waits for is still polled until
+it ends when it holds one of the client's running-task slots (a `Slot`), so that the slot is given back when
+the task ends. A first poll due at once, right after a submission, is made by the submitting task itself
+(`follow`), under the same limits.
 """
 
 from __future__ import annotations

@@ -150,9 +150,10 @@ def _check_seconds(instance: object, attribute: attrs.Attribute[Any], value: obj
 class Timeouts:
     """Seconds the client waits, per request. `None` waits without limit.
 
-    `connect`: to open a connection (safe to retry: nothing was sent). `read`: for an API request, from its
-    start to its answer's last byte, enforced at most an eighth late (on a submission, running out means
-    the answer is lost). Opening a connection, and with a session you pass in waiting for a free one, count
+    Real seconds, whatever the client's `clock` (they bound real sockets; a `ScaledClock` does not shrink
+    them). `connect`: to open a connection (safe to retry: nothing was sent). `read`: for an API request,
+    from its start to its answer's last byte, enforced at most an eighth late (on a submission, running out
+    means the answer is lost). Opening a connection, and with a session you pass in waiting for a free one, count
     against `read` too: keep it well above `connect`. `download_read`: between bytes of a video download.
     """
 
@@ -317,7 +318,8 @@ class ApiTransport:
 # job. Here a request costs an entry in a set. One task looks at the set every eighth of the limit and cancels
 # each request past its deadline; the request takes that cancellation back (`Task.uncancel()`, as
 # `asyncio.timeout()` does) and raises its timeout error instead, while a cancellation from anyone else still
-# propagates.
+# propagates. Its deadlines are real time (`time.monotonic()`, `anyio.sleep`), not the client's clock: they bound
+# real sockets, as aiohttp's own timeouts do.
 
 _CHECKS_PER_LIMIT = 8
 
