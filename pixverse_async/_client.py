@@ -67,11 +67,7 @@ DEFAULT_MAX_CONCURRENCY = 64
 # raw loop's requests in flight, and each turn of the event loop served half as many of them.
 DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
 TASK_RESULT_PATH = "/v3/async/task-result"
-_DOWNLOAD_BUFFER_BYTES = 1 << 20
 _DOWNLOAD_CONNECTIONS = 32
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 5
-_MP4_HEAD_BYTES = 8
 
 T = TypeVar("T")
 _log = logging.getLogger("pixverse_async")

@@ -56,22 +56,13 @@ class Downloader:
         retrying: Retrying,
     ) -> None:
         self._api_key = api_key
-        self.timeouts = timeouts
-        self.allow_private_video_hosts = allow_private_video_hosts
+        self._timeouts = timeouts
+        self._allow_private_video_hosts = allow_private_video_hosts
         self._session = session
         self._retrying = retrying
 
     async def download(self, video: JobResult | TaskResult | Video, path: str | os.PathLike[str]) -> Path:
-        """Stream a finished video to `path` (a file, or an existing directory) and return the file's path.
-
-        A `JobResult` or `TaskResult` means its first video; one without a video raises `DownloadError`.
-
-        The file appears whole or not at all (written to a temporary file, then renamed), and only if it
-        starts like an MP4 file. The API key is never sent to the video host. Only http(s) URLs without
-        credentials are fetched, redirects included (followed by hand, at most 5, each checked the same way).
-        Every failure is a `DownloadError`: `VideoExpiredError` when the signed link has expired,
-        `VideoHostError` (429, 5xx) and `DownloadConnectionError` once retries are spent.
-        """
+        """`PixVerseClient.download()`: the file's path, or a `DownloadError` saying why not."""
         chosen = _video_of(video)
         problem = _video_url_problem(chosen.url)
         if problem is not None:
@@ -88,12 +79,12 @@ class Downloader:
         url = video.url
         try:
             for _ in range(_MAX_REDIRECTS + 1):
-                if not self.allow_private_video_hosts:
+                if not self._allow_private_video_hosts:
                     await _refuse_private_host(url)
                 # No Authorization header: the video host is not the API and must never see the key. Redirects
                 # by hand, so that each target is checked before anything is sent to it.
-                async with session.get(url, timeout=self.timeouts.for_download(), allow_redirects=False) as response:
-                    if not self.allow_private_video_hosts:
+                async with session.get(url, timeout=self._timeouts.for_download(), allow_redirects=False) as response:
+                    if not self._allow_private_video_hosts:
                         _refuse_private_peer(response, url)
                     if response.status in _REDIRECT_STATUSES:
                         url = _redirect_target(response, url)

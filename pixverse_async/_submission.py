@@ -66,9 +66,10 @@ class Submitter:
     ) -> None:
         self._transport = transport
         self._budget = budget
-        self.clock = clock
-        self.retry = retry
+        self._clock = clock
+        self._retry = retry
         self._rng = rng
+        # Named as on the client, so that request_body() reads as it did there.
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
 
@@ -116,7 +117,7 @@ class Submitter:
             attempt += 1
             on_wire = False
             try:
-                await budget.submissions.wait(self.clock)
+                await budget.submissions.wait(self._clock)
                 if shield is None:
                     on_wire = True
                     response = await self._transport.send("POST", SUBMIT_PATH, body=body)
@@ -163,18 +164,18 @@ class Submitter:
             if verdict is Verdict.GIVE_UP:
                 raise error
             retry_after = retry_after_of(error)
-            delay = self.retry.delay(attempt, retry_after, self._rng)
+            delay = self._retry.delay(attempt, retry_after, self._rng)
             if wait_for_a_slot:
                 # At the account's cap, the wait for a running task to end is the backoff, and it ends only as
                 # tasks do: not a failed try (counting it failed jobs that merely queued behind the cap).
                 waits_at_the_cap += 1
-            if delay is None or attempt - waits_at_the_cap >= self.retry.max_attempts:
+            if delay is None or attempt - waits_at_the_cap >= self._retry.max_attempts:
                 raise error
             if on_retry is not None:
                 on_retry(attempt, error)
             # At the account's cap after a 429, waiting for a running task to end is the backoff.
             if retry_after is not None or not wait_for_a_slot:
-                await self.clock.sleep(delay)
+                await self._clock.sleep(delay)
             slot = await budget.acquire()
 
 
