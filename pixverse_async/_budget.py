@@ -75,6 +75,7 @@ import anyio
 import attrs
 
 from ._clock import Clock
+from ._exceptions import ConfigurationError
 from ._retry import RetryPolicy
 from ._validation import check_count, number
 
@@ -107,7 +108,7 @@ RATE_SPANS = (2.0, 5.0, 10.0, 30.0, 60.0)
 
 def _whole_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
-        check_count(attribute.name, value, at_least=1)
+        check_count(attribute.name, value, at_least=1, error=ConfigurationError)
 
 
 @attrs.frozen

@@ -25,12 +25,13 @@ from pixverse_async import (
     PixVerseClient,
     PollPolicy,
     RateLimitError,
+    RateLimits,
     RetryPolicy,
     ServerError,
     SubmissionUncertainError,
     Timeouts,
 )
-from pixverse_async.testing import InstantClock
+from pixverse_async.testing import InstantClock, ScaledClock
 from tests.helpers import tiny_server
 
 pytestmark = pytest.mark.anyio
@@ -233,8 +234,23 @@ async def test_redirects_are_not_followed_with_the_key() -> None:
         lambda: PixVerseClient(KEY, retry=RetryPolicy(max_attempts=0)),
         lambda: PixVerseClient(KEY, timeouts=Timeouts(read=0)),
         lambda: PixVerseClient(KEY, polling=PollPolicy(min_interval=-1)),
+        lambda: RateLimits(max_running=0),
+        lambda: RateLimits(submits_per_minute=-5),
+        lambda: ScaledClock(0),
     ],
-    ids=["api_key", "base_url", "max_concurrency", "webhook_url", "clock", "retry", "timeouts", "polling"],
+    ids=[
+        "api_key",
+        "base_url",
+        "max_concurrency",
+        "webhook_url",
+        "clock",
+        "retry",
+        "timeouts",
+        "polling",
+        "max_running",
+        "submits_per_minute",
+        "clock_scale",
+    ],
 )
 def test_a_bad_client_configuration_is_a_configuration_error_that_old_handlers_still_catch(
     build: Callable[[], object],
