@@ -301,7 +301,7 @@ class Pacer:
         """A call of this endpoint was answered 429 for a rate limit; return how long that call should wait
         before trying again (submissions report through `Slot.refused`, which keeps the cap's 429s out).
 
-        A lone 429 delays only its own call; a second in a row pauses every call and cuts the learnt pace.
+        A lone 429 delays only its own call; `RATE_EVIDENCE` (3) in a row pause every call and cut the learnt pace.
         """
         if self._accepted_bins:
             self._accepted_bins[-1][1] -= 1  # let through, but not accepted

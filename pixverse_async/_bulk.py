@@ -11,6 +11,7 @@ already on the wire are allowed to get their answer, so every task that was paid
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections import deque
@@ -447,9 +448,16 @@ class _PlainIteration:
             self._run._stop()
             raise
 
+    async def aclose(self) -> None:
+        """Stop the run, as `AsCompleted.aclose()` does (an async generator's `aclose`, which this replaces)."""
+        await self._run.aclose()
+
     def __del__(self) -> None:
         run = self._run
-        if not run._closed:
+        if run._closed:
+            return
+        # Dropped after its event loop ended (kept until interpreter exit, say): nothing runs to be stopped.
+        with contextlib.suppress(RuntimeError):
             run._stop()
 
 
