@@ -21,7 +21,6 @@ from typing import Self, TypeVar, final
 
 import aiohttp
 import anyio
-import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
 
