@@ -9,7 +9,7 @@ paying twice. `submit()` and `as_completed()` both submit through a `Submitter`.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, final
 
@@ -69,14 +69,13 @@ class Submitter:
         self._clock = clock
         self._retry = retry
         self._rng = rng
+        #: `await take_slot()`: a running-task slot for the next submission, waiting while the budget has none
+        #: free; the caller's from then on, to hand to `send()` or give back. The budget's own method, not a
+        #: wrapper: it is awaited once per job.
+        self.take_slot: Callable[[], Awaitable[Slot]] = budget.acquire
         # Named as on the client, so that request_body() reads as it did there.
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
-
-    async def take_slot(self) -> Slot:
-        """A running-task slot for the next submission: waits while the budget has none free. The slot is then
-        the caller's, to hand to `send()` or to give back."""
-        return await self._budget.acquire()
 
     async def request_body(self, request: ImageToVideo) -> dict[str, Any]:
         image = request.image
