@@ -19,6 +19,7 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    ConfigurationError,
     DownloadConnectionError,
     DownloadError,
     DownloadTimeoutError,
@@ -35,10 +36,10 @@ from ._exceptions import (
     VideoExpiredError,
     VideoHostError,
 )
-from ._http import Timeouts
 from ._models import ImageToVideo, Resolution, Style, Task, TaskResult, TaskStatus, Video
 from ._poller import PollPolicy
 from ._retry import RetryPolicy
+from ._transport import Timeouts
 from ._version import __version__
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "BatchCounts",
     "ClientClosedError",
     "Clock",
+    "ConfigurationError",
     "DownloadConnectionError",
     "DownloadError",
     "DownloadTimeoutError",

@@ -75,6 +75,7 @@ import anyio
 import attrs
 
 from ._clock import Clock
+from ._exceptions import ConfigurationError
 from ._retry import RetryPolicy
 from ._validation import check_count, number
 
@@ -107,7 +108,7 @@ RATE_SPANS = (2.0, 5.0, 10.0, 30.0, 60.0)
 
 def _whole_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
-        check_count(attribute.name, value, at_least=1)
+        check_count(attribute.name, value, at_least=1, error=ConfigurationError)
 
 
 @attrs.frozen
@@ -300,7 +301,7 @@ class Pacer:
         """A call of this endpoint was answered 429 for a rate limit; return how long that call should wait
         before trying again (submissions report through `Slot.refused`, which keeps the cap's 429s out).
 
-        A lone 429 delays only its own call; a second in a row pauses every call and cuts the learnt pace.
+        A lone 429 delays only its own call; `RATE_EVIDENCE` (3) in a row pause every call and cut the learnt pace.
         """
         if self._accepted_bins:
             self._accepted_bins[-1][1] -= 1  # let through, but not accepted

@@ -11,17 +11,20 @@ already on the wire are allowed to get their answer, so every task that was paid
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, final
+from typing import Any, Self, final
 
 import anyio
 import attrs
+from anyio.abc import TaskGroup
 
 from ._budget import Slot
+from ._clock import Clock
 from ._exceptions import (
     AuthenticationError,
     InsufficientBalanceError,
@@ -31,11 +34,8 @@ from ._exceptions import (
 )
 from ._forecast import kind_of
 from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout
-from ._poller import Outcome, Waiter
-from ._wire import WireGuard
-
-if TYPE_CHECKING:
-    from ._client import PixVerseClient, _OpenState
+from ._poller import Outcome, Poller, Waiter
+from ._submission import Submitter, WireShield
 
 Job = ImageToVideo | Task | str
 # A job with a key of the caller's (a row id, a database key), given back on its result and events.
@@ -119,26 +119,38 @@ class AsCompleted:
     """What `client.as_completed()` returns: an async iterator of `JobResult`, and an async context manager.
 
     Use it as `async with client.as_completed(jobs) as results: async for r in results: ...`. Leaving the
-    block, by any way, stops submitting and polling at once. Plain `async for` also works: breaking out of
-    it stops everything when the loop's iterator is dropped (asyncio closes it then).
+    block, by any way, stops submitting and polling at once, and waits for the answers of submissions already
+    on the wire. Plain `async for r in client.as_completed(jobs)` also stops submitting and polling at once
+    when it is left (break, exception, cancellation), but cannot wait for those answers: a task whose answer
+    comes later is still listed in `unfinished`.
     """
 
     def __init__(
         self,
-        client: PixVerseClient,
-        state: _OpenState,
         jobs: Iterable[Job | KeyedJob] | AsyncIterable[Job | KeyedJob],
         *,
         timeout: float | None,
         on_event: EventCallback | None,
+        submitter: Submitter,
+        poller: Poller,
+        background: TaskGroup,
+        clock: Clock,
+        max_concurrency: int,
+        max_submissions_in_flight: int,
     ) -> None:
+        """Built by `client.as_completed()`, from the open client's parts: its submitter, its poller, the task
+        group its background tasks run in (this run's feeding among them), and its limits."""
         check_timeout(timeout)
         if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
             raise InvalidRequestError(
                 "jobs", f"must be an iterable or async iterable of jobs, not {type(jobs).__name__}"
             )
-        self._client = client
-        self._state = state
+        self._submissions = submitter
+        self._poller = poller
+        self._background = background
+        self._clock = clock
+        self._max_concurrency = max_concurrency
+        self._max_submissions_in_flight = max_submissions_in_flight
         self._jobs = jobs
         self._timeout = timeout
         self._on_event = on_event
@@ -197,25 +209,13 @@ class AsCompleted:
         self._scope.cancel()
         for task_id, entry in self._running.items():
             if isinstance(entry, _JobWaiter):
-                self._state.poller.abandon(task_id, entry)
+                self._poller.abandon(task_id, entry)
         self._notify()
 
     def __aiter__(self) -> AsyncIterator[JobResult]:
-        # Inside `async with`, leaving the block stops the run: iterate directly, without a generator.
-        return self if self._in_context else self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[JobResult]:
-        # An async generator, so that a plain `async for` that breaks out still stops the run: asyncio
-        # closes a dropped generator, which runs the `finally`.
-        try:
-            while True:
-                try:
-                    result = await self.__anext__()
-                except StopAsyncIteration:
-                    return
-                yield result
-        finally:
-            self._stop()
+        # Inside `async with`, leaving the block stops the run: iterate directly. A plain `async for` gets an
+        # iterator of its own that stops the run when the loop lets go of it.
+        return self if self._in_context else _PlainIteration(self)
 
     async def __anext__(self) -> JobResult:
         self._start()
@@ -238,7 +238,7 @@ class AsCompleted:
         if self._closed:
             raise RuntimeError("this as_completed() run is closed")
         self._started = True
-        self._state.background.start_soon(self._run, name="pixverse-as-completed")
+        self._background.start_soon(self._run, name="pixverse-as-completed")
 
     def _notify(self) -> None:
         self._changed.set()
@@ -255,7 +255,7 @@ class AsCompleted:
     async def _run(self) -> None:
         # A fixed pool of submitters, each pulling its next job itself: the submissions on the wire are
         # bounded apart from max_concurrency, and a job costs no task of its own.
-        submitters = min(self._client.max_submissions_in_flight, self._client.max_concurrency)
+        submitters = min(self._max_submissions_in_flight, self._max_concurrency)
         jobs = _JobSource(self._jobs)
         try:
             with self._scope:
@@ -271,14 +271,13 @@ class AsCompleted:
     async def _submitter(self, jobs: _JobSource) -> None:
         """Take the next job only when a running-task slot is free and the results are being read, so that
         memory stays flat however long the input."""
-        budget = self._client._budget
-        backlog_limit = self._client.max_concurrency
+        backlog_limit = self._max_concurrency
         with anyio.CancelScope() as scope:
-            wire_guard = WireGuard(scope=scope, stop=self._scope)
+            shield = WireShield(scope=scope, stop=self._scope)
             while self._stop_error is None and not self._closed:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
-                slot = await budget.acquire()
+                slot = await self._submissions.take_slot()
                 if len(self._ready) >= backlog_limit:
                     # Results landed while this submitter waited for the slot: nobody is reading them.
                     slot.release()
@@ -291,9 +290,9 @@ class AsCompleted:
                 if job is _EXHAUSTED or self._stop_error is not None:
                     slot.release()
                     return
-                await self._start_job(job, slot, wire_guard)
+                await self._start_job(job, slot, shield)
 
-    async def _start_job(self, job: Job | KeyedJob, slot: Slot, wire_guard: WireGuard) -> None:
+    async def _start_job(self, job: Job | KeyedJob, slot: Slot, shield: WireShield) -> None:
         """Submit (or adopt) one job holding a running-task slot, then hand both to the poller."""
         key: Hashable = None
         if isinstance(job, tuple):
@@ -308,7 +307,7 @@ class AsCompleted:
             key = job.key
         self.counts.submitting += 1
         try:
-            task_id, slot = await self._submit(job, slot, wire_guard, key)
+            task_id, slot = await self._submit(job, slot, shield, key)
         except PixVerseError as error:
             if isinstance(error, AuthenticationError | InsufficientBalanceError):
                 self._stop_error = self._stop_error or error
@@ -327,15 +326,15 @@ class AsCompleted:
             self._running[task_id] = (key, job)
             slot.release_when_ended()
             return
-        deadline = None if self._timeout is None else self._client.clock.now() + self._timeout
+        deadline = None if self._timeout is None else self._clock.now() + self._timeout
         waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id, key=key)
         self._running[task_id] = waiter
         if isinstance(job, ImageToVideo):
-            await self._state.poller.follow(task_id, waiter, slot=slot, kind=kind_of(job))
+            await self._poller.follow(task_id, waiter, slot=slot, kind=kind_of(job))
         else:  # resumed: submitted earlier, so its age here says nothing about how long tasks take
-            await self._state.poller.follow(task_id, waiter, slot=slot, learns=False)
+            await self._poller.follow(task_id, waiter, slot=slot, learns=False)
 
-    async def _submit(self, job: Job, slot: Slot, wire_guard: WireGuard, key: Hashable) -> tuple[str, Slot]:
+    async def _submit(self, job: Job, slot: Slot, shield: WireShield, key: Hashable) -> tuple[str, Slot]:
         """The job's task id and the slot that stands for it; the slot is given back here on failure."""
         if isinstance(job, Task | str):
             task_id = job if isinstance(job, str) else job.task_id
@@ -350,7 +349,7 @@ class AsCompleted:
                     "job",
                     f"must be an ImageToVideo, a Task, a task id or a (key, job) pair, not {type(job).__name__}",
                 )
-            body = await self._client._request_body(job)
+            body = await self._submissions.request_body(job)
             if self._on_event is not None:
                 # Not through _emit: a journal that cannot record "submitting" must stop the submission.
                 try:
@@ -364,9 +363,7 @@ class AsCompleted:
         def on_retry(attempt: int, error: PixVerseError) -> None:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt, key=key)
 
-        return await self._client._submit_holding_slot(
-            self._state, job, body, slot, on_retry=on_retry, wire_guard=wire_guard
-        )
+        return await self._submissions.send(job, body, slot, on_retry=on_retry, shield=shield)
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job
@@ -426,6 +423,42 @@ class AsCompleted:
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
+
+
+@final
+class _PlainIteration:
+    """What a plain `async for` over an `AsCompleted` iterates. Leaving the loop stops the run at once, without
+    the garbage collector or the event loop: an exception or a cancellation through `__anext__` stops it
+    there, and a `break` drops the loop's last reference to this iterator, which CPython frees at that very
+    point (`__del__`). Stopping is synchronous, so it can happen there.
+    """
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: AsCompleted) -> None:
+        self._run = run
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> JobResult:
+        try:
+            return await self._run.__anext__()
+        except BaseException:
+            self._run._stop()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the run, as `AsCompleted.aclose()` does (an async generator's `aclose`, which this replaces)."""
+        await self._run.aclose()
+
+    def __del__(self) -> None:
+        run = self._run
+        if run._closed:
+            return
+        # Dropped after its event loop ended (kept until interpreter exit, say): nothing runs to be stopped.
+        with contextlib.suppress(RuntimeError):
+            run._stop()
 
 
 @attrs.define(slots=True, eq=False)

@@ -1,59 +1,42 @@
 """`PixVerseClient`: submit image-to-video jobs, poll them through one shared poller, download the videos.
 
-Retry rules, because submissions are billed and the API takes no idempotency key:
-- polls and downloads retry on connection errors, timeouts, 429 and 5xx;
-- a submission retries only when the server cannot have created a task (it could not be reached, or it
-  answered 429); when the request went out and the answer was lost (read timeout, reset, 5xx, a garbled
-  200), it raises `SubmissionUncertainError` instead of paying twice;
-- authentication and balance errors are never retried.
+The client checks its configuration, opens and closes what lives while it is open (the session, the
+transport and its read-timeout watchdog, the poller, the submitter) and hands each call to its owner:
+submissions to `_submission.py`, polls to `_poller.py`, many jobs to `_bulk.py`, downloads to `_download.py`,
+webhook deliveries to `_webhooks.py`. Which failures are retried is decided once, in `_retry.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import logging
 import math
 import os
 import random
-import secrets
-import socket
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar, final
-from urllib.parse import unquote, urlsplit
+from typing import Self, TypeVar, final
 
 import aiohttp
 import anyio
-import anyio.lowlevel
 import attrs
-import yarl
 from anyio.abc import TaskGroup
 
 from ._budget import LocalBudget, RateLimits, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
-from ._convert import parse_webhook
+from ._download import Downloader
 from ._exceptions import (
-    APIConnectionError,
-    APIResponseError,
     ClientClosedError,
-    DownloadConnectionError,
-    DownloadError,
-    DownloadTimeoutError,
+    ConfigurationError,
     InvalidRequestError,
     PixVerseError,
     RateLimitError,
-    ServerError,
-    SubmissionUncertainError,
     TaskFailedError,
-    VideoExpiredError,
-    VideoHostError,
 )
 from ._forecast import kind_of
-from ._http import USER_AGENT, AnswerLost, ApiTransport, RequestNotSent, Response, Secret, Timeouts, redact, shorten
 from ._models import (
     ImageToVideo,
     Task,
@@ -63,25 +46,29 @@ from ._models import (
     check_timeout,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
-from ._protocol import SUBMIT_PATH, TASK_RESULT_PATH, parse_task_result, submission_body
-from ._retry import RetryPolicy, parse_retry_after
+from ._protocol import TASK_RESULT_PATH, parse_task_result
+from ._retry import RetryPolicy, call_with_retries
+from ._submission import Submitter, WireShield
+from ._transport import (
+    USER_AGENT,
+    AnswerLost,
+    ApiTransport,
+    RequestNotSent,
+    Secret,
+    Timeouts,
+)
 from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
-from ._wire import WireGuard
+from ._webhooks import answer_delivery
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
 DEFAULT_MAX_CONCURRENCY = 64
 # As many as the poller's default polls in flight. With 32, as_completed at max_concurrency=64 had half the
 # raw loop's requests in flight, and each turn of the event loop served half as many of them.
 DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
-_DOWNLOAD_BUFFER_BYTES = 1 << 20
 _DOWNLOAD_CONNECTIONS = 32
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 5
-_MP4_HEAD_BYTES = 8
 
 T = TypeVar("T")
 _log = logging.getLogger("pixverse_async")
-RetryCallback = Callable[[int, PixVerseError], None]
 
 
 @final
@@ -105,6 +92,7 @@ class _OpenState:
     session: aiohttp.ClientSession
     transport: ApiTransport
     poller: Poller
+    submitter: Submitter
     background: TaskGroup
     stack: contextlib.AsyncExitStack
 
@@ -118,9 +106,11 @@ class PixVerseClient:
     server at once, across every call; `max_submissions_in_flight` (default 64) the submissions that
     `as_completed` has on the wire at once. An `aiohttp.ClientSession` you pass is used and left open; it must not
     carry credentials in its defaults (they would go to the video host too). `allow_private_video_hosts=False`
-    refuses downloads from loopback, private, link-local and other non-global addresses. `clock` is where all
-    waiting happens (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's
-    scale while a test using it runs).
+    refuses downloads from loopback, private, link-local and other non-global addresses. `clock` is where the
+    client's own waiting happens: retry backoff, poll intervals, pacing, `timeout=` of `wait()` and
+    `as_completed()` (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's
+    scale while a test using it runs). The network timeouts of `timeouts` are real seconds whatever the clock:
+    they bound real sockets.
     """
 
     def __init__(
@@ -144,26 +134,26 @@ class PixVerseClient:
         # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
         del api_key
         if isinstance(checked, str):
-            raise InvalidRequestError("api_key", checked)
+            raise ConfigurationError("api_key", checked)
         url = (base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        check_http_url("base_url", url, credentials_allowed=False)
+        check_http_url("base_url", url, credentials_allowed=False, error=ConfigurationError)
         if webhook_url is not None:
-            check_http_url("webhook_url", webhook_url)
-        check_count("max_concurrency", max_concurrency)
-        check_count("max_submissions_in_flight", max_submissions_in_flight)
-        check_instance("timeouts", timeouts, Timeouts)
-        check_instance("retry", retry, RetryPolicy)
-        check_instance("polling", polling, PollPolicy)
-        check_bool("image_as_data_uri", image_as_data_uri)
-        check_bool("allow_private_video_hosts", allow_private_video_hosts)
+            check_http_url("webhook_url", webhook_url, error=ConfigurationError)
+        check_count("max_concurrency", max_concurrency, error=ConfigurationError)
+        check_count("max_submissions_in_flight", max_submissions_in_flight, error=ConfigurationError)
+        check_instance("timeouts", timeouts, Timeouts, error=ConfigurationError)
+        check_instance("retry", retry, RetryPolicy, error=ConfigurationError)
+        check_instance("polling", polling, PollPolicy, error=ConfigurationError)
+        check_bool("image_as_data_uri", image_as_data_uri, error=ConfigurationError)
+        check_bool("allow_private_video_hosts", allow_private_video_hosts, error=ConfigurationError)
         if clock is not None and not all(callable(getattr(clock, method, None)) for method in ("now", "sleep")):
-            raise InvalidRequestError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
+            raise ConfigurationError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
         if session is not None:
-            check_instance("session", session, aiohttp.ClientSession)
+            check_instance("session", session, aiohttp.ClientSession, error=ConfigurationError)
             if (problem := _session_problem(session, checked)) is not None:
-                raise InvalidRequestError("session", problem)
+                raise ConfigurationError("session", problem)
         if not isinstance(rate_limits, RateLimits):
-            raise InvalidRequestError("rate_limits", f"must be a RateLimits, not {type(rate_limits).__name__}")
+            raise ConfigurationError("rate_limits", f"must be a RateLimits, not {type(rate_limits).__name__}")
         self._api_key = checked
         self.base_url = url
         self.max_concurrency = max_concurrency
@@ -186,6 +176,13 @@ class PixVerseClient:
             retry=retry,
             rng=self._rng,
         )
+        self._downloader = Downloader(
+            api_key=checked,
+            timeouts=timeouts,
+            allow_private_video_hosts=allow_private_video_hosts,
+            session=self._download_session,
+            retrying=self._retrying,
+        )
         self._open: _OpenState | None = None
         self._abandoned: list[Task] = []
 
@@ -200,7 +197,7 @@ class PixVerseClient:
             session = self._given_session
             # Checked again: a session's default headers can be changed after the client was built.
             if session is not None and (problem := _session_problem(session, self._api_key)) is not None:
-                raise InvalidRequestError("session", problem)
+                raise ConfigurationError("session", problem)
             if session is None:
                 # Connections are needed only for requests in flight, not one per running task: enough for
                 # every submission and poll the caps allow, plus some for downloads.
@@ -221,10 +218,23 @@ class PixVerseClient:
             )
             background = await stack.enter_async_context(anyio.create_task_group())
             await background.start(poller.run, name="pixverse-poller")
-            background.start_soon(transport.deadlines.watch, name="pixverse-request-deadlines")
+            background.start_soon(transport.watchdog.run, name="pixverse-read-timeout-watchdog")
             stack.callback(background.cancel_scope.cancel)
             self._open = _OpenState(
-                session=session, transport=transport, poller=poller, background=background, stack=stack.pop_all()
+                session=session,
+                transport=transport,
+                poller=poller,
+                submitter=Submitter(
+                    transport,
+                    self._budget,
+                    clock=self.clock,
+                    retry=self.retry,
+                    rng=self._rng,
+                    image_as_data_uri=self.image_as_data_uri,
+                    webhook_url=self.webhook_url,
+                ),
+                background=background,
+                stack=stack.pop_all(),
             )
         return self
 
@@ -272,8 +282,8 @@ class PixVerseClient:
         if not isinstance(request, ImageToVideo):
             raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
         state = self._state()
-        body = await self._request_body(request)
-        slot = await self._budget.acquire()
+        body = await state.submitter.request_body(request)
+        slot = await state.submitter.take_slot()
         # Sent from the client's own task, so that the caller can be cancelled at once (by anyio or asyncio)
         # while a request already on the wire still gets its answer: see `abandoned_tasks`.
         submission = _Submission(request)
@@ -297,8 +307,8 @@ class PixVerseClient:
         """`submit()`'s request, holding the slot its caller took; never raises into the client's tasks."""
         try:
             with submission.stop, anyio.CancelScope() as scope:
-                task_id, slot = await self._submit_holding_slot(
-                    state, submission.request, body, slot, wire_guard=WireGuard(scope=scope, stop=submission.stop)
+                task_id, slot = await state.submitter.send(
+                    submission.request, body, slot, shield=WireShield(scope=scope, stop=submission.stop)
                 )
                 state.poller.track(task_id, slot=slot, kind=kind_of(submission.request))
                 submission.task = Task(task_id=task_id, request=submission.request)
@@ -313,92 +323,6 @@ class PixVerseClient:
             submission.error = error
         finally:
             submission.answered.set()
-
-    async def _request_body(self, request: ImageToVideo) -> dict[str, Any]:
-        return await submission_body(request, image_as_data_uri=self.image_as_data_uri, webhook_url=self.webhook_url)
-
-    async def _submit_holding_slot(
-        self,
-        state: _OpenState,
-        request: ImageToVideo,
-        body: object,
-        slot: Slot,
-        *,
-        on_retry: RetryCallback | None = None,
-        wire_guard: WireGuard | None = None,
-    ) -> tuple[str, Slot]:
-        """Submit holding a running-task slot; return the new task's id and the slot that now stands for it.
-
-        The slot is this call's from here on: on success it is returned, accepted, for the poller to give
-        back when the task ends (a 429 gives it back and a retry takes another, hence the return); on failure
-        it is given back here, and kept until the task could have ended when the answer was lost. With a
-        `wire_guard` (see there), leaving waits for the answer of a request on the wire, so that a task the
-        server created is not lost, and sends no new one. Submissions are paced by the budget.
-        """
-        budget = self._budget
-        attempt = waits_at_the_cap = 0
-        while True:
-            attempt += 1
-            on_wire = False
-            try:
-                await budget.submissions.wait(self.clock)
-                if wire_guard is None:
-                    on_wire = True
-                    response = await state.transport.send("POST", SUBMIT_PATH, body=body)
-                else:
-                    if wire_guard.stop.cancel_called:
-                        # Cancelled without an await since at which to hear it (woken in the very turn the
-                        # caller left): hear it now, before anything is sent.
-                        await anyio.lowlevel.checkpoint_if_cancelled()
-                    wire_guard.scope.shield = True
-                    on_wire = True
-                    try:
-                        response = await state.transport.send("POST", SUBMIT_PATH, body=body)
-                    finally:
-                        wire_guard.scope.shield = False
-                if response.status == 200:
-                    task_id = _task_id_from(response)
-                    slot.accepted()
-                    return task_id, slot
-                error: PixVerseError = state.transport.status_error(response)
-                del response  # its body may echo the key: not a local of a frame in the traceback
-            except RequestNotSent as failure:
-                error = failure.error
-            except (AnswerLost, APIResponseError) as failure:
-                slot.release_when_ended()
-                cause = failure.error if isinstance(failure, AnswerLost) else failure
-                raise SubmissionUncertainError(request, cause) from cause
-            except BaseException:
-                # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
-                if on_wire:
-                    slot.release_when_ended()
-                else:
-                    slot.release()
-                raise
-            wait_for_a_slot = False
-            if isinstance(error, RateLimitError):
-                wait_for_a_slot = slot.refused(error.retry_after)
-            elif isinstance(error, ServerError):
-                slot.release_when_ended()
-                raise SubmissionUncertainError(request, error) from error
-            else:
-                slot.release()
-            if not isinstance(error, RateLimitError | APIConnectionError):
-                raise error
-            retry_after = error.retry_after if isinstance(error, RateLimitError) else None
-            delay = self.retry.delay(attempt, retry_after, self._rng)
-            if wait_for_a_slot:
-                # At the account's cap, the wait for a running task to end is the backoff, and it ends only as
-                # tasks do: not a failed try (counting it failed jobs that merely queued behind the cap).
-                waits_at_the_cap += 1
-            if delay is None or attempt - waits_at_the_cap >= self.retry.max_attempts:
-                raise error
-            if on_retry is not None:
-                on_retry(attempt, error)
-            # At the account's cap after a 429, waiting for a running task to end is the backoff.
-            if retry_after is not None or not wait_for_a_slot:
-                await self.clock.sleep(delay)
-            slot = await budget.acquire()
 
     def as_completed(
         self,
@@ -424,7 +348,18 @@ class PixVerseClient:
         Leaving early stops submitting and polling at once; `results.unfinished` then lists the tasks that
         were paid for and had not ended, `results.unread` the jobs that had ended but were not yielded.
         """
-        return AsCompleted(self, self._state(), jobs, timeout=timeout, on_event=on_event)
+        state = self._state()
+        return AsCompleted(
+            jobs,
+            timeout=timeout,
+            on_event=on_event,
+            submitter=state.submitter,
+            poller=state.poller,
+            background=state.background,
+            clock=self.clock,
+            max_concurrency=self.max_concurrency,
+            max_submissions_in_flight=self.max_submissions_in_flight,
+        )
 
     # -- poll -----------------------------------------------------------------------------------------------
 
@@ -447,23 +382,7 @@ class PixVerseClient:
         return await self._retrying(paced_once)
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        """Run an idempotent call (a poll, a download), retrying connection errors, timeouts, garbled answers,
-        429 and 5xx."""
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None
-            error: PixVerseError
-            try:
-                return await attempt_once()
-            except (RateLimitError, ServerError, VideoHostError) as status_error:
-                error, retry_after = status_error, status_error.retry_after
-            except (APIConnectionError, APIResponseError, DownloadConnectionError) as transient:
-                error, retry_after = transient, None
-            delay = self.retry.delay(attempt, retry_after, self._rng)
-            if attempt >= self.retry.max_attempts or delay is None:
-                raise error
-            await self.clock.sleep(delay)
+        return await call_with_retries(attempt_once, policy=self.retry, clock=self.clock, rng=self._rng)
 
     async def wait(self, task: Task | TaskResult | str, *, timeout: float | None = None) -> TaskResult:
         """Wait until the task ends and return its result.
@@ -499,7 +418,7 @@ class PixVerseClient:
             on_outcome=lambda outcome: send.send_nowait((True, outcome)),
             on_progress=lambda result: send.send_nowait((False, result)),
         )
-        state.poller.watch(task_id, waiter)
+        state.poller.add_waiter(task_id, waiter)
         finished = False
         try:
             with send, receive:
@@ -513,7 +432,7 @@ class PixVerseClient:
                         return
         finally:
             if not finished:
-                state.poller.unwatch(task_id, waiter)
+                state.poller.remove_waiter(task_id, waiter)
 
     # -- webhooks -------------------------------------------------------------------------------------------
 
@@ -525,19 +444,7 @@ class PixVerseClient:
         that confirmation was scheduled; 202 when there is nothing to do (a duplicate, a late delivery, a task
         this client does not follow, an event that is not a task result); 400 when the body is malformed.
         """
-        state = self._state()
-        try:
-            event = parse_webhook(body)
-        except ValueError:
-            return 400
-        if not event.is_task_result:
-            return 202
-        hint = event.result
-        if not hint.task_id:
-            return 400
-        if not hint.is_terminal:
-            return 202
-        return 200 if state.poller.confirm(hint.task_id) else 202
+        return answer_delivery(body, self._state().poller)
 
     # -- download -------------------------------------------------------------------------------------------
 
@@ -552,60 +459,13 @@ class PixVerseClient:
         Every failure is a `DownloadError`: `VideoExpiredError` when the signed link has expired,
         `VideoHostError` (429, 5xx) and `DownloadConnectionError` once retries are spent.
         """
-        chosen = _video_of(video)
-        problem = _video_url_problem(chosen.url)
-        if problem is not None:
-            raise DownloadError(f"refused to download {_shown_url(chosen.url)}: {problem}")
-        destination = Path(path)
-        if await anyio.Path(destination).is_dir():
-            destination = destination / _file_name_for(chosen, video)
+        return await self._downloader.download(video, path)
+
+    def _download_session(self) -> aiohttp.ClientSession:
         state = self._state()
         if self._given_session is not None and (problem := _session_problem(state.session, self._api_key)):
-            raise InvalidRequestError("session", problem)
-        await self._retrying(lambda: self._download_once(state, chosen, destination))
-        return destination
-
-    async def _download_once(self, state: _OpenState, video: Video, destination: Path) -> None:
-        partial = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.part")
-        url = video.url
-        try:
-            for _ in range(_MAX_REDIRECTS + 1):
-                if not self.allow_private_video_hosts:
-                    await _refuse_private_host(url)
-                # No Authorization header: the video host is not the API and must never see the key. Redirects
-                # by hand, so that each target is checked before anything is sent to it.
-                async with state.session.get(
-                    url, timeout=self.timeouts.for_download(), allow_redirects=False
-                ) as response:
-                    if not self.allow_private_video_hosts:
-                        _refuse_private_peer(response, url)
-                    if response.status in _REDIRECT_STATUSES:
-                        url = _redirect_target(response, url)
-                        continue
-                    if response.status != 200:
-                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                        text = redact((await response.read())[:2048].decode("utf-8", "replace"), self._api_key)
-                        raise _download_error(response.status, video, text, retry_after)
-                    expected = response.content_length
-                    written = await _stream_to_file(response, partial)
-                if expected is not None and written != expected:
-                    raise DownloadConnectionError(f"video download was cut short: got {written} of {expected} bytes")
-                partial.replace(destination)
-                return
-            raise DownloadError(f"the video host redirected more than {_MAX_REDIRECTS} times")
-        except aiohttp.ClientError as error:
-            # Not chained (`from None`): aiohttp's errors are OSErrors at times, and a cause that is an OSError
-            # means the file could not be written.
-            detail = redact(str(error), self._api_key) or type(error).__name__
-            if isinstance(error, TimeoutError):
-                raise DownloadTimeoutError(f"video download timed out: {detail}") from None
-            raise DownloadConnectionError(f"video download failed: {detail}") from None
-        except DownloadError:
-            raise  # DownloadConnectionError is an OSError too, but not one of the file's
-        except OSError as error:
-            raise DownloadError(f"cannot write {destination}: {error.strerror or error}") from error
-        finally:
-            partial.unlink(missing_ok=True)
+            raise ConfigurationError("session", problem)
+        return state.session
 
 
 def _wrap_api_key(value: object) -> Secret | str:
@@ -663,149 +523,13 @@ async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: fl
 
     deadline = None if timeout is None else clock.now() + timeout
     waiter = CallbackWaiter(deadline=deadline, timeout=timeout, on_outcome=deliver)
-    poller.watch(task_id, waiter)
+    poller.add_waiter(task_id, waiter)
     try:
         await delivered.wait()
     finally:
         if not delivered.is_set():
-            poller.unwatch(task_id, waiter)
+            poller.remove_waiter(task_id, waiter)
     return outcomes[0]
-
-
-async def _stream_to_file(response: aiohttp.ClientResponse, partial: Path) -> int:
-    written = 0
-    buffer = bytearray()
-    checked = False
-    async with await anyio.open_file(partial, "wb") as file:
-        async for chunk in response.content.iter_chunked(1 << 16):
-            buffer += chunk
-            if not checked and len(buffer) >= _MP4_HEAD_BYTES:
-                _check_mp4_head(bytes(buffer[:_MP4_HEAD_BYTES]), response)
-                checked = True
-            if len(buffer) >= _DOWNLOAD_BUFFER_BYTES:
-                written += await file.write(bytes(buffer))
-                buffer.clear()
-        if not checked:
-            _check_mp4_head(bytes(buffer), response)
-        written += await file.write(bytes(buffer))
-    return written
-
-
-def _check_mp4_head(head: bytes, response: aiohttp.ClientResponse) -> None:
-    """An MP4 (ISO base media) file opens with its `ftyp` box: a 4-byte size, then `ftyp`. Anything else (an
-    HTML error page served with 200, an empty body) is not saved."""
-    if len(head) < _MP4_HEAD_BYTES or head[4:8] != b"ftyp":
-        kind = response.headers.get("Content-Type", "no Content-Type")
-        raise DownloadError(
-            f"the video host sent something that is not an MP4 file ({kind[:80]}, starting {head[:16]!r})"
-        )
-
-
-def _download_error(status: int, video: Video, body: str, retry_after: float | None) -> PixVerseError:
-    if status in (401, 403, 410):
-        expiry = f" (it expired at {video.expires_at:%Y-%m-%d %H:%M:%S} UTC)" if video.expires_at else ""
-        return VideoExpiredError(
-            f"the video link was refused with {status}{expiry}: it has expired; "
-            "call get_task() on the task for a fresh link"
-        )
-    if status >= 500 or status == 429:
-        return VideoHostError(status, retry_after)
-    return DownloadError(f"the video host answered {status}: {shorten(body)}")
-
-
-def _video_url_problem(url: str) -> str | None:
-    """Why a video URL (or a redirect's target) is not fetched, or None. Parsed by yarl, as aiohttp will."""
-    try:
-        parsed = yarl.URL(url)
-    except (TypeError, ValueError):
-        return "it is not a valid URL"
-    if parsed.scheme not in ("http", "https"):
-        return f"unsupported URL scheme {parsed.scheme!r}" if parsed.scheme else "it is not an absolute URL"
-    if not parsed.host:
-        return "the URL has no host"
-    if parsed.user is not None or parsed.password is not None:
-        return "the URL carries credentials (user:password@), which are never sent"
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
-        return "the URL holds whitespace or a control character"
-    return None
-
-
-def _redirect_target(response: aiohttp.ClientResponse, url: str) -> str:
-    location = response.headers.get("Location")
-    if not location:
-        raise DownloadError(f"the video host answered {response.status} without a Location to go to")
-    try:
-        target = str(yarl.URL(url).join(yarl.URL(location)))
-    except (TypeError, ValueError):
-        raise DownloadError(f"the video host redirected to {_shown_url(location)}: not a valid URL") from None
-    problem = _video_url_problem(target)
-    if problem is None and yarl.URL(url).scheme == "https" and yarl.URL(target).scheme == "http":
-        # The signed query would then cross the network in clear.
-        problem = "a redirect from https:// to http:// is not followed"
-    if problem is not None:
-        raise DownloadError(f"the video host redirected to {_shown_url(target)}: refused, {problem}")
-    return target
-
-
-def _shown_url(url: str) -> str:
-    """A URL for a message: no credentials, no query (a signature), cut short."""
-    try:
-        parsed = yarl.URL(url)
-        shown = str(parsed.with_user(None).with_query(None).with_fragment(None)) if parsed.absolute else url
-    except (TypeError, ValueError):
-        shown = url
-    return repr(shown.split("?", 1)[0][:100])
-
-
-def _is_refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    # Not global: loopback, RFC 1918, link-local, ULA, shared (CGNAT), reserved, documentation ranges.
-    return not address.is_global or address.is_multicast
-
-
-async def _refuse_private_host(url: str) -> None:
-    """With `allow_private_video_hosts=False`: refuse a host that is, or resolves to, a non-global address
-    (every address it resolves to is checked)."""
-    parsed = yarl.URL(url)
-    host = parsed.host or ""
-    try:
-        addresses = [ipaddress.ip_address(host.split("%", 1)[0])]
-    except ValueError:
-        try:
-            infos = await anyio.getaddrinfo(host, parsed.port, type=socket.SOCK_STREAM)
-        except OSError as error:
-            raise DownloadConnectionError(f"cannot resolve the video host {host!r}: {error}") from None
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-    for address in addresses:
-        if _is_refused_address(address):
-            raise DownloadError(
-                f"the video host {host!r} is at {address}, a private address "
-                "(refused with allow_private_video_hosts=False)"
-            )
-
-
-def _refuse_private_peer(response: aiohttp.ClientResponse, url: str) -> None:
-    """The address actually connected to, checked too: a name may resolve differently a moment later."""
-    connection = response.connection
-    transport = connection.transport if connection is not None else None
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    if not peer:
-        return
-    address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
-    if _is_refused_address(address):
-        raise DownloadError(
-            f"the video host {yarl.URL(url).host!r} is at {address}, a private address "
-            "(refused with allow_private_video_hosts=False)"
-        )
-
-
-def _task_id_from(response: Response) -> str:
-    body = response.json()
-    task_id = body.get("task_id") if isinstance(body, dict) else None
-    if not isinstance(task_id, str) or not task_id:
-        raise APIResponseError("the submission was answered 200 without a task_id")
-    return task_id
 
 
 def _task_id_of(task: Task | TaskResult | str) -> str:
@@ -813,33 +537,3 @@ def _task_id_of(task: Task | TaskResult | str) -> str:
     if not isinstance(task_id, str) or not task_id.strip():
         raise InvalidRequestError("task", f"must be a Task, a TaskResult or a non-empty task id, not {task!r}")
     return task_id
-
-
-def _video_of(video: JobResult | TaskResult | Video) -> Video:
-    if isinstance(video, Video):
-        return video
-    if isinstance(video, TaskResult):
-        if not video.videos:
-            raise DownloadError(f"task {video.task_id} has no video (status {video.status.name})")
-        return video.videos[0]
-    if isinstance(video, JobResult):
-        if not video.videos:
-            job = f"job {video.key!r}" if video.key is not None else "the job"
-            if video.task_id is None:
-                why = f"it was never submitted ({video.error})"
-            elif video.error is not None:
-                why = f"task {video.task_id} did not succeed ({video.error})"
-            else:
-                why = f"task {video.task_id} ended {video.status.name if video.status else 'without a status'}"
-            raise DownloadError(f"{job} has no video: {why}")
-        return video.videos[0]
-    raise InvalidRequestError("video", f"must be a JobResult, a TaskResult or a Video, not {type(video).__name__}")
-
-
-def _file_name_for(video: Video, source: JobResult | TaskResult | Video) -> str:
-    if isinstance(source, TaskResult | JobResult) and source.task_id:
-        stem = source.task_id
-    else:
-        stem = PurePosixPath(unquote(urlsplit(video.url).path)).stem or "video"
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem).lstrip(".") or "video"
-    return f"{safe}.{video.type or 'mp4'}"

@@ -1,4 +1,7 @@
-"""The one source of time for the client: every sleep (retry backoff, poll intervals, deadlines) goes through it.
+"""The one source of time for the client's own waiting: retry backoff, poll intervals, pacing, callers' timeouts.
+
+The network timeouts (`Timeouts`: connect, read, download_read) are the exception: real seconds, kept by
+aiohttp and the transport's read-timeout watchdog, because they bound real sockets.
 
 Tests swap in a faster clock (`pixverse_async.testing.ScaledClock` to match the simulator's time scale,
 `InstantClock` to make backoff take no time at all) instead of waiting real seconds.

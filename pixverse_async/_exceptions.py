@@ -2,6 +2,7 @@
 
     PixVerseError
     ├── InvalidRequestError (also ValueError)     bad input, found before any request is sent
+    │   └── ConfigurationError                    ... in the client's options, policies, session or clock
     ├── APIError                                  talking to the API went wrong
     │   ├── APIStatusError                        the API answered with an error status
     │   │   ├── BadRequestError                   400 (body, image or prompt refused)
@@ -53,6 +54,13 @@ class InvalidRequestError(PixVerseError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class ConfigurationError(InvalidRequestError):
+    """The client's configuration is wrong: an argument of `PixVerseClient(...)`, a policy (`RetryPolicy`,
+    `PollPolicy`, `Timeouts`, ...), a session that would leak credentials, a clock. Raised when it is built
+    (a session's headers are checked again when the client opens and downloads); nothing is sent. An
+    `InvalidRequestError` (and so a `ValueError`): code that caught those catches it still."""
 
 
 class APIError(PixVerseError):

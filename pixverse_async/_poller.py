@@ -4,12 +4,14 @@ A pending task is a small slotted record in a heap ordered by next-poll time, no
 the tasks that are due, polls them (bounded in flight and in rate, across the whole client), and files each
 back with its next time, which comes from the server's hints (`eta`, else `progress_percent` and the task's
 age, else the age alone), with jitter, a floor and a cap. Polls are paced by the budget's task-result pacer
-(see `_budget.py`): a lone 429 delays its task's poll, a second in a row pauses every poll and slows them
-down. Nobody is polled after it is known to be terminal. Waiters (`wait()`, `as_completed()`) attach
-waiters with an optional deadline; a task nobody waits for is still polled until it ends when it holds one
-of the client's running-task slots (a `Slot`), so that the slot is given back when the task ends. A first
-poll due at once, right after a submission, is made by the submitting task itself (`follow`), under the
-same limits.
+(see `_budget.py`): a lone 429 delays its task's poll, `RATE_EVIDENCE` (3) in a row pause every poll and
+slow them down. Nobody is polled after it is known to be terminal.
+
+Whoever waits for a task (`wait()`, `watch()`, an `as_completed()` run) adds a `Waiter` to it, with an
+optional deadline, and is called back once with its outcome. A task nobody waits for is still polled until
+it ends when it holds one of the client's running-task slots (a `Slot`), so that the slot is given back when
+the task ends. A first poll due at once, right after a submission, is made by the submitting task itself
+(`follow`), under the same limits.
 """
 
 from __future__ import annotations
@@ -29,19 +31,16 @@ from anyio.abc import TaskGroup
 from ._budget import Pacer, Slot
 from ._clock import Clock
 from ._exceptions import (
-    APIConnectionError,
-    APIResponseError,
-    APIStatusError,
+    APIError,
     ClientClosedError,
     NotFoundError,
     PixVerseError,
     RateLimitError,
-    ServerError,
     TaskTimeoutError,
 )
 from ._forecast import Evidence, Forecaster, Kind
 from ._models import TaskResult
-from ._retry import RetryPolicy
+from ._retry import CallKind, RetryPolicy, Verdict, decide
 from ._validation import count, number
 
 Outcome = TaskResult | PixVerseError
@@ -204,7 +203,7 @@ class Poller:
             # A resumed task that is already followed (a wait() on it) or has ended: share what is there.
             if slot is not None:
                 self._take_over_slot(task_id, slot)
-            self.watch(task_id, waiter)
+            self.add_waiter(task_id, waiter)
             return
         now = self._clock.now()
         pending = self._add(task_id, now, slot, kind)
@@ -277,7 +276,7 @@ class Poller:
             self._schedule(pending, now)
         return True
 
-    def watch(self, task_id: str, waiter: Waiter) -> None:
+    def add_waiter(self, task_id: str, waiter: Waiter) -> None:
         """Call `waiter` when `task_id` ends (or its deadline passes); polls it now if it is not followed yet."""
         if self._closed:
             waiter.deliver(ClientClosedError("the client is closed"))
@@ -298,7 +297,7 @@ class Poller:
         if waiter.deadline is not None and waiter.deadline < pending.due and not pending.in_flight:
             self._schedule(pending, waiter.deadline)
 
-    def unwatch(self, task_id: str, waiter: Waiter) -> None:
+    def remove_waiter(self, task_id: str, waiter: Waiter) -> None:
         """The waiter left (cancelled); stop polling the task if nobody else needs it."""
         pending = self._pending.get(task_id)
         if pending is None:
@@ -426,12 +425,13 @@ class Poller:
     async def _poll(self, pending: PendingTask) -> None:
         try:
             result = await self._fetch(pending.task_id)
-        except RateLimitError as error:
-            self._on_poll_rate_limited(pending, error)
-        except (APIConnectionError, APIResponseError, ServerError) as error:
-            self._on_poll_transient_error(pending, error)
-        except APIStatusError as error:
-            self._finish(pending, error)
+        except APIError as error:
+            if decide(error, CallKind.IDEMPOTENT) is not Verdict.RETRY:
+                self._finish(pending, error)
+            elif isinstance(error, RateLimitError):
+                self._on_poll_rate_limited(pending, error)
+            else:
+                self._on_poll_transient_error(pending, error)
         else:
             self._pacer.accepted()
             pending.failures = 0

@@ -1,18 +1,90 @@
-"""How long to wait before trying a request again: capped exponential backoff with jitter, and `Retry-After`.
+"""The one retry decision: which failures are tried again, by call kind, and how long to wait before.
 
-Which failures may be retried at all is decided by the client (see `_client.py`): polls retry on anything
-transient, billed submissions only when the server cannot have created a task.
+`decide()` is the rule, written once and used by every caller (`get_task()` and downloads through
+`call_with_retries`, the poller's `_poll`, `Submitter.send`):
+
+- an idempotent call (a poll, a download) retries every transient failure: connection errors and timeouts,
+  garbled answers, 429 and 5xx (`TRANSIENT`);
+- a billed call (a submission: the API takes no idempotency key) retries only when the server cannot have
+  created a task: it was never reached, or it answered 429. When the request went out and the answer was lost
+  (read timeout, reset, 5xx, a garbled 200), the verdict is `UNCERTAIN`: the caller raises
+  `SubmissionUncertainError` rather than pay twice;
+- anything else (authentication, balance, a refused request, a video link that expired) is never retried.
+
+How long to wait is `RetryPolicy`'s: capped exponential backoff with jitter, or the server's `Retry-After`.
 """
 
 from __future__ import annotations
 
+import enum
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import attrs
 
+from ._clock import Clock
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseError,
+    APIStatusError,
+    DownloadConnectionError,
+    PixVerseError,
+    RateLimitError,
+    ServerError,
+    VideoHostError,
+)
 from ._validation import count, number
+
+T = TypeVar("T")
+
+#: The failures worth another try of an idempotent call. `DownloadTimeoutError` is a `DownloadConnectionError`,
+#: `APITimeoutError` an `APIConnectionError`.
+TRANSIENT: tuple[type[PixVerseError], ...] = (
+    APIConnectionError,
+    APIResponseError,
+    RateLimitError,
+    ServerError,
+    DownloadConnectionError,
+    VideoHostError,
+)
+
+
+class CallKind(enum.Enum):
+    """What kind of call failed, for `decide()`."""
+
+    #: A poll or a download: repeating it changes nothing on the server.
+    IDEMPOTENT = "idempotent"
+    #: A submission: each one the server acts on is a task, paid for.
+    BILLED = "billed"
+
+
+class Verdict(enum.Enum):
+    """What to do about a failed call."""
+
+    RETRY = "retry"
+    #: Raise the error as it is.
+    GIVE_UP = "give up"
+    #: A billed call that the server may have acted on: never retried, raised as `SubmissionUncertainError`.
+    UNCERTAIN = "uncertain"
+
+
+def decide(error: PixVerseError, kind: CallKind, *, reached_server: bool = True) -> Verdict:
+    """Whether to try the call that failed with `error` again. `reached_server` is False only when the request
+    is known not to have left (it could not connect): that matters to billed calls alone."""
+    if not isinstance(error, TRANSIENT):
+        return Verdict.GIVE_UP
+    # A 429 is the one answer known to create no task.
+    if kind is CallKind.BILLED and reached_server and not isinstance(error, RateLimitError):
+        return Verdict.UNCERTAIN
+    return Verdict.RETRY
+
+
+def retry_after_of(error: PixVerseError) -> float | None:
+    """The seconds the server asked to wait (`Retry-After`) on the answer that failed, if it did."""
+    return error.retry_after if isinstance(error, APIStatusError | VideoHostError) else None
 
 
 @attrs.frozen
@@ -64,3 +136,24 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if seconds != seconds:  # NaN
         return None
     return max(0.0, seconds)
+
+
+async def call_with_retries(
+    attempt_once: Callable[[], Awaitable[T]], *, policy: RetryPolicy, clock: Clock, rng: random.Random
+) -> T:
+    """Run an idempotent call (a poll, a download), trying again while `decide()` says so and `policy` allows,
+    waiting on `clock`."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await attempt_once()
+        except PixVerseError as failure:
+            if decide(failure, CallKind.IDEMPOTENT) is not Verdict.RETRY:
+                raise
+            error = failure
+        # Raised from here, out of the handler, so that one failed try is not the __context__ of the next.
+        delay = policy.delay(attempt, retry_after_of(error), rng)
+        if attempt >= policy.max_attempts or delay is None:
+            raise error
+        await clock.sleep(delay)

@@ -1,6 +1,7 @@
 """The checks that every option, policy and clock shares, so that a bad value is refused the same way
 everywhere: an `InvalidRequestError` (also a `ValueError`) naming the option and what it accepts, when the
-object is built, before anything is sent.
+object is built, before anything is sent. Options of the client and its policies raise its subclass
+`ConfigurationError` (`error=`; the attrs validators `number` and `count` always do).
 
 Numbers are `int` or `float`, never `bool` (a flag passed where a count goes is a mistake, not 1) and never
 `str`; NaN is refused everywhere; infinity only where it says "no limit" better than `None` cannot (nowhere
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._exceptions import InvalidRequestError
+from ._exceptions import ConfigurationError, InvalidRequestError
 
 AttrsValidator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -32,58 +33,69 @@ def check_number(
     at_least: float | None = None,
     at_most: float | None = None,
     none_means: str | None = None,
+    error: type[InvalidRequestError] = InvalidRequestError,
 ) -> None:
     """A finite int or float in range (`above` is exclusive, `at_least`/`at_most` inclusive); `None` is allowed
     only when `none_means` says what it means."""
     if value is None and none_means is not None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidRequestError(name, f"must be {_number_range(above, at_least, at_most, none_means)}, not {value!r}")
+        raise error(name, f"must be {_number_range(above, at_least, at_most, none_means)}, not {value!r}")
     if (
         (above is not None and not value > above)
         or (at_least is not None and not value >= at_least)
         or (at_most is not None and not value <= at_most)
     ):
-        raise InvalidRequestError(name, f"must be {_number_range(above, at_least, at_most, none_means)}, not {value!r}")
+        raise error(name, f"must be {_number_range(above, at_least, at_most, none_means)}, not {value!r}")
 
 
-def check_count(name: str, value: object, *, at_least: int = 1) -> None:
+def check_count(
+    name: str, value: object, *, at_least: int = 1, error: type[InvalidRequestError] = InvalidRequestError
+) -> None:
     """A whole number (an `int`, not a `bool` or a float) of at least `at_least`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < at_least:
-        raise InvalidRequestError(name, f"must be a whole number >= {at_least}, not {value!r}")
+        raise error(name, f"must be a whole number >= {at_least}, not {value!r}")
 
 
-def check_bool(name: str, value: object) -> None:
+def check_bool(name: str, value: object, *, error: type[InvalidRequestError] = InvalidRequestError) -> None:
     if not isinstance(value, bool):
-        raise InvalidRequestError(name, f"must be True or False, not {value!r}")
+        raise error(name, f"must be True or False, not {value!r}")
 
 
-def check_instance(name: str, value: object, expected: type[Any]) -> None:
+def check_instance(
+    name: str, value: object, expected: type[Any], *, error: type[InvalidRequestError] = InvalidRequestError
+) -> None:
     if not isinstance(value, expected):
-        raise InvalidRequestError(name, f"must be a {expected.__name__}, not {type(value).__name__}")
+        raise error(name, f"must be a {expected.__name__}, not {type(value).__name__}")
 
 
-def check_http_url(name: str, value: object, *, credentials_allowed: bool = True) -> str:
+def check_http_url(
+    name: str,
+    value: object,
+    *,
+    credentials_allowed: bool = True,
+    error: type[InvalidRequestError] = InvalidRequestError,
+) -> str:
     """An `http://` or `https://` URL (scheme in any case) with a host; returned as given."""
     if not isinstance(value, str):
-        raise InvalidRequestError(name, f"must be an http(s):// URL str, not {type(value).__name__}")
+        raise error(name, f"must be an http(s):// URL str, not {type(value).__name__}")
     shown = repr(value[:80])
     try:
         parts = urlsplit(value)
         port = parts.port
-    except ValueError as error:
-        raise InvalidRequestError(name, f"{shown} is not a valid URL ({error})") from None
+    except ValueError as unparsable:
+        raise error(name, f"{shown} is not a valid URL ({unparsable})") from None
     del port
     if parts.scheme.lower() not in ("http", "https"):
         scheme = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        raise InvalidRequestError(name, f"{shown} has {scheme}; only http:// and https:// URLs are accepted")
+        raise error(name, f"{shown} has {scheme}; only http:// and https:// URLs are accepted")
     if not parts.hostname:
-        raise InvalidRequestError(name, f"{shown} has no host")
+        raise error(name, f"{shown} has no host")
     if not credentials_allowed and (parts.username is not None or parts.password is not None):
         # Not echoed: the credentials are the point.
-        raise InvalidRequestError(name, "the URL carries credentials (user:password@), which are not accepted here")
+        raise error(name, "the URL carries credentials (user:password@), which are not accepted here")
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
-        raise InvalidRequestError(name, f"{shown} holds whitespace or a control character")
+        raise error(name, f"{shown} holds whitespace or a control character")
     return value
 
 
@@ -114,7 +126,15 @@ def number(
     """`check_number` as an attrs validator, naming the field."""
 
     def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        check_number(attribute.name, value, above=above, at_least=at_least, at_most=at_most, none_means=none_means)
+        check_number(
+            attribute.name,
+            value,
+            above=above,
+            at_least=at_least,
+            at_most=at_most,
+            none_means=none_means,
+            error=ConfigurationError,
+        )
 
     return validate
 
@@ -123,7 +143,7 @@ def count(*, at_least: int = 1) -> AttrsValidator:
     """`check_count` as an attrs validator, naming the field."""
 
     def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        check_count(attribute.name, value, at_least=at_least)
+        check_count(attribute.name, value, at_least=at_least, error=ConfigurationError)
 
     return validate
 

@@ -7,16 +7,19 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 
 from pixverse_async import (
+    APIError,
     DownloadConnectionError,
     DownloadError,
+    DownloadTimeoutError,
     ImageToVideo,
     PixVerseClient,
     RetryPolicy,
@@ -217,6 +220,52 @@ async def test_a_video_hosts_503_and_429_are_retried_as_download_errors(host: Vi
             await c.download(Video(f"{host.base}/b"), tmp_path / "w.mp4")
     assert isinstance(caught.value, VideoHostError) and caught.value.status_code == 503
     assert [path for path, _ in host.seen].count("/b") == RETRY.max_attempts
+
+
+async def reset_mid_body(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "video/mp4", "Content-Length": str(len(MP4) * 2)})
+    await response.prepare(request)
+    await response.write(MP4)
+    assert request.transport is not None
+    request.transport.abort()
+    return response
+
+
+async def silent_mid_body(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "video/mp4", "Content-Length": str(len(MP4) * 2)})
+    await response.prepare(request)
+    await response.write(MP4)
+    await anyio.sleep_forever()  # cancelled when the client gives up and hangs up
+    return response
+
+
+async def answer_503(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=503, text="upstream unavailable")
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected"),
+    [
+        (answer_503, VideoHostError),
+        (reset_mid_body, DownloadConnectionError),
+        (silent_mid_body, DownloadTimeoutError),
+    ],
+)
+async def test_every_way_a_video_host_fails_is_a_download_error_never_an_api_error(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], expected: type[DownloadError], tmp_path: Path
+) -> None:
+    # A video host is not the API: its 503 is no ServerError, its broken connection no APIConnectionError, so
+    # `except DownloadError` is the one handler a caller needs (and `except APIError` never swallows one).
+    clock = InstantClock()
+    # The read timeout is real time (aiohttp's); short, so that the silent host costs a fraction of a second.
+    timeouts = Timeouts(connect=2, read=2, download_read=0.1)
+    async with tiny_server(handler) as url:
+        async with PixVerseClient(KEY, base_url="http://127.0.0.1:9", clock=clock, retry=RETRY, timeouts=timeouts) as c:
+            with anyio.fail_after(10), pytest.raises(DownloadError) as caught:
+                await c.download(Video(f"{url}/a.mp4"), tmp_path / "v.mp4")
+    assert type(caught.value) is expected and not isinstance(caught.value, APIError)
+    assert len(clock.sleeps) == RETRY.max_attempts - 1  # transient: retried first
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_host_that_cannot_be_reached_is_a_download_connection_error(tmp_path: Path) -> None:

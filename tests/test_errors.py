@@ -16,17 +16,22 @@ from pixverse_async import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    ConfigurationError,
     ImageToVideo,
     InsufficientBalanceError,
+    InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     PixVerseClient,
+    PollPolicy,
     RateLimitError,
+    RateLimits,
     RetryPolicy,
     ServerError,
     SubmissionUncertainError,
+    Timeouts,
 )
-from pixverse_async.testing import InstantClock
+from pixverse_async.testing import InstantClock, ScaledClock
 from tests.helpers import tiny_server
 
 pytestmark = pytest.mark.anyio
@@ -216,3 +221,50 @@ async def test_redirects_are_not_followed_with_the_key() -> None:
         with pytest.raises(APIStatusError) as caught:
             await client.get_task("t1")
     assert caught.value.status_code == 302
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: PixVerseClient(""),
+        lambda: PixVerseClient(KEY, base_url="ftp://api.example.com"),
+        lambda: PixVerseClient(KEY, max_concurrency=0),
+        lambda: PixVerseClient(KEY, webhook_url="not a url"),
+        lambda: PixVerseClient(KEY, clock=object()),  # type: ignore[arg-type]
+        lambda: PixVerseClient(KEY, retry=RetryPolicy(max_attempts=0)),
+        lambda: PixVerseClient(KEY, timeouts=Timeouts(read=0)),
+        lambda: PixVerseClient(KEY, polling=PollPolicy(min_interval=-1)),
+        lambda: RateLimits(max_running=0),
+        lambda: RateLimits(submits_per_minute=-5),
+        lambda: ScaledClock(0),
+    ],
+    ids=[
+        "api_key",
+        "base_url",
+        "max_concurrency",
+        "webhook_url",
+        "clock",
+        "retry",
+        "timeouts",
+        "polling",
+        "max_running",
+        "submits_per_minute",
+        "clock_scale",
+    ],
+)
+def test_a_bad_client_configuration_is_a_configuration_error_that_old_handlers_still_catch(
+    build: Callable[[], object],
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build()
+    assert isinstance(caught.value, InvalidRequestError) and isinstance(caught.value, ValueError)
+
+
+async def test_a_bad_request_or_call_argument_is_not_a_configuration_error() -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        ImageToVideo("p", "https://example.com/a.png", resolution="4k")  # type: ignore[arg-type]
+    assert type(caught.value) is InvalidRequestError
+    async with PixVerseClient(KEY, base_url="http://127.0.0.1:9") as client:
+        with pytest.raises(InvalidRequestError) as caught:
+            await client.wait("t1", timeout=-1)
+    assert type(caught.value) is InvalidRequestError

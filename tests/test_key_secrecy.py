@@ -33,7 +33,7 @@ from pixverse_async import (
     Timeouts,
     Video,
 )
-from pixverse_async._http import Secret, redact
+from pixverse_async._transport import Secret, redact
 from pixverse_async.testing._video import mp4_for_task
 from tests.helpers import tiny_server
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, final
 
 import aiohttp
+import anyio
 import attrs
 from multidict import CIMultiDictProxy
 
-from ._deadlines import Deadlines
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -25,6 +26,7 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ConfigurationError,
     InsufficientBalanceError,
     NotFoundError,
     PermissionDeniedError,
@@ -141,16 +143,17 @@ class _RequestHeaders:
 
 def _check_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     # Zero would not mean "no limit" (that is None) but a watchdog checking without pause.
-    check_number(attribute.name, value, above=0, none_means="no limit")
+    check_number(attribute.name, value, above=0, none_means="no limit", error=ConfigurationError)
 
 
 @attrs.frozen
 class Timeouts:
     """Seconds the client waits, per request. `None` waits without limit.
 
-    `connect`: to open a connection (safe to retry: nothing was sent). `read`: for an API request, from its
-    start to its answer's last byte, enforced at most an eighth late (on a submission, running out means
-    the answer is lost). Opening a connection, and with a session you pass in waiting for a free one, count
+    Real seconds, whatever the client's `clock` (they bound real sockets; a `ScaledClock` does not shrink
+    them). `connect`: to open a connection (safe to retry: nothing was sent). `read`: for an API request,
+    from its start to its answer's last byte, enforced at most an eighth late (on a submission, running out
+    means the answer is lost). Opening a connection, and with a session you pass in waiting for a free one, count
     against `read` too: keep it well above `connect`. `download_read`: between bytes of a video download.
     """
 
@@ -159,7 +162,7 @@ class Timeouts:
     download_read: float | None = attrs.field(default=60.0, validator=_check_seconds)
 
     def for_api(self) -> aiohttp.ClientTimeout:
-        # No sock_read: `read` is kept by the client's `Deadlines` watchdog, without a timer per request.
+        # No sock_read: `read` is kept by the transport's `ReadTimeoutWatchdog`, without a timer per request.
         return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=None)
 
     def for_download(self) -> aiohttp.ClientTimeout:
@@ -209,8 +212,8 @@ class ApiTransport:
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeouts.for_api()
-        # Its watch() must run while the client is open.
-        self.deadlines = Deadlines(timeouts.read)
+        # Its run() must run while the client is open.
+        self.watchdog = ReadTimeoutWatchdog(timeouts.read)
         # Built once, and only what must go with each request: aiohttp merges every header it is given, one
         # by one, on every request. The User-Agent is a default of the session the client creates.
         self._headers = _RequestHeaders(api_key, None)
@@ -225,7 +228,7 @@ class ApiTransport:
         url = self._base_url + path
         data = None if body is None else _COMPACT_JSON.encode(body).encode()
         headers = self._headers if data is None else self._json_headers
-        deadline = self.deadlines.arm()
+        deadline = self.watchdog.arm()
         failure: RequestNotSent | AnswerLost
         try:
             # No redirects: following one could carry the key to another host.
@@ -235,7 +238,7 @@ class ApiTransport:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)
         except asyncio.CancelledError:
-            if not self.deadlines.timed_out(deadline):
+            if not self.watchdog.uncancel_if_expired(deadline):
                 raise
             failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
         except aiohttp.ConnectionTimeoutError:
@@ -251,7 +254,7 @@ class ApiTransport:
             detail = self.redact(str(error)) or type(error).__name__
             failure = AnswerLost(APIConnectionError(f"{method} {path}: {detail}"))
         finally:
-            self.deadlines.disarm(deadline)
+            self.watchdog.disarm(deadline)
         # Raised here, outside the handlers, so that aiohttp's error is not kept as its __context__: aiohttp's
         # frames hold the request's headers, key included, in plain locals that a traceback would show.
         raise failure
@@ -303,3 +306,90 @@ class ApiTransport:
         if status >= 500:
             return ServerError
         return _STATUS_ERRORS.get(status, APIStatusError)
+
+
+# -- the read-timeout watchdog -----------------------------------------------------------------------------------------
+#
+# Deadlines for API requests, kept by one watchdog task per client instead of event-loop timers per request.
+#
+# aiohttp's `sock_read` timeout arms a timer when a request is sent and arms a new one on every chunk received,
+# and asyncio keeps its timers in a heap of Python objects: measured with `benchmarks.instructions`, the four
+# timers of a job (its submission and its poll) cost 67k instructions, a twentieth of the client's work per
+# job. Here a request costs an entry in a set. One task looks at the set every eighth of the limit and cancels
+# each request past its deadline; the request takes that cancellation back (`Task.uncancel()`, as
+# `asyncio.timeout()` does) and raises its timeout error instead, while a cancellation from anyone else still
+# propagates. Its deadlines are real time (`time.monotonic()`, `anyio.sleep`), not the client's clock: they bound
+# real sockets, as aiohttp's own timeouts do.
+
+_CHECKS_PER_LIMIT = 8
+
+
+@final
+class RequestDeadline:
+    """When one request, running in `asyncio_task` (an `asyncio.Task`, not a PixVerse `Task`), must have ended
+    (`time.monotonic()`: real time, not the client's clock)."""
+
+    __slots__ = ("asyncio_task", "at", "cancelling", "expired")
+
+    def __init__(self, task: asyncio.Task[object], at: float) -> None:
+        self.asyncio_task = task
+        self.at = at
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+
+@final
+class ReadTimeoutWatchdog:
+    """The deadlines of the API requests in flight, each `limit` seconds after its request started, and the
+    task (`run()`) that cancels the requests past theirs."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self._armed: set[RequestDeadline] = set()
+
+    def arm(self) -> RequestDeadline | None:
+        """A deadline for the request the current task starts now (None when there is no limit)."""
+        if self.limit is None:
+            return None
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("API requests must run in an asyncio task")
+        deadline = RequestDeadline(task, time.monotonic() + self.limit)
+        self._armed.add(deadline)
+        return deadline
+
+    def disarm(self, deadline: RequestDeadline | None) -> None:
+        """The request ended, one way or another."""
+        if deadline is not None:
+            self._armed.discard(deadline)
+
+    @staticmethod
+    def uncancel_if_expired(deadline: RequestDeadline | None) -> bool:
+        """On a `CancelledError` in the request: True when its deadline, and nobody else, cancelled it. The
+        cancellation is then taken back (`Task.uncancel()`, as `asyncio.timeout()` does) and the caller raises
+        its timeout error instead; on False the caller lets the `CancelledError` propagate."""
+        return deadline is not None and deadline.expired and deadline.asyncio_task.uncancel() <= deadline.cancelling
+
+    async def run(self) -> None:
+        """Cancel every request past its deadline, until cancelled; at most an eighth of the limit late.
+
+        Cancelled (the client closing), it goes on while requests remain: a submission shielded to learn its
+        task id still needs its deadline.
+        """
+        if self.limit is None:
+            return
+        try:
+            while True:
+                await self._check_after(self.limit / _CHECKS_PER_LIMIT)
+        finally:
+            with anyio.CancelScope(shield=True):
+                while any(not deadline.expired for deadline in self._armed):
+                    await self._check_after(self.limit / _CHECKS_PER_LIMIT)
+
+    async def _check_after(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+        now = time.monotonic()
+        for deadline in self._armed:
+            if deadline.at <= now and not deadline.expired:
+                deadline.expired = True
+                deadline.asyncio_task.cancel()

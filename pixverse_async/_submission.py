@@ -1,0 +1,171 @@
+"""One submission: its body, its running-task slot, the shield that keeps its answer, and the POST rule.
+
+Submissions are billed and the API takes no idempotency key, so a submission retries only when the server
+cannot have created a task (it could not be reached, or it answered 429); when the request went out and the
+answer was lost (read timeout, reset, 5xx, a garbled 200), it raises `SubmissionUncertainError` instead of
+paying twice. `submit()` and `as_completed()` both submit through a `Submitter`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, final
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ._budget import Budget, Slot
+from ._clock import Clock
+from ._exceptions import (
+    APIResponseError,
+    PixVerseError,
+    RateLimitError,
+    SubmissionUncertainError,
+)
+from ._models import ImageToVideo
+from ._protocol import SUBMIT_PATH, submission_body
+from ._retry import CallKind, RetryPolicy, Verdict, decide, retry_after_of
+from ._transport import AnswerLost, ApiTransport, RequestNotSent, Response
+
+RetryCallback = Callable[[int, PixVerseError], None]
+
+
+@attrs.frozen
+class WireShield:
+    """Two cancel scopes that let a task sending submissions for someone be cancelled without losing a task.
+
+    `scope` is a cancel scope the sending task runs in: `Submitter.send` shields it only while a request is on
+    the wire, so a cancellation then waits for the answer (bounded by the read timeout) and a task the server
+    created is not lost. `stop` is the scope whose cancellation means the caller left (an `as_completed` run's,
+    a `submit()` call's): once it is cancelled, nothing more is sent. Toggling one scope per sending task
+    costs far less than entering a new shielded scope per request.
+    """
+
+    scope: anyio.CancelScope
+    stop: anyio.CancelScope
+
+
+@final
+class Submitter:
+    """Submits for one open client, through its transport and its budget."""
+
+    def __init__(
+        self,
+        transport: ApiTransport,
+        budget: Budget,
+        *,
+        clock: Clock,
+        retry: RetryPolicy,
+        rng: random.Random,
+        image_as_data_uri: bool,
+        webhook_url: str | None,
+    ) -> None:
+        self._transport = transport
+        self._budget = budget
+        self._clock = clock
+        self._retry = retry
+        self._rng = rng
+        #: `await take_slot()`: a running-task slot for the next submission, waiting while the budget has none
+        #: free; the caller's from then on, to hand to `send()` or give back. The budget's own method, not a
+        #: wrapper: it is awaited once per job.
+        self.take_slot: Callable[[], Awaitable[Slot]] = budget.acquire
+        # Named as on the client, so that request_body() reads as it did there.
+        self.image_as_data_uri = image_as_data_uri
+        self.webhook_url = webhook_url
+
+    async def request_body(self, request: ImageToVideo) -> dict[str, Any]:
+        return await submission_body(request, image_as_data_uri=self.image_as_data_uri, webhook_url=self.webhook_url)
+
+    async def send(
+        self,
+        request: ImageToVideo,
+        body: object,
+        slot: Slot,
+        *,
+        on_retry: RetryCallback | None = None,
+        shield: WireShield | None = None,
+    ) -> tuple[str, Slot]:
+        """Submit holding a running-task slot; return the new task's id and the slot that now stands for it.
+
+        The slot is this call's from here on: on success it is returned, accepted, for the poller to give
+        back when the task ends (a 429 gives it back and a retry takes another, hence the return); on failure
+        it is given back here, and kept until the task could have ended when the answer was lost. With a
+        `shield` (see there), leaving waits for the answer of a request on the wire, so that a task the
+        server created is not lost, and sends no new one. Submissions are paced by the budget.
+        """
+        budget = self._budget
+        attempt = waits_at_the_cap = 0
+        while True:
+            attempt += 1
+            on_wire = False
+            try:
+                await budget.submissions.wait(self._clock)
+                if shield is None:
+                    on_wire = True
+                    response = await self._transport.send("POST", SUBMIT_PATH, body=body)
+                else:
+                    if shield.stop.cancel_called:
+                        # Cancelled without an await since at which to hear it (woken in the very turn the
+                        # caller left): hear it now, before anything is sent.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                    shield.scope.shield = True
+                    on_wire = True
+                    try:
+                        response = await self._transport.send("POST", SUBMIT_PATH, body=body)
+                    finally:
+                        shield.scope.shield = False
+                if response.status == 200:
+                    task_id = _task_id_from(response)
+                    slot.accepted()
+                    return task_id, slot
+                error: PixVerseError = self._transport.status_error(response)
+                del response  # its body may echo the key: not a local of a frame in the traceback
+                reached_server = True
+            except RequestNotSent as failure:
+                error, reached_server = failure.error, False
+            except AnswerLost as failure:
+                error, reached_server = failure.error, True
+            except APIResponseError as failure:  # a 200 without a task id
+                error, reached_server = failure, True
+            except BaseException:
+                # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
+                if on_wire:
+                    slot.release_when_ended()
+                else:
+                    slot.release()
+                raise
+            verdict = decide(error, CallKind.BILLED, reached_server=reached_server)
+            if verdict is Verdict.UNCERTAIN:
+                slot.release_when_ended()
+                raise SubmissionUncertainError(request, error) from error
+            wait_for_a_slot = False
+            if isinstance(error, RateLimitError):
+                wait_for_a_slot = slot.refused(error.retry_after)
+            else:
+                slot.release()
+            if verdict is Verdict.GIVE_UP:
+                raise error
+            retry_after = retry_after_of(error)
+            delay = self._retry.delay(attempt, retry_after, self._rng)
+            if wait_for_a_slot:
+                # At the account's cap, the wait for a running task to end is the backoff, and it ends only as
+                # tasks do: not a failed try (counting it failed jobs that merely queued behind the cap).
+                waits_at_the_cap += 1
+            if delay is None or attempt - waits_at_the_cap >= self._retry.max_attempts:
+                raise error
+            if on_retry is not None:
+                on_retry(attempt, error)
+            # At the account's cap after a 429, waiting for a running task to end is the backoff.
+            if retry_after is not None or not wait_for_a_slot:
+                await self._clock.sleep(delay)
+            slot = await budget.acquire()
+
+
+def _task_id_from(response: Response) -> str:
+    body = response.json()
+    task_id = body.get("task_id") if isinstance(body, dict) else None
+    if not isinstance(task_id, str) or not task_id:
+        raise APIResponseError("the submission was answered 200 without a task_id")
+    return task_id
