@@ -115,8 +115,9 @@ async def test_an_account_cap_below_the_limit_costs_few_429s() -> None:
 
 async def test_concurrency_is_shared_with_plain_submit_and_wait() -> None:
     async with Simulator(time_scale=SCALE, plan=plan) as sim, client_for(sim, max_concurrency=4) as client:
-        long_runner = await client.submit(ImageToVideo("run 50 outside", URL))
-        results = await collect(client, jobs(12, "run 5"))
+        # Long enough that the jobs overlap however slowly a loaded machine submits them (5 API s is 5 ms).
+        long_runner = await client.submit(ImageToVideo("run 500 outside", URL))
+        results = await collect(client, jobs(12, "run 60"))
         assert (await client.wait(long_runner)).status is TaskStatus.SUCCEED
     assert all(r.ok for r in results)
     assert sim.counters.max_running_by_key[KEY] == 4
