@@ -173,8 +173,6 @@ Counters
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import heapq
 import hmac
@@ -188,7 +186,7 @@ import types
 import typing
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -196,8 +194,47 @@ import anyio
 import attrs
 from aiohttp import web
 
-from pixverse_async._images import ImageError, probe_image
+from pixverse_async.testing._counters import SimCounters
+from pixverse_async.testing._faults import (
+    _NGINX_502_PAGE,
+    Fault,
+    FaultEndpoint,
+    FaultKind,
+    _cut_short,
+    _drop_connection,
+    _PendingFault,
+    _truncated,
+)
+from pixverse_async.testing._rate_limits import CallRateLimit, _CallWindow
+from pixverse_async.testing._responses import _LIMITED_BY, _REASON, _json_response, _retry_after_header, _s3_error
+from pixverse_async.testing._tasks import (
+    DEFAULT_DURATION,
+    DEFAULT_FAIL_REASON,
+    FAILED,
+    SUCCEED,
+    EtaMode,
+    ProgressMode,
+    SimTask,
+    TaskPlan,
+    lognormal_durations,
+)
+from pixverse_async.testing._validation import (
+    MAX_SEED,
+    SubmittedImage,
+    _BadRequest,
+    _bearer_key,
+    _check_body,
+    _check_image,
+    _webhook_url,
+)
 from pixverse_async.testing._video import mp4_for_task
+from pixverse_async.testing._webhooks import (
+    WEBHOOK_CONCURRENCY,
+    WEBHOOK_EVENT_TYPE,
+    WEBHOOK_RETRY_DELAYS,
+    WEBHOOK_TIMEOUT,
+    _Delivery,
+)
 
 __all__ = [
     "DEFAULT_DURATION",
@@ -225,470 +262,9 @@ SUBMIT_PATH: Final = "/v3/async/pixverse-v4.5-i2v"
 RESULT_PATH: Final = "/v3/async/task-result"
 TASK_TYPE: Final = "PIXVERSE_V4_5_I2V"
 
-QUEUED: Final = "TASK_STATUS_QUEUED"
-PROCESSING: Final = "TASK_STATUS_PROCESSING"
-SUCCEED: Final = "TASK_STATUS_SUCCEED"
-FAILED: Final = "TASK_STATUS_FAILED"
-
-#: The ``task.reason`` of tasks failed by ``failure_rate``.
-DEFAULT_FAIL_REASON: Final = "content moderation: generation failed"
-
-#: The ``event_type`` of the webhook sent when a task ends.
-WEBHOOK_EVENT_TYPE: Final = "ASYNC_TASK_RESULT"
-#: Simulated seconds a webhook receiver has to answer 2xx before the attempt counts as failed (the default
-#: of ``Simulator(webhook_timeout=...)``).
-WEBHOOK_TIMEOUT: Final = 5.0
-#: Simulated seconds to wait before each retry of a failed webhook attempt: 5 retries, 6 attempts in all.
-WEBHOOK_RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
-#: At most this many webhook attempts in flight at once to one receiver (scheme, host and port); the others
-#: wait for a slot. Kept well under a typical listen backlog (128), past which connections stall for seconds.
-WEBHOOK_CONCURRENCY: Final = 32
-
-EtaMode = Literal["exact", "noisy", "absent"]
-ProgressMode = Literal["linear", "steps", "absent"]
-
-MAX_PROMPT_CHARS: Final = 2048
-MAX_SEED: Final = 2_147_483_647
-RESOLUTIONS: Final = frozenset({"360p", "540p", "720p", "1080p"})
-FAST_MODE_RESOLUTIONS: Final = frozenset({"360p", "540p", "720p"})
-STYLES: Final = frozenset({"anime", "3d_animation", "clay", "comic", "cyberpunk"})
-_KNOWN_FIELDS: Final = frozenset(
-    {"prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra"}
-)
-_DATA_URI_PREFIXES: Final = tuple(f"data:image/{kind};base64," for kind in ("png", "jpeg", "jpg"))
-
 # A 10 MB image is about 13.4 MB once base64-encoded; accept bodies well past that so that an oversized
 # image reaches the image check (IMAGE_FILE_EXCEEDS_MAX_SIZE) instead of aiohttp's generic 413.
 _MAX_BODY_BYTES: Final = 64 * 1024 * 1024
-
-FaultEndpoint = Literal["submit", "poll", "video", "webhook"]
-FaultKind = Literal[
-    "server_error",
-    "rate_limit",
-    "reset",
-    "slow",
-    "html_error",
-    "empty_error",
-    "truncated_json",
-    "expired",
-    "drop",
-    "duplicate",
-]
-_WEBHOOK_FAULT_KINDS: Final = frozenset({"drop", "duplicate"})
-
-# Where an error answer keeps its reason until it is counted as sent.
-_REASON: Final = web.ResponseKey("reason", str)
-# Where a 429 keeps the limit that answered it (see SimCounters.rate_limited_by).
-_LIMITED_BY: Final = web.ResponseKey("limited_by", str)
-
-_NGINX_502_PAGE: Final = (
-    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-)
-
-
-def lognormal_durations(median: float = 40.0, sigma: float = 0.5) -> Callable[[random.Random], float]:
-    """A ``duration`` for :class:`Simulator`: log-normal job times with the given median (simulated s)."""
-    if median <= 0 or sigma < 0:
-        raise ValueError(f"lognormal_durations needs median > 0 and sigma >= 0, got {median=} {sigma=}")
-    mu = math.log(median)
-
-    def draw(rng: random.Random) -> float:
-        return rng.lognormvariate(mu, sigma)
-
-    return draw
-
-
-#: The default ``Simulator(duration=...)``: log-normal, median 40 simulated seconds, sigma 0.3.
-DEFAULT_DURATION: Final = lognormal_durations(40.0, 0.3)
-
-
-@attrs.frozen
-class TaskPlan:
-    """What ``Simulator(plan=...)`` decides for one submission: its duration and how it ends.
-
-    ``duration`` is in simulated seconds from submit to terminal; ``fail_reason`` makes the task end
-    ``TASK_STATUS_FAILED`` with that ``task.reason`` (``None``: it succeeds).
-    """
-
-    duration: float = attrs.field(validator=attrs.validators.ge(0.0))
-    fail_reason: str | None = None
-
-
-@attrs.frozen
-class Fault:
-    """A misbehaviour for the next ``times`` requests to ``endpoint``, or the next ``times`` webhook deliveries.
-
-    ``endpoint`` is "submit", "poll" or "video" (requests the simulator receives) or "webhook" (deliveries it
-    sends, see the module documentation). "webhook" takes only the kinds ``drop`` and ``duplicate``, and
-    those kinds apply to "webhook" only; ``expired`` applies to "video" only. Any other pairing raises
-    ``ValueError``. ``times``, ``retry_after``, ``delay`` and ``create_task`` mean nothing to webhook faults.
-
-    Kinds, by endpoint (on submit, ``create_task`` says whether the task is created, and billed, before
-    the fault strikes, for the kinds marked *creates*; when the request is invalid nothing is created and
-    the fault still strikes):
-
-    ``server_error``
-        500 JSON error: ``CREATE_TASK_FAILED`` on submit (*creates*), ``GET_RESULT_FAILED`` on poll,
-        an S3-style ``InternalError`` XML on video.
-    ``rate_limit``
-        429 ``RATE_LIMIT_EXCEEDED`` (XML ``SlowDown`` on video), with ``Retry-After: <retry_after>``
-        (simulated seconds rounded up) if ``retry_after`` is set, else without the header. Never creates.
-    ``reset``
-        Closes the TCP connection abruptly (``transport.abort()``) without a byte of answer: the client sees
-        ``aiohttp.ServerDisconnectedError`` (a connection error), never an HTTP status. On submit the body is
-        read and the task created first (*creates*); with ``create_task=False`` the connection is dropped
-        before the body is looked at (the client may then see ``ClientOSError``, connection reset, instead).
-        aiohttp's client resends an idempotent request (GET) once by itself after a disconnection, so one
-        reset on poll or video is invisible to it: inject ``times=2`` to make the error reach the caller.
-    ``slow``
-        Waits ``delay`` simulated seconds, then answers normally. On submit the task is created before the
-        wait (the client's read timeout may fire after the task exists).
-    ``html_error``
-        502 ``text/html`` nginx page; nothing is created.
-    ``empty_error``
-        503 with an empty body; nothing is created.
-    ``truncated_json``
-        200 ``application/json`` whose body is the first half of the normal answer (submit: *creates*).
-        On video: headers announce the full ``Content-Length``, half the file is sent, then the
-        connection is aborted (a download cut short).
-    ``expired``
-        Video only: 403 "Request has expired", as if the signed link had run out (counted in
-        ``video_expired``); polling again gives a link that works.
-    ``drop``
-        Webhook only: the delivery is lost, never sent and never retried (counted in ``webhooks_dropped``).
-    ``duplicate``
-        Webhook only: once an attempt of the delivery is answered 2xx, a second POST with the very same
-        body (same bytes, same signed URL) is sent right after it, once, whatever it is answered (counted
-        in ``webhooks_duplicated``). If every attempt fails, nothing is duplicated.
-    """
-
-    endpoint: FaultEndpoint = attrs.field(validator=attrs.validators.in_(typing.get_args(FaultEndpoint)))
-    kind: FaultKind = attrs.field(validator=attrs.validators.in_(typing.get_args(FaultKind)))
-    times: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    retry_after: float | None = None
-    delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
-    create_task: bool = True
-
-    def __attrs_post_init__(self) -> None:
-        if self.kind == "expired" and self.endpoint != "video":
-            raise ValueError("the 'expired' fault applies to the video endpoint only")
-        if self.kind in _WEBHOOK_FAULT_KINDS and self.endpoint != "webhook":
-            raise ValueError(f"the {self.kind!r} fault applies to the webhook endpoint only")
-        if self.endpoint == "webhook" and self.kind not in _WEBHOOK_FAULT_KINDS:
-            raise ValueError(f"the webhook endpoint takes only the 'drop' and 'duplicate' faults, not {self.kind!r}")
-
-
-@attrs.frozen
-class CallRateLimit:
-    """A router's call-rate limit on one endpoint, per key: at most ``calls`` calls per ``per`` simulated s.
-
-    ``window`` is "sliding" (any ``per`` seconds) or "fixed" (consecutive windows of ``per`` seconds);
-    ``retry_after`` says whether its 429s carry a ``Retry-After`` header. See the module documentation.
-    """
-
-    calls: int = attrs.field(validator=attrs.validators.ge(1))
-    per: float = attrs.field(validator=attrs.validators.gt(0.0))
-    window: Literal["sliding", "fixed"] = attrs.field(
-        default="sliding", validator=attrs.validators.in_(("sliding", "fixed"))
-    )
-    retry_after: bool = True
-
-
-@attrs.define
-class _CallWindow:
-    """The calls one key made to one endpoint that count against a :class:`CallRateLimit`."""
-
-    times: collections.deque[float] = attrs.Factory(collections.deque)
-    fixed_window: int = -1
-    fixed_count: int = 0
-
-    def refuse(self, limit: CallRateLimit, now: float, origin: float) -> float | None:
-        """Seconds until a call would be let through, or None: the call is let through and counted."""
-        if limit.window == "fixed":
-            index = math.floor((now - origin) / limit.per)
-            if index != self.fixed_window:
-                self.fixed_window, self.fixed_count = index, 0
-            if self.fixed_count >= limit.calls:
-                return max(0.0, origin + (index + 1) * limit.per - now)
-            self.fixed_count += 1
-            return None
-        times = self.times
-        while times and times[0] <= now - limit.per:
-            times.popleft()
-        if len(times) >= limit.calls:
-            return max(0.0, times[0] + limit.per - now)
-        times.append(now)
-        return None
-
-
-@attrs.frozen
-class SubmittedImage:
-    """What a task's ``image`` field held, kept instead of the (possibly megabytes of) base64 text."""
-
-    encoding: Literal["url", "base64", "data_uri"]
-    url: str | None = None  # only for ``encoding="url"``
-    format: str | None = None  # 'jpeg' | 'png', from the image checker; None for URLs
-    width: int | None = None
-    height: int | None = None
-    byte_size: int | None = None  # decoded size
-
-
-@typing.final
-@attrs.define(eq=False)
-class SimTask:
-    """One task as the simulator holds it. Times are on the simulated clock (see ``Simulator.now``).
-
-    Tests read it through ``sim.tasks``; changing it is not supported.
-    """
-
-    task_id: str
-    api_key: str
-    request: Mapping[str, Any]  # the submitted JSON body without ``image`` (see ``image``)
-    image: SubmittedImage
-    seed: int
-    submitted_at: float
-    processing_at: float  # QUEUED before this, PROCESSING from it
-    ends_at: float  # terminal from this time on
-    fail_reason: str | None  # None: ends SUCCEED
-    # Set once a poll has returned this task terminal; later polls count as ``polls_after_terminal``.
-    terminal_seen: bool = False
-    # ``extra.webhook.url`` of the submission: where the result is POSTed when the task ends (None: nowhere).
-    webhook_url: str | None = None
-    # ``eta="noisy"``: what this task's eta is multiplied by (1.0: exact).
-    eta_factor: float = 1.0
-
-    @property
-    def prompt(self) -> str:
-        return str(self.request["prompt"])
-
-    def status_at(self, now: float) -> str:
-        if now >= self.ends_at:
-            return SUCCEED if self.fail_reason is None else FAILED
-        return QUEUED if now < self.processing_at else PROCESSING
-
-    def progress_at(self, now: float) -> int:
-        """The true progress, whole percents (``Simulator(progress=...)`` decides what a poll shows)."""
-        status = self.status_at(now)
-        if status == SUCCEED:
-            return 100
-        if status != PROCESSING:
-            return 0
-        processing_time = self.ends_at - self.processing_at
-        return min(99, int(100 * (now - self.processing_at) / processing_time))
-
-    def remaining_at(self, now: float) -> float:
-        """Simulated seconds until the task ends (0 once it has)."""
-        return max(0.0, self.ends_at - now)
-
-
-@typing.final
-@attrs.define
-class SimCounters:
-    """What the simulator saw. All counts start at 0; ``Simulator.reset_counters`` starts them again."""
-
-    #: POST requests received on the submit path, valid or not, faulted or not.
-    submit_requests: int = 0
-    #: Tasks created (each one billed), including those created just before a fault struck.
-    tasks_created: int = 0
-    #: GET requests received on the task-result path, valid or not.
-    poll_requests: int = 0
-    #: Poll requests per ``task_id`` query value (known task or not).
-    polls_by_task: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: Polls of a task after one poll had already answered it terminal (SUCCEED/FAILED): wasted requests.
-    polls_after_terminal: int = 0
-    #: Requests received by the video site (any path, valid or not, GET or HEAD).
-    video_requests: int = 0
-    #: Video-site requests that carried an ``Authorization`` header (must stay 0 with a correct client).
-    key_leaks_to_video_host: int = 0
-    #: 429 answers sent, from ``max_running_per_key`` and from ``rate_limit`` faults, on any endpoint.
-    rate_limited: int = 0
-    #: The same 429s by the limit that answered: "running_cap", "submit_rate", "poll_rate", "random", "fault".
-    rate_limited_by: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: JSON error answers sent by the API site, by ``reason`` (fault answers included).
-    errors_by_reason: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: Peak number of non-terminal tasks per API key, measured right after each task creation.
-    max_running_by_key: dict[str, int] = attrs.Factory(dict)
-    #: Tasks created per prompt text, for "exactly one task was created" assertions.
-    tasks_created_by_prompt: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: Videos served in full (200).
-    videos_served: int = 0
-    #: Video requests refused because the signed URL had expired.
-    video_expired: int = 0
-    #: Video requests refused because the signature was missing or wrong.
-    video_bad_signature: int = 0
-    #: Faults that struck, by ``"<endpoint>:<kind>"``.
-    faults_applied: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: Webhook POSTs made: every attempt, retries and the second POST of ``duplicate`` faults included.
-    webhooks_sent: int = 0
-    #: Webhook deliveries answered 2xx, counted once per delivery (a ``duplicate``'s second POST is not).
-    webhooks_delivered: int = 0
-    #: Webhook deliveries given up after all 6 attempts failed.
-    webhooks_failed: int = 0
-    #: Webhook deliveries lost on purpose, by a ``drop`` fault or ``webhook_drop_rate``: never sent.
-    webhooks_dropped: int = 0
-    #: Webhook deliveries POSTed a second time by a ``duplicate`` fault.
-    webhooks_duplicated: int = 0
-
-
-@attrs.define
-class _PendingFault:
-    fault: Fault
-    remaining: int
-
-
-@attrs.define(eq=False)
-class _Delivery:
-    """One webhook delivery of one task, between its attempts."""
-
-    task: SimTask
-    url: str
-    attempts: int = 0  # attempts made so far
-    duplicate: bool = False  # a ``duplicate`` fault was taken for it
-
-
-class _BadRequest(Exception):
-    """A 400 answer found while checking a submission."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _retry_after_header(retry_after: float | None) -> dict[str, str]:
-    return {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
-
-
-def _json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=json.dumps(payload, separators=(",", ":")).encode(),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def _s3_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    # Shaped like S3's error documents, since signed video URLs usually point at object storage or a CDN.
-    body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>\n'
-    return web.Response(text=body, status=status, content_type="application/xml", headers=headers)
-
-
-async def _drop_connection(request: web.Request) -> web.Response:
-    """Abort the TCP connection without answering; aiohttp then fails to write the dummy response, quietly."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return web.Response(status=500)
-
-
-def _check_string(body: Mapping[str, Any], field: str, *, max_chars: int | None = None) -> str | None:
-    if field not in body:
-        return None
-    value = body[field]
-    if not isinstance(value, str):
-        raise _BadRequest("INVALID_REQUEST_BODY", f"{field} must be a string")
-    if max_chars is not None and len(value) > max_chars:
-        raise _BadRequest("INVALID_REQUEST_BODY", f"{field} must be at most {max_chars} characters")
-    return value
-
-
-def _check_body(body: Any, accepted: frozenset[str] = frozenset()) -> None:
-    """Raise ``_BadRequest`` if the JSON body breaks a documented rule (the image bytes are checked later);
-    top-level fields in ``accepted`` are let through unchecked."""
-    if not isinstance(body, dict):
-        raise _BadRequest("INVALID_REQUEST_BODY", "request body must be a JSON object")
-    unknown = sorted(set(body) - _KNOWN_FIELDS - accepted)
-    if unknown:
-        raise _BadRequest("INVALID_REQUEST_BODY", f"unknown field(s): {', '.join(unknown)}")
-    prompt = _check_string(body, "prompt", max_chars=MAX_PROMPT_CHARS)
-    if prompt is None or not prompt.strip():
-        raise _BadRequest("INVALID_REQUEST_BODY", "prompt is required")
-    image = _check_string(body, "image")
-    if not image:
-        raise _BadRequest("INVALID_REQUEST_BODY", "image is required")
-    _check_string(body, "negative_prompt", max_chars=MAX_PROMPT_CHARS)
-    fast_mode = body.get("fast_mode", False)
-    if not isinstance(fast_mode, bool):
-        raise _BadRequest("INVALID_REQUEST_BODY", "fast_mode must be a boolean")
-    resolution = _check_string(body, "resolution")
-    if resolution is not None:
-        allowed = FAST_MODE_RESOLUTIONS if fast_mode else RESOLUTIONS
-        if resolution not in allowed:
-            raise _BadRequest(
-                "INVALID_REQUEST_BODY",
-                f"resolution must be one of {', '.join(sorted(allowed))}"
-                + (" when fast_mode is true" if fast_mode else ""),
-            )
-    style = _check_string(body, "style")
-    if style is not None and style not in STYLES:
-        raise _BadRequest("INVALID_REQUEST_BODY", f"style must be one of {', '.join(sorted(STYLES))}")
-    if "seed" in body:
-        seed = body["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise _BadRequest("INVALID_REQUEST_BODY", f"seed must be an integer in 0..{MAX_SEED}")
-    if "extra" in body:
-        extra = body["extra"]
-        if not isinstance(extra, dict):
-            raise _BadRequest("INVALID_REQUEST_BODY", "extra must be an object")
-        if "webhook" in extra:
-            _check_webhook(extra["webhook"])
-
-
-def _check_webhook(webhook: Any) -> None:
-    if not isinstance(webhook, dict):
-        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook must be an object")
-    url = webhook.get("url")
-    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):  # schemes ignore case
-        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook.url must be an http:// or https:// URL")
-    try:
-        parts = urlsplit(url)
-        host, _ = parts.hostname, parts.port  # .port raises on a port that is not a number in 0..65535
-    except ValueError:  # that, or a malformed IPv6 literal
-        host = None
-    if not host:
-        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook.url must name a host")
-
-
-def _webhook_url(body: Mapping[str, Any]) -> str | None:
-    """The webhook URL of a checked submission, if it has one."""
-    webhook = body.get("extra", {}).get("webhook")
-    return None if webhook is None else str(webhook["url"])
-
-
-def _check_image(image: str) -> SubmittedImage:
-    """Decode and check an ``image`` field as the API does; raise ``_BadRequest`` where it would refuse."""
-    if image.startswith(("http://", "https://")):
-        return SubmittedImage(encoding="url", url=image)
-    encoding: Literal["base64", "data_uri"] = "base64"
-    encoded = image
-    if image.startswith("data:"):
-        prefix = next((p for p in _DATA_URI_PREFIXES if image.startswith(p)), None)
-        if prefix is None:
-            if image.startswith("data:image/") and ";base64," in image:
-                raise _BadRequest("INVALID_IMAGE_FORMAT", "image must be a JPEG or PNG")
-            raise _BadRequest("INVALID_REQUEST_BODY", "image data URI must be data:image/<type>;base64,...")
-        encoding, encoded = "data_uri", image[len(prefix) :]
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise _BadRequest("INVALID_REQUEST_BODY", "image is neither a URL nor valid base64") from exc
-    try:
-        info = probe_image(data)
-    except ImageError as exc:
-        raise _BadRequest(exc.api_reason, str(exc)) from exc
-    return SubmittedImage(
-        encoding=encoding, format=info.format, width=info.width, height=info.height, byte_size=len(data)
-    )
-
-
-def _bearer_key(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return key.strip() or None
 
 
 @typing.final
@@ -1505,28 +1081,6 @@ def _format_seconds(seconds: float) -> str:
 
 def _epoch_ms(simulated_time: float) -> str:
     return str(int(simulated_time * 1000))
-
-
-def _truncated(response: web.Response) -> web.Response:
-    """The same answer with the first half of its body only (Content-Length matches what is sent)."""
-    body = response.body
-    assert isinstance(body, bytes)
-    return web.Response(body=body[: len(body) // 2], status=response.status, content_type=response.content_type)
-
-
-async def _cut_short(request: web.Request, response: web.Response) -> web.StreamResponse:
-    """Announce the full body, send half of it, then abort: a download that breaks in the middle."""
-    body = response.body
-    assert isinstance(body, bytes)
-    stream = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})
-    stream.content_length = len(body)
-    await stream.prepare(request)
-    await stream.write(body[: len(body) // 2])
-    await stream.drain()
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return stream
 
 
 async def serve_forever(
