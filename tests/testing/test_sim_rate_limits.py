@@ -86,7 +86,7 @@ async def test_poll_rate_limit_in_a_fixed_window_without_retry_after() -> None:
     async with running(time_scale=1.0, poll_rate_limit=limit) as h:
         task_id = await h.create()
         # Align with a window boundary of the simulator's clock (windows count from its start).
-        h.sim.advance(10.0 - (h.sim.now() - h.sim._clock_origin_sim) % 10.0 + 0.01)
+        h.sim.advance(10.0 - (h.sim.now() - h.sim._clock.origin) % 10.0 + 0.01)
         assert [(await h.poll(task_id)).status for _ in range(4)] == [200, 200, 200, 429]
         refused = await h.poll(task_id)
         assert refused.reason == "RATE_LIMIT_EXCEEDED" and "Retry-After" not in refused.headers

@@ -282,8 +282,8 @@ async def test_webhook_drop_rate_one_loses_every_delivery() -> None:
 async def test_webhook_drop_rate_is_seeded_and_leaves_task_ids_alone() -> None:
     async def run(drop_rate: float) -> tuple[list[str], list[str]]:
         receiver = Receiver()
-        async with receiving(receiver) as url, running(time_scale=0.01, duration=0.0, seed=5) as h:
-            h.sim.webhook_drop_rate = drop_rate
+        options: dict[str, Any] = {"time_scale": 0.01, "duration": 0.0, "seed": 5, "webhook_drop_rate": drop_rate}
+        async with receiving(receiver) as url, running(**options) as h:
             ids = [await h.create(extra=hook(url)) for _ in range(20)]
             await wait_until(lambda: h.sim.counters.webhooks_dropped + h.sim.counters.webhooks_delivered == 20)
             return ids, sorted(receiver.task_ids())
