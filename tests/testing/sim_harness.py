@@ -12,7 +12,7 @@ import contextlib
 import io
 import json
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -123,3 +123,10 @@ def mp4_boxes(data: bytes) -> list[tuple[bytes, int]]:
         position += size
     assert position == len(data)
     return boxes
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Wait for `condition` (a counter, a request received), polling, with a deadline."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.001)

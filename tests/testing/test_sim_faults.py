@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from pixverse_async.testing import (
     Fault,
 )
 from tests.testing.sim_harness import (
+    Reply,
     running,
+    wait_until,
 )
 
 # --------------------------------------------------------------------------------------------------------
@@ -65,14 +68,26 @@ async def test_submit_reset_creates_the_task_then_drops_the_connection() -> None
 
 
 @pytest.mark.anyio
-async def test_submit_slow_creates_the_task_before_waiting() -> None:
-    async with running(time_scale=0.001) as h:
-        h.sim.inject(Fault("submit", "slow", delay=50.0))  # 50 ms
-        started = time.monotonic()
-        reply = await h.submit()
-        assert reply.status == 200
-        assert time.monotonic() - started >= 0.045
-        h.sim.inject(Fault("submit", "slow", delay=5000.0))  # 5 s: the client gives up first
+async def test_submit_slow_creates_the_task_then_waits_on_the_simulated_clock() -> None:
+    async with running(time_scale=1.0) as h, anyio.create_task_group() as group:
+        h.sim.inject(Fault("submit", "slow", delay=1000.0))  # 1000 real seconds, unless the clock jumps
+        replies: list[Reply] = []
+
+        async def submit() -> None:
+            replies.append(await h.submit(prompt="slow"))
+
+        group.start_soon(submit)
+        await wait_until(lambda: h.sim.counters.tasks_created == 1)
+        assert replies == []  # created, then waiting: the client may time out after the task exists
+        h.sim.advance(900.0)
+        await anyio.wait_all_tasks_blocked()
+        assert replies == []  # 100 simulated seconds, so 100 real ones, still to wait
+        h.sim.advance(100.0)
+        await wait_until(lambda: len(replies) == 1)
+        assert replies[0].status == 200
+        assert h.sim.counters.tasks_created_by_prompt == {"slow": 1}
+
+        h.sim.inject(Fault("submit", "slow", delay=5000.0))
         with pytest.raises(TimeoutError):
             await h.submit(prompt="timed out", timeout=aiohttp.ClientTimeout(total=0.05))
         assert h.sim.counters.tasks_created_by_prompt["timed out"] == 1
@@ -157,13 +172,8 @@ async def test_poll_faults() -> None:
         with pytest.raises(ValueError, match=r"Unterminated|Expecting"):
             reply.json()
 
-        h.sim.inject(Fault("poll", "slow", delay=40.0))
-        started = time.monotonic()
-        assert (await h.poll(task_id)).status == 200
-        assert time.monotonic() - started >= 0.035
-
-        assert h.sim.counters.poll_requests == 10
-        assert h.sim.counters.polls_by_task == {task_id: 10}
+        assert h.sim.counters.poll_requests == 9
+        assert h.sim.counters.polls_by_task == {task_id: 9}
         assert h.sim.counters.faults_applied["poll:reset"] == 3
         assert h.sim.counters.rate_limited == 1
 
@@ -180,3 +190,24 @@ async def test_truncated_terminal_poll_does_not_count_as_seen() -> None:
         await h.task(task_id)
         await h.task(task_id)
         assert h.sim.counters.polls_after_terminal == 2
+
+
+@pytest.mark.anyio
+async def test_poll_slow_answers_once_its_delay_has_passed_on_the_simulated_clock() -> None:
+    async with running(time_scale=1.0, duration=1000.0) as h, anyio.create_task_group() as group:
+        task_id = await h.create()
+        h.sim.inject(Fault("poll", "slow", delay=400.0))
+        answers: list[dict[str, Any]] = []
+
+        async def poll() -> None:
+            answers.append(await h.task(task_id))
+
+        group.start_soon(poll)
+        await wait_until(lambda: h.sim.counters.poll_requests == 1)
+        h.sim.advance(300.0)
+        await anyio.wait_all_tasks_blocked()
+        assert answers == []  # 100 simulated seconds, so 100 real ones, still to wait
+        h.sim.advance(100.0)
+        await wait_until(lambda: len(answers) == 1)
+        # Answered as of when it leaves, 400 simulated seconds after it came.
+        assert (answers[0]["task"]["status"], answers[0]["task"]["eta"]) == ("TASK_STATUS_PROCESSING", 600)

@@ -19,9 +19,6 @@ from tests.testing.sim_harness import (
     running,
 )
 
-# --------------------------------------------------------------------------------------------------------
-# Rate limit and balance
-
 
 @pytest.mark.anyio
 async def test_per_key_cap_answers_429_without_retry_after_by_default() -> None:

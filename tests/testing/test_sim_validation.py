@@ -17,10 +17,6 @@ from tests.testing.sim_harness import (
     running,
 )
 
-# --------------------------------------------------------------------------------------------------------
-# Validation
-
-
 VALIDATION_CASES: list[tuple[str, Any, str]] = [
     ("body is a list", ["prompt"], "INVALID_REQUEST_BODY"),
     ("missing prompt", {"image": URL_IMAGE}, "INVALID_REQUEST_BODY"),

@@ -16,9 +16,6 @@ from tests.testing.sim_harness import (
     running,
 )
 
-# --------------------------------------------------------------------------------------------------------
-# Video site
-
 
 @pytest.mark.anyio
 async def test_signed_url_expires_and_polling_again_refreshes_it() -> None:

@@ -29,11 +29,9 @@ from pixverse_async.testing import (
 )
 from tests.testing.sim_harness import (
     running,
+    wait_until,
 )
 
-# --------------------------------------------------------------------------------------------------------
-# Webhooks
-#
 # Deliveries are awaited with deadlines on conditions (counters, requests received), never with bare sleeps.
 # Tests whose counts depend on every answer arriving within the 5 simulated seconds of the webhook timeout
 # run at time_scale=0.01 (a 50 ms real timeout), so that a loaded machine does not turn an answer into a retry.
@@ -95,12 +93,6 @@ async def receiving(receiver: Receiver) -> AsyncIterator[str]:
 
 def hook(url: str) -> dict[str, Any]:
     return {"webhook": {"url": url}}
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.001)
 
 
 def durations_from_prompt(body: Mapping[str, Any]) -> TaskPlan:
