@@ -2,7 +2,8 @@
 
 `GET /videos/<task_id>.mp4?expires=<unix sim seconds>&signature=<hmac-sha256 hex>` answers 200 `video/mp4`
 with `Content-Length`; the body is `Simulator.video_bytes(task_id)` (see `pixverse_async.testing._video`:
-about 2.6 KB that parse as an MP4 file, with no frames, embedding the task id so that they differ per task).
+a real MP4 of about 5.4 KB, one second of one 64x36 H.264 frame, which names the task id so that videos
+differ per task).
 Missing or wrong signature -> 403 `SignatureDoesNotMatch`; past `expires` -> 403 "Request has expired"; both
 as S3-style XML. `Range` is ignored. A request carrying an `Authorization` header is still served, but
 counted in `counters.key_leaks_to_video_host`: a client must never send its API key there.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -125,3 +126,64 @@ async def test_expired_fault_refuses_one_valid_video_link() -> None:
     assert sim.counters.video_expired == 1
     with pytest.raises(ValueError, match="video endpoint only"):
         Fault("poll", "expired")
+
+
+def find_box(data: bytes, path: list[bytes], start: int = 0, end: int | None = None) -> tuple[int, int]:
+    """The payload (start, end) of the box at `path` (container box types, then the one wanted)."""
+    end = len(data) if end is None else end
+    position = start
+    while position < end:
+        size, kind = struct.unpack(">I4s", data[position : position + 8])
+        assert size >= 8
+        if kind == path[0]:
+            body_start = position + 8
+            if len(path) == 1:
+                return body_start, position + size
+            skip = {b"stsd": 8, b"avc1": 78}.get(kind, 0)  # fields before the boxes these contain
+            return find_box(data, path[1:], body_start + skip, position + size)
+        position += size
+    raise AssertionError(f"no {path[0]!r} box")
+
+
+def nal_units(data: bytes) -> list[bytes]:
+    """The NAL units of an MP4 sample (each after its 4-byte length)."""
+    units, position = [], 0
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        units.append(data[position + 4 : position + 4 + length])
+        position += 4 + length
+    assert position == len(data)
+    return units
+
+
+@pytest.mark.anyio
+async def test_the_video_is_an_mp4_of_one_h264_frame_that_names_its_task() -> None:
+    async with running(time_scale=1.0, duration=0.0) as h:
+        task_id = await h.create()
+        video = (await h.request("GET", await h.video_url(task_id))).body
+    assert len(video) < 8192
+    stbl = [b"moov", b"trak", b"mdia", b"minf", b"stbl"]
+    # One sample, in one chunk, lasting the whole (1 s) track...
+    start, _ = find_box(video, [*stbl, b"stsz"])
+    assert struct.unpack(">III", video[start + 4 : start + 16])[1] == 1
+    (sample_size,) = struct.unpack(">I", video[start + 12 : start + 16])
+    start, _ = find_box(video, [*stbl, b"stco"])
+    assert struct.unpack(">II", video[start + 4 : start + 12])[0] == 1
+    (sample_offset,) = struct.unpack(">I", video[start + 8 : start + 12])
+    # ... that is the whole mdat payload: an SEI message naming the task, then one IDR picture.
+    assert find_box(video, [b"mdat"]) == (sample_offset, sample_offset + sample_size)
+    sei, idr = nal_units(video[sample_offset : sample_offset + sample_size])
+    assert (sei[0] & 0x1F, idr[0] & 0x1F) == (6, 5)
+    assert task_id.encode() in sei and task_id.encode() not in idr
+    assert len(idr) > 12 * 384  # 4 x 3 macroblocks of raw 4:2:0 samples
+    # The decoder's set-up: an avc1 sample entry of 64x36 whose avcC holds one SPS and one PPS.
+    start, _ = find_box(video, [*stbl, b"stsd", b"avc1"])
+    assert struct.unpack(">HH", video[start + 24 : start + 28]) == (64, 36)
+    start, end = find_box(video, [*stbl, b"stsd", b"avc1", b"avcC"])
+    avcc = video[start:end]
+    assert (avcc[0], avcc[1], avcc[4] & 3, avcc[5] & 0x1F) == (1, 66, 3, 1)  # v1, Baseline, 4-byte lengths
+    (sps_length,) = struct.unpack(">H", avcc[6:8])
+    assert avcc[8] & 0x1F == 7  # the SPS
+    assert avcc[8 + sps_length] == 1 and avcc[8 + sps_length + 3] & 0x1F == 8  # one PPS
+    other = h.sim.video_bytes("another-task")
+    assert other != video and b"another-task" in other
