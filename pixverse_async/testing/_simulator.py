@@ -10,10 +10,17 @@ async with Simulator(api_keys=("sk-test",), time_scale=0.001) as sim:
     sim.video_base_url  # a separate site (another origin, like a CDN) serving signed video URLs
 ```
 
-This module is the API site and the simulator's lifecycle; each concern has its own module, whose
-docstring tells its rules: `_validation` (what a submission must be), `_tasks` (the lifecycle and the
-hints), `_rate_limits` (429s and the balance), `_faults`, `_webhooks`, `_video_host`, `_counters`,
-`_sim_clock`.
+This module is the simulator's configuration and lifecycle; each concern has its own module, whose
+docstring tells its rules:
+
+- `_api_site`: the submit and task-result calls, and in which order a submission is checked;
+- `_validation`: what a submission must be (key, body, image);
+- `_tasks`: the task lifecycle (durations, plans, a busy account's queue) and the hint modes;
+- `_rate_limits`: the two kinds of 429 and the balance;
+- `_faults`: injected and random misbehaviour of each endpoint;
+- `_webhooks`: the POSTs sent when tasks end, their retries and timeout;
+- `_video_host` (and `_video`, the MP4 it serves): signed links on a second origin;
+- `_counters`: what the simulator saw; `_sim_clock`: simulated time.
 
 ## Time
 
@@ -24,32 +31,6 @@ wall-clock time of construction and runs `1 / time_scale` times faster. `sim.adv
 forward, for tests that must not depend on real sleeps (it moves the simulator's clock only, not a client's
 `ScaledClock`); what waits on it (webhook retries, `slow` faults) is brought forward too.
 
-## Submit: `POST /v3/async/pixverse-v4.5-i2v`
-
-Checked in this order, the first problem answering:
-
-1. The caller's key (400 `MISSING_API_KEY`, 403 `INVALID_API_KEY`), see `_validation`.
-2. The router's call limits, before the body is looked at: `submit_rate_limit`, then `random_rate_limit`
-   (see `_rate_limits`). A call refused there creates nothing.
-3. The body and the image (400 `INVALID_REQUEST_BODY` and the image reasons), see `_validation`.
-4. `balance`: a key that has already created `balance` tasks -> 400 `BILLING_BALANCE_NOT_ENOUGH`.
-5. `max_running_per_key`: a key with that many tasks not yet terminal -> 429 `RATE_LIMIT_EXCEEDED`, with
-   `Retry-After` (`rate_limit_retry_after` rounded up to whole simulated seconds) only if set.
-6. Otherwise the task is created and billed: 200 `{"task_id": "<uuid4>"}`; it then runs as `_tasks` says.
-
-## Poll: `GET /v3/async/task-result?task_id=<id>`
-
-Same authentication, then `poll_rate_limit` and `random_rate_limit`. No `task_id` -> 400
-`INVALID_REQUEST_BODY`; an unknown task or one created with another key -> 404 `TASK_NOT_FOUND`. The answer
-has the real API's shape: `extra.seed` (the submitted seed, or a random one, as a string),
-`extra.debug_info` (times in simulated epoch milliseconds, as strings, empty until reached), `task.eta`,
-`task.progress_percent` (see the hints in `_tasks`), `task.reason` ("" unless failed), `images: []`,
-`audios: []` and `videos`: empty until success, then one entry with a freshly signed link (see
-`_video_host`).
-
-Any other path or method on the API site -> 404 `API_NOT_FOUND`. Error bodies are
-`{"code": <status>, "reason": "<REASON>", "message": "...", "metadata": {}}`.
-
 ## Counters
 
 `sim.counters` (`SimCounters`) tells what happened; `sim.reset_counters()` replaces it with a fresh one.
@@ -59,34 +40,27 @@ Any other path or method on the API site -> 404 `API_NOT_FOUND`. Error bodies ar
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import types
 import typing
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import attrs
 from aiohttp import web
 
+from pixverse_async.testing._api_site import ApiSite
 from pixverse_async.testing._counters import SimCounters
 from pixverse_async.testing._faults import (
     Fault,
     FaultBox,
-    answer_alone,
     check_random_faults,
-    drop_connection,
-    truncated,
 )
 from pixverse_async.testing._rate_limits import AccountGate, AccountLimits, CallRateLimit
-from pixverse_async.testing._responses import api_error, count_sent, json_response
 from pixverse_async.testing._sim_clock import SimClock
 from pixverse_async.testing._tasks import (
     DEFAULT_DURATION,
-    FAILED,
-    SUCCEED,
     EtaMode,
     ProgressMode,
     SimTask,
@@ -95,17 +69,9 @@ from pixverse_async.testing._tasks import (
     TaskRules,
     lognormal_durations,
 )
-from pixverse_async.testing._validation import BadRequest, bearer_key, check_body, check_image
 from pixverse_async.testing._video import mp4_for_task
 from pixverse_async.testing._video_host import VideoHost
 from pixverse_async.testing._webhooks import WEBHOOK_TIMEOUT, WebhookRules, WebhookSender
-
-SUBMIT_PATH: Final = "/v3/async/pixverse-v4.5-i2v"
-RESULT_PATH: Final = "/v3/async/task-result"
-
-# A 10 MB image is about 13.4 MB once base64-encoded; accept bodies well past that so that an oversized
-# image reaches the image check (IMAGE_FILE_EXCEEDS_MAX_SIZE) instead of aiohttp's generic 413.
-_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 
 _T = TypeVar("_T")
 
@@ -133,17 +99,15 @@ def _random(seed: int | None, purpose: str) -> random.Random:
 class Simulator:
     """The simulated API on two local HTTP sites; see the module documentation for its behaviour."""
 
-    api_keys: frozenset[str]
     host: str
     port: int
     video_port: int
-    accept_fields: frozenset[str]
     counters: SimCounters
     _clock: SimClock
-    # One owner per concern, each with its option group (`rules` or `limits`).
+    # One owner per concern, each with its options (`rules`, `limits`, ...).
     _book: TaskBook
-    _gate: AccountGate
     _faults: FaultBox
+    _api: ApiSite
     _video_host: VideoHost
     _webhooks: WebhookSender
     # While running: what `close()` unwinds (both sites, the webhook dispatcher's task group).
@@ -247,26 +211,41 @@ class Simulator:
         chaos_rng = _random(seed, "chaos")  # random 429s and random faults draw from one RNG, in turn
         faults = FaultBox(check_random_faults(random_faults), chaos_rng=chaos_rng)
         counters = self._current_counters
-        self.__attrs_init__(
-            api_keys=frozenset(api_keys),
-            host=host,
-            port=port,
-            video_port=video_port,
-            accept_fields=frozenset(accept_fields),
-            counters=SimCounters(),
+        video_host = VideoHost(video_ttl, clock=clock, faults=faults, tasks=book.tasks, counters=counters)
+
+        def task_result(task: SimTask, now: float) -> dict[str, Any]:
+            return book.result(task, now, video_host.link)
+
+        webhooks = WebhookSender(
+            webhook_rules,
+            clock=clock,
+            faults=faults,
+            counters=counters,
+            payload=task_result,
+            rng=_random(seed, "webhooks"),
+        )
+        api = ApiSite(
+            frozenset(api_keys),
+            frozenset(accept_fields),
             clock=clock,
             book=book,
             gate=AccountGate(limits, window_origin=clock.origin, chaos_rng=chaos_rng),
             faults=faults,
-            video_host=VideoHost(video_ttl, clock=clock, faults=faults, tasks=book.tasks, counters=counters),
-            webhooks=WebhookSender(
-                webhook_rules,
-                clock=clock,
-                faults=faults,
-                counters=counters,
-                payload=self._task_result,
-                rng=_random(seed, "webhooks"),
-            ),
+            webhooks=webhooks,
+            counters=counters,
+            task_result=task_result,
+        )
+        self.__attrs_init__(
+            host=host,
+            port=port,
+            video_port=video_port,
+            counters=SimCounters(),
+            clock=clock,
+            book=book,
+            faults=faults,
+            api=api,
+            video_host=video_host,
+            webhooks=webhooks,
             running=None,
             base_url=None,
         )
@@ -285,13 +264,13 @@ class Simulator:
     progress = _Setting(lambda sim: sim._book.rules.progress)
     progress_step = _Setting(lambda sim: sim._book.rules.progress_step)
     max_processing_per_key = _Setting(lambda sim: sim._book.rules.max_processing_per_key)
-    max_running_per_key = _Setting(lambda sim: sim._gate.limits.max_running_per_key)
-    rate_limit_retry_after = _Setting(lambda sim: sim._gate.limits.rate_limit_retry_after)
-    submit_rate_limit = _Setting(lambda sim: sim._gate.limits.submit_rate_limit)
-    poll_rate_limit = _Setting(lambda sim: sim._gate.limits.poll_rate_limit)
-    random_rate_limit = _Setting(lambda sim: sim._gate.limits.random_rate_limit)
-    random_rate_limit_retry_after = _Setting(lambda sim: sim._gate.limits.random_rate_limit_retry_after)
-    balance = _Setting(lambda sim: sim._gate.limits.balance)
+    max_running_per_key = _Setting(lambda sim: sim._api.gate.limits.max_running_per_key)
+    rate_limit_retry_after = _Setting(lambda sim: sim._api.gate.limits.rate_limit_retry_after)
+    submit_rate_limit = _Setting(lambda sim: sim._api.gate.limits.submit_rate_limit)
+    poll_rate_limit = _Setting(lambda sim: sim._api.gate.limits.poll_rate_limit)
+    random_rate_limit = _Setting(lambda sim: sim._api.gate.limits.random_rate_limit)
+    random_rate_limit_retry_after = _Setting(lambda sim: sim._api.gate.limits.random_rate_limit_retry_after)
+    balance = _Setting(lambda sim: sim._api.gate.limits.balance)
     random_faults = _Setting(lambda sim: sim._faults.random_faults)
     video_ttl = _Setting(lambda sim: sim._video_host.ttl)
     webhook_timeout = _Setting(lambda sim: sim._webhooks.rules.timeout)
@@ -301,6 +280,16 @@ class Simulator:
     # Public helpers
 
     lognormal = staticmethod(lognormal_durations)
+
+    @property
+    def api_keys(self) -> frozenset[str]:
+        """The keys the API accepts."""
+        return self._api.api_keys
+
+    @property
+    def accept_fields(self) -> frozenset[str]:
+        """Top-level body fields accepted beyond the documented ones."""
+        return self._api.accept_fields
 
     @property
     def time_scale(self) -> float:
@@ -374,11 +363,7 @@ class Simulator:
         """
         if self._running is not None:
             raise RuntimeError("the simulator is already started")
-        api_app = web.Application(client_max_size=_MAX_BODY_BYTES)
-        api_app.router.add_post(SUBMIT_PATH, self._handle_submit)
-        api_app.router.add_get(RESULT_PATH, self._handle_poll, allow_head=False)
-        # Anything else, including a wrong method on a known path, is answered like the real router does.
-        api_app.router.add_route("*", "/{tail:.*}", self._handle_api_not_found)
+        api_app = self._api.application()
         video_app = web.Application()
         video_app.router.add_route("*", "/{tail:.*}", self._video_host.handle)
         stack = contextlib.AsyncExitStack()
@@ -422,126 +407,6 @@ class Simulator:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    # ----------------------------------------------------------------------------------------------------
-    # API site
-
-    async def _handle_api_not_found(self, request: web.Request) -> web.StreamResponse:
-        answer = api_error(404, "API_NOT_FOUND", f"no API at {request.method} {request.path}")
-        return count_sent(self.counters, answer)
-
-    def _authenticate(self, request: web.Request) -> str | web.Response:
-        """The caller's API key, or the error answer."""
-        key = bearer_key(request)
-        if key is None:
-            return api_error(400, "MISSING_API_KEY", "missing API key: send Authorization: Bearer <key>")
-        if key not in self.api_keys:
-            return api_error(403, "INVALID_API_KEY", "invalid API key")
-        return key
-
-    async def _handle_submit(self, request: web.Request) -> web.StreamResponse:
-        counters = self.counters
-        counters.submit_requests += 1
-        fault = self._faults.take("submit", counters)
-        if fault is None:
-            return count_sent(counters, await self._submit(request))
-        alone = answer_alone(fault, "CREATE_TASK_FAILED")
-        if alone is not None:
-            return count_sent(counters, alone)
-        if fault.kind == "slow":
-            response = await self._submit(request)  # created first: the client may time out after it
-            await self._clock.sleep(fault.delay)
-            return count_sent(self.counters, response)
-        if fault.kind == "reset":
-            if fault.create_task:
-                await self._submit(request)
-            return await drop_connection(request)
-        if fault.kind == "server_error":  # only with create_task, see answer_alone
-            await self._submit(request)
-            return count_sent(counters, api_error(500, "CREATE_TASK_FAILED", "internal error (injected)"))
-        # truncated_json
-        response = await self._submit(request) if fault.create_task else json_response({"task_id": str(uuid.uuid4())})
-        return truncated(response)
-
-    async def _submit(self, request: web.Request) -> web.Response:
-        """Handle a submission normally: its answer (a task was created if it is a 200)."""
-        key = self._authenticate(request)
-        if isinstance(key, web.Response):
-            return key
-        limited = self._gate.refuse_call(key, "submit", self.now())
-        if limited is not None:
-            return limited
-        if request.content_type != "application/json":
-            return api_error(400, "INVALID_REQUEST_BODY", "Content-Type must be application/json")
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-            return api_error(400, "INVALID_REQUEST_BODY", "request body is not valid JSON")
-        try:
-            check_body(body, self.accept_fields)
-            image = check_image(body["image"])
-        except BadRequest as problem:
-            return api_error(400, problem.reason, problem.message)
-        now = self.now()
-        refused = self._gate.refuse_task(key, now)
-        if refused is not None:
-            return refused
-
-        task = self._book.create(key, body, image, now)
-        running = self._gate.task_created(key, task.ends_at, now)
-        self._webhooks.deliver_when_ended(task)
-        counters = self.counters
-        counters.tasks_created += 1
-        counters.tasks_created_by_prompt[task.prompt] += 1
-        if running > counters.max_running_by_key.get(key, 0):
-            counters.max_running_by_key[key] = running
-        return json_response({"task_id": task.task_id})
-
-    async def _handle_poll(self, request: web.Request) -> web.StreamResponse:
-        counters = self.counters
-        counters.poll_requests += 1
-        task_id = request.query.get("task_id", "")
-        if task_id:
-            counters.polls_by_task[task_id] += 1
-            known = self._book.tasks.get(task_id)
-            if known is not None and known.terminal_seen:
-                counters.polls_after_terminal += 1
-        fault = self._faults.take("poll", counters)
-        if fault is None:
-            return count_sent(counters, self._poll(request, task_id, settle=True))
-        alone = answer_alone(fault, "GET_RESULT_FAILED")
-        if alone is not None:
-            return count_sent(counters, alone)
-        if fault.kind == "reset":
-            return await drop_connection(request)
-        if fault.kind == "slow":
-            await self._clock.sleep(fault.delay)
-            return count_sent(self.counters, self._poll(request, task_id, settle=True))
-        # truncated_json: the client could not read it, so a terminal answer does not count as seen.
-        return truncated(self._poll(request, task_id, settle=False))
-
-    def _poll(self, request: web.Request, task_id: str, *, settle: bool) -> web.Response:
-        """The normal poll answer; `settle`: this answer will reach the client whole."""
-        key = self._authenticate(request)
-        if isinstance(key, web.Response):
-            return key
-        limited = self._gate.refuse_call(key, "poll", self.now())
-        if limited is not None:
-            return limited
-        if not task_id:
-            return api_error(400, "INVALID_REQUEST_BODY", "task_id is required")
-        task = self._book.tasks.get(task_id)
-        if task is None or task.api_key != key:  # another key's task is as invisible as a missing one
-            return api_error(404, "TASK_NOT_FOUND", f"task {task_id} not found")
-        now = self.now()
-        if settle and task.status_at(now) in (SUCCEED, FAILED):
-            task.terminal_seen = True
-        return json_response(self._task_result(task, now))
-
-    def _task_result(self, task: SimTask, now: float) -> dict[str, Any]:
-        """The JSON body of a task-result answer about `task` at simulated time `now`."""
-        return self._book.result(task, now, self._video_host.link)
 
 
 async def _shielded(cleanup: Callable[[], Awaitable[None]]) -> None:
