@@ -1,8 +1,8 @@
 """A simulator driven over real HTTP with aiohttp's client, for the simulator's own tests.
 
-Time-sensitive tests run the simulator at ``time_scale=1.0`` with long durations and move its clock with
-``sim.advance``: the few real milliseconds a test takes are then negligible, so nothing depends on sleeps.
-Tests that do need real time to pass use ``time_scale=0.001`` and poll until a deadline.
+Time-sensitive tests run the simulator at `time_scale=1.0` with long durations and move its clock with
+`sim.advance`: the few real milliseconds a test takes are then negligible, so nothing depends on sleeps.
+Tests that do need real time to pass use `time_scale=0.001` and poll until a deadline.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ async def running(**options: Any) -> AsyncIterator[Harness]:
 
 
 async def wait_for_status(harness: Harness, task_id: str, wanted: str, timeout: float = 3.0) -> list[str]:
-    """Poll until ``wanted``; return the statuses seen on the way."""
+    """Poll until `wanted`; return the statuses seen on the way."""
     seen: list[str] = []
     with anyio.fail_after(timeout):
         while not seen or seen[-1] != wanted:

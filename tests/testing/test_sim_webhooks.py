@@ -57,10 +57,10 @@ class Received:
 
 @attrs.define
 class Receiver:
-    """A webhook receiver: records each POST, then answers ``statuses`` in order (200 once used up).
+    """A webhook receiver: records each POST, then answers `statuses` in order (200 once used up).
 
-    ``delays`` (real seconds, in order) make answers slow; requests to a path ending in ``/slow`` wait for
-    ``hang`` before answering.
+    `delays` (real seconds, in order) make answers slow; requests to a path ending in `/slow` wait for
+    `hang` before answering.
     """
 
     statuses: list[int] = attrs.Factory(list)
@@ -84,7 +84,7 @@ class Receiver:
 
 @contextlib.asynccontextmanager
 async def receiving(receiver: Receiver) -> AsyncIterator[str]:
-    """Serve ``receiver`` on loopback; yield its ``/hook`` URL."""
+    """Serve `receiver` on loopback; yield its `/hook` URL."""
     app = web.Application()
     app.router.add_post("/{tail:.*}", receiver.handle)
     async with TestServer(app) as server:  # handlers are cancelled when the client goes away

@@ -1,4 +1,4 @@
-"""The API site as a whole: authentication, not-found, counters, starting and stopping."""
+"""The simulator itself: counters and views, its configured values, starting and stopping."""
 
 from __future__ import annotations
 
@@ -9,60 +9,17 @@ import anyio
 import pytest
 
 from pixverse_async.testing import (
+    DEFAULT_DURATION,
+    CallRateLimit,
+    Fault,
     Simulator,
     TaskPlan,
     serve_forever,
 )
 from tests.testing.sim_harness import (
     KEY,
-    OTHER_KEY,
-    URL_IMAGE,
     running,
 )
-
-# --------------------------------------------------------------------------------------------------------
-# Authentication and not-found
-
-
-@pytest.mark.anyio
-async def test_authentication_errors() -> None:
-    async with running() as h:
-        submit_url = h.sim.base_url + "/v3/async/pixverse-v4.5-i2v"
-        body = {"prompt": "p", "image": URL_IMAGE}
-        for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Basic abc"}):
-            reply = await h.request("POST", submit_url, json=body, headers=headers)
-            assert (reply.status, reply.reason) == (400, "MISSING_API_KEY")
-        reply = await h.submit(key="sk-wrong")
-        assert reply.json() == {"code": 403, "reason": "INVALID_API_KEY", "message": "invalid API key", "metadata": {}}
-        task_id = await h.create()
-        assert (await h.poll(task_id, key=None)).reason == "MISSING_API_KEY"
-        wrong = await h.poll(task_id, key="sk-wrong")
-        assert (wrong.status, wrong.reason) == (403, "INVALID_API_KEY")
-        assert h.sim.counters.errors_by_reason == {"MISSING_API_KEY": 4, "INVALID_API_KEY": 2}
-
-
-@pytest.mark.anyio
-async def test_not_found_answers() -> None:
-    async with running() as h:
-        for method, path in (
-            ("GET", "/v3/async/nope"),
-            ("GET", "/"),
-            ("GET", "/v3/async/pixverse-v4.5-i2v"),
-            ("POST", "/v3/async/task-result"),
-        ):
-            reply = await h.request(method, h.sim.base_url + path, headers={"Authorization": f"Bearer {KEY}"})
-            assert (reply.status, reply.reason) == (404, "API_NOT_FOUND"), path
-        unknown = await h.poll("00000000-0000-4000-8000-000000000000")
-        assert (unknown.status, unknown.reason) == (404, "TASK_NOT_FOUND")
-        mine = await h.create()
-        other = await h.poll(mine, key=OTHER_KEY)
-        assert (other.status, other.reason) == (404, "TASK_NOT_FOUND")
-        missing = await h.poll(None)
-        assert (missing.status, missing.reason) == (400, "INVALID_REQUEST_BODY")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Counters, views, lifecycle of the simulator itself
 
 
 @pytest.mark.anyio
@@ -118,6 +75,36 @@ def test_constructor_rejects_nonsense() -> None:
         Simulator(failure_rate=2)
     with pytest.raises(ValueError, match="duration"):
         TaskPlan(duration=-1)
+
+
+def test_configured_values_are_read_under_their_keyword_names_and_cannot_be_changed() -> None:
+    limit = CallRateLimit(20, per=2.0)
+    chaos = ((Fault("poll", "server_error"), 0.1),)
+    sim = Simulator(
+        api_keys=("sk-a", "sk-b"),
+        time_scale=0.5,
+        failure_rate=0.25,
+        eta="noisy",
+        progress_step=10,
+        max_running_per_key=3,
+        submit_rate_limit=limit,
+        random_faults=chaos,
+        balance=7,
+        video_ttl=60.0,
+        webhook_drop_rate=0.5,
+        accept_fields=("quality",),
+    )
+    read = (sim.api_keys, sim.time_scale, sim.failure_rate, sim.eta, sim.progress_step, sim.max_running_per_key)
+    assert read == (frozenset({"sk-a", "sk-b"}), 0.5, 0.25, "noisy", 10, 3)
+    assert (sim.submit_rate_limit, sim.poll_rate_limit, sim.random_faults, sim.balance) == (limit, None, chaos, 7)
+    assert (sim.video_ttl, sim.webhook_timeout, sim.webhook_drop_rate) == (60.0, 5.0, 0.5)
+    assert sim.accept_fields == frozenset({"quality"})
+    assert sim.duration is DEFAULT_DURATION and sim.plan is None
+    with pytest.raises(AttributeError):
+        sim.failure_rate = 0.0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        sim.api_keys = frozenset()  # type: ignore[misc]
+    assert "not running" in repr(sim)
 
 
 @pytest.mark.anyio
