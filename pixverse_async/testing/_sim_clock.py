@@ -23,8 +23,9 @@ class SimClock:
     origin: float = attrs.field(factory=time.time)
     _origin_real: float = attrs.field(factory=time.monotonic)
     _offset: float = 0.0
-    # Set when the clock jumps; created by the first waiter, since an event belongs to a running event loop.
-    _jumped: anyio.Event | None = None
+    # One event per wait in progress, set when the clock jumps (each made by its waiter, inside its event
+    # loop, and dropped when the wait ends: none outlives the loop, if the simulator later runs in another).
+    _waiters: set[anyio.Event] = attrs.Factory(set)
 
     def now(self) -> float:
         """Simulated seconds, Unix-like."""
@@ -35,16 +36,18 @@ class SimClock:
         if seconds < 0:
             raise ValueError("the simulated clock only moves forward")
         self._offset += seconds
-        jumped, self._jumped = self._jumped, None
-        if jumped is not None:
-            jumped.set()
+        for waiter in self._waiters:
+            waiter.set()
 
     async def wait_for_jump(self, simulated_seconds: float) -> None:
         """Wait until the clock jumps, or `simulated_seconds` pass at the time scale (`inf`: no deadline)."""
-        if self._jumped is None:
-            self._jumped = anyio.Event()
-        with anyio.move_on_after(simulated_seconds * self.time_scale):
-            await self._jumped.wait()
+        jumped = anyio.Event()
+        self._waiters.add(jumped)
+        try:
+            with anyio.move_on_after(simulated_seconds * self.time_scale):
+                await jumped.wait()
+        finally:
+            self._waiters.discard(jumped)
 
     async def sleep(self, simulated_seconds: float) -> None:
         """Wait `simulated_seconds` on this clock: in real time at the scale, or sooner when it jumps."""
