@@ -19,7 +19,12 @@ from pixverse_async.testing import (
 from tests.testing.sim_harness import (
     KEY,
     running,
+    wait_until,
 )
+
+SUBMIT = "/v3/async/pixverse-v4.5-i2v"
+RESULT = "/v3/async/task-result"
+BODY = {"prompt": "p", "image": "https://example.com/a.png"}
 
 
 @pytest.mark.anyio
@@ -132,3 +137,40 @@ async def test_serve_forever_announces_urls_and_serves_until_cancelled() -> None
         ):
             assert response.status == 404
         group.cancel_scope.cancel()
+
+
+def test_a_simulator_runs_again_under_another_event_loop() -> None:
+    sim = Simulator(time_scale=1.0, duration=1000.0)
+    headers = {"Authorization": "Bearer sk-test"}
+
+    async def poll(session: aiohttp.ClientSession, task_id: str) -> int:
+        async with session.get(sim.base_url + RESULT, params={"task_id": task_id}, headers=headers) as answer:
+            return answer.status
+
+    async def first_run() -> str:
+        async with sim, aiohttp.ClientSession() as session:
+            async with session.post(sim.base_url + SUBMIT, json=BODY, headers=headers) as answer:
+                task_id = str((await answer.json())["task_id"])
+            sim.inject(Fault("poll", "slow", delay=1000.0))
+            async with anyio.create_task_group() as group:
+                group.start_soon(poll, session, task_id)
+                await wait_until(lambda: sim.counters.poll_requests == 1)
+                group.cancel_scope.cancel()  # the client goes; closing ends the waiting handler
+        return task_id
+
+    async def second_run(task_id: str) -> list[int]:
+        statuses: list[int] = []
+        async with sim, aiohttp.ClientSession() as session, anyio.create_task_group() as group:
+            sim.inject(Fault("poll", "slow", delay=1000.0))
+
+            async def record() -> None:
+                statuses.append(await poll(session, task_id))
+
+            group.start_soon(record)
+            await wait_until(lambda: sim.counters.poll_requests == 2)
+            sim.advance(1000.0)  # waits on the clock work in this loop too
+            await wait_until(lambda: len(statuses) == 1)
+        return statuses
+
+    task_id = anyio.run(first_run)
+    assert anyio.run(second_run, task_id) == [200]
