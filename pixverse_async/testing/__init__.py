@@ -1,11 +1,11 @@
 """Test helpers for code that uses `pixverse_async`: a local simulator of the remote API, and clocks.
 
-`Simulator` serves the API over real HTTP on loopback; `pixverse_async.testing._simulator` describes the
-API site and points to the module of each concern: `_validation` (what a submission must be), `_tasks`
-(the task lifecycle and the hint modes), `_rate_limits` (429s and the balance), `_faults`, `_webhooks` (the
-POSTs sent when tasks end, with retries and faults, and the `WEBHOOK_*` constants), `_video_host` (signed
-video links), `_counters`. Give the client a `ScaledClock(sim.time_scale)` so that client and simulator
-agree on what a second is, or an `InstantClock` to make retry backoff cost no real time.
+`Simulator` serves the API over real HTTP on loopback. Its behaviour is documented by concern:
+`pixverse_async.testing._simulator` (configuration, lifecycle, time, and which module tells what),
+`_api_site` (submit and task-result), `_validation`, `_tasks` (lifecycle and hint modes), `_rate_limits`,
+`_faults`, `_webhooks` (the POSTs sent when tasks end, and the `WEBHOOK_*` constants), `_video_host`,
+`_counters`. Give the client a `ScaledClock(sim.time_scale)` so that client and simulator agree on what a
+second is, or an `InstantClock` to make retry backoff cost no real time.
 
 `redis_server()` starts a real `redis-server` on a random port for tests of `pixverse_async.redis`.
 """
