@@ -259,11 +259,20 @@ def _moov(sample_size: int, sample_offset: int) -> bytes:
     return _box(b"moov", mvhd + trak)
 
 
+# The movie box is the same for every task but for two numbers: built once, and those patched in per task.
+_MOOV: Final = _moov(0, 0)
+_STBL_AT: Final = _MOOV.index(b"stbl")
+_SAMPLE_SIZE_AT: Final = _MOOV.index(b"stsz", _STBL_AT) + 16  # after the type, version+flags, size, count
+_CHUNK_OFFSET_AT: Final = _MOOV.index(b"stco", _STBL_AT) + 12  # after the type, version+flags, count
+_SAMPLE_OFFSET: Final = len(_FTYP) + len(_MOOV) + 8  # just past the mdat box header
+
+
 def mp4_for_task(task_id: str) -> bytes:
     """The video file served for `task_id`: same bytes on every call, different for every task."""
     sample = b"".join(
         struct.pack(">I", len(nal)) + nal for nal in (_sei_marker(task_id), _idr_slice(*_colour(task_id)))
     )
-    moov_size = len(_moov(len(sample), 0))  # the offset's value does not change the box's size
-    sample_offset = len(_FTYP) + moov_size + 8  # just past the mdat box header
-    return _FTYP + _moov(len(sample), sample_offset) + _box(b"mdat", sample)
+    moov = bytearray(_MOOV)
+    struct.pack_into(">I", moov, _SAMPLE_SIZE_AT, len(sample))
+    struct.pack_into(">I", moov, _CHUNK_OFFSET_AT, _SAMPLE_OFFSET)
+    return _FTYP + moov + _box(b"mdat", sample)
