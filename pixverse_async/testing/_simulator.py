@@ -110,8 +110,10 @@ class Simulator:
     _api: ApiSite
     _video_host: VideoHost
     _webhooks: WebhookSender
-    # While running: what `close()` unwinds (both sites, the webhook dispatcher's task group).
+    # While running: what `close()` unwinds (both sites, the webhook dispatcher's task group), and the id
+    # of the task that started it, the only one that can close that task group.
     _running: contextlib.AsyncExitStack | None
+    _started_by: int | None
     _base_url: str | None
 
     def __init__(
@@ -247,6 +249,7 @@ class Simulator:
             video_host=video_host,
             webhooks=webhooks,
             running=None,
+            started_by=None,
             base_url=None,
         )
 
@@ -377,7 +380,7 @@ class Simulator:
         except BaseException:
             await stack.aclose()
             raise
-        self._running = stack
+        self._running, self._started_by = stack, anyio.get_current_task().id
 
     async def _serve(self, stack: contextlib.AsyncExitStack, app: web.Application, port: int) -> str:
         # One runner per site: an AppRunner serves one application, and the two sites must be two origins.
@@ -397,9 +400,15 @@ class Simulator:
         Tasks, counters and URLs stay readable. Webhook attempts in flight are abandoned; deliveries not yet
         due stay queued (see `_webhooks`).
         """
+        if self._running is None:
+            return
+        if anyio.get_current_task().id != self._started_by:
+            raise RuntimeError(
+                "close the simulator from the task that started it (as `async with` does): its webhook "
+                "dispatcher runs in a task group of that task"
+            )
         running, self._running = self._running, None
-        if running is not None:
-            await running.aclose()
+        await running.aclose()
 
     async def __aenter__(self) -> Simulator:
         await self.start()

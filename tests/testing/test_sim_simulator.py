@@ -71,6 +71,29 @@ async def test_start_and_close_without_context_manager() -> None:
     assert sim.base_url.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.anyio
+async def test_closing_from_another_task_than_the_one_that_started_is_refused_clearly() -> None:
+    sim = Simulator()
+    await sim.start()
+    try:
+        refused: list[RuntimeError] = []
+
+        async def close_elsewhere() -> None:
+            try:
+                await sim.close()
+            except RuntimeError as error:
+                refused.append(error)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(close_elsewhere)
+        assert len(refused) == 1 and "from the task that started it" in str(refused[0])
+        async with aiohttp.ClientSession() as session, session.get(sim.base_url + "/") as response:
+            assert response.status == 404  # still running: nothing was half closed
+    finally:
+        await sim.close()
+    assert "not running" in repr(sim)
+
+
 def test_constructor_rejects_nonsense() -> None:
     with pytest.raises(TypeError):
         Simulator(api_keys="sk-test")
