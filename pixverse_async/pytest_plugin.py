@@ -100,19 +100,20 @@ def pixverse_simulator(
     marker = request.node.get_closest_marker("pixverse_simulator")
     if marker is not None:
         options.update(marker.kwargs)
-    with anyio.from_thread.start_blocking_portal() as portal, pytest.MonkeyPatch.context() as patch:
-        simulator = Simulator(**options)
-        portal.call(simulator.start)
-        try:
-            threaded = ThreadedSimulator(simulator, portal)
-            # Undone when the test ends: application code under test finds the simulator where it looks in
-            # production, and keeps its time.
-            patch.setenv("PIXVERSE_API_KEY", threaded.api_key)
-            patch.setenv("PIXVERSE_BASE_URL", threaded.base_url)
-            patch.setattr(_clock, "_testing_default", ScaledClock(threaded.time_scale))
-            yield threaded
-        finally:
-            portal.call(simulator.close)
+    simulator = Simulator(**options)
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        # Started and closed by one task of the portal's loop, which holds the simulator's task group.
+        portal.wrap_async_context_manager(simulator),
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        threaded = ThreadedSimulator(simulator, portal)
+        # Undone when the test ends: application code under test finds the simulator where it looks in
+        # production, and keeps its time.
+        patch.setenv("PIXVERSE_API_KEY", threaded.api_key)
+        patch.setenv("PIXVERSE_BASE_URL", threaded.base_url)
+        patch.setattr(_clock, "_testing_default", ScaledClock(threaded.time_scale))
+        yield threaded
 
 
 @pytest.fixture

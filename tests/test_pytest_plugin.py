@@ -10,8 +10,8 @@ import pytest
 import urllib.request
 import json
 
-from pixverse_async import ImageToVideo, TaskStatus
-from pixverse_async.testing import Fault
+from pixverse_async import ImageToVideo, TaskFailedError, TaskStatus
+from pixverse_async.testing import DEFAULT_FAIL_REASON, Fault
 
 
 def test_a_plain_synchronous_test_can_talk_to_the_simulator(pixverse_simulator):
@@ -46,10 +46,15 @@ def test_a_marker_sets_simulator_options(pixverse_simulator):
     async def run():
         async with pixverse_simulator.client() as client:
             task = await client.submit(ImageToVideo("p", "https://example.com/a.png"))
-            return await client.get_task(task)
+            with pytest.raises(TaskFailedError) as failed:
+                await client.wait(task, timeout=600)
+            return task, failed.value
 
     assert pixverse_simulator.simulator.failure_rate == 1.0
-    anyio.run(run)
+    task, error = anyio.run(run)
+    assert error.task_id == task.task_id
+    assert error.reason == DEFAULT_FAIL_REASON
+    assert pixverse_simulator.tasks[task.task_id].fail_reason == DEFAULT_FAIL_REASON
 
 
 @pytest.fixture

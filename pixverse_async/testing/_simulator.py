@@ -1,694 +1,97 @@
 """A local simulator of the PixVerse V4.5 image-to-video async job API, for tests and benchmarks.
 
-It speaks the wire protocol of the real API (``POST /v3/async/pixverse-v4.5-i2v`` and
-``GET /v3/async/task-result`` of the v3 async job API that model routers serve) over real HTTP, on two local
-ports::
+It speaks the wire protocol of the real API (`POST /v3/async/pixverse-v4.5-i2v` and
+`GET /v3/async/task-result` of the v3 async job API that model routers serve) over real HTTP, on two local
+ports:
 
-    async with Simulator(api_keys=("sk-test",), time_scale=0.001) as sim:
-        sim.base_url        # the API site: submit + task-result
-        sim.video_base_url  # a separate site (another origin, like a CDN) serving signed video URLs
+```python
+async with Simulator(api_keys=("sk-test",), time_scale=0.001) as sim:
+    sim.base_url        # the API site: submit + task-result
+    sim.video_base_url  # a separate site (another origin, like a CDN) serving signed video URLs
+```
 
-Time
-    Everything the simulator says or is configured with (durations, ``eta``, ``video_url_ttl``,
-    ``Retry-After``, fault delays) is in *simulated* seconds. ``time_scale`` is the number of real seconds per
-    simulated second: with ``time_scale=0.001`` a 60 s job takes 60 ms. The simulated clock reads like a Unix
-    time: it starts at the wall-clock time of construction and runs ``1 / time_scale`` times faster.
-    ``sim.advance(seconds)`` jumps it forward, for tests that must not depend on real sleeps (it moves the
-    simulator's clock only, not a client's ``ScaledClock``).
-    Task state is computed from timestamps at each request; no timer or task runs per job, so 100,000 jobs
-    cost only their records.
+This module is the simulator's configuration and lifecycle; each concern has its own module, whose
+docstring tells its rules:
 
-Submit: ``POST /v3/async/pixverse-v4.5-i2v``
-    Checked in this order, the first problem answering:
+- `_api_site`: the submit and task-result calls, and in which order a submission is checked;
+- `_validation`: what a submission must be (key, body, image);
+- `_tasks`: the task lifecycle (durations, plans, a busy account's queue) and the hint modes;
+- `_rate_limits`: the two kinds of 429 and the balance;
+- `_faults`: injected and random misbehaviour of each endpoint;
+- `_webhooks`: the POSTs sent when tasks end, their retries and timeout;
+- `_video_host` (and `_video`, the MP4 it serves): signed links on a second origin;
+- `_counters`: what the simulator saw; `_sim_clock`: simulated time.
 
-    1. ``Authorization: Bearer <key>``: missing, not Bearer, or empty -> 400 ``MISSING_API_KEY``;
-       a key not in ``api_keys`` -> 403 ``INVALID_API_KEY``.
-       Then the router's call limits, before the body is looked at (see Rate limits): ``submit_rate_limit``,
-       then ``random_rate_limit``. A call refused there creates nothing.
-    2. The body: ``Content-Type`` other than ``application/json``, invalid JSON, not an object, an unknown top-level
-       key (only ``extra`` is allowed beyond the documented fields), a missing, wrong-typed or out-of-range field ->
-       400 ``INVALID_REQUEST_BODY``. The real API's answer to fields it does not document is not documented;
-       ``accept_fields`` names top-level fields to accept anyway (kept, like every field but ``image``, in
-       ``SimTask.request``), for tests of ``ImageToVideo(extra_body=...)``. ``null`` is not accepted for any field:
-       omit the field instead. ``prompt`` must be a non-blank string of at most 2048 characters; ``resolution`` one
-       of 360p/540p/720p/1080p (default 540p; 1080p is refused with ``fast_mode: true``); ``seed`` an integer (not a
-       boolean) in 0..2147483647; ``style`` one of anime/3d_animation/clay/comic/cyberpunk; ``extra`` an object.
-       ``extra.webhook``, if present, must be an object whose ``url`` is a string starting with ``http://`` or
-       ``https://`` (in any case) and naming a host, with a valid port if any (see Webhooks); other keys of
-       ``extra`` and of ``extra.webhook`` are ignored.
-    3. ``image``: an ``http://`` or ``https://`` URL is accepted without fetching it. Anything else is raw
-       base64 or a ``data:image/(png|jpeg|jpg);base64,`` URI (another ``data:image/...`` type answers
-       ``INVALID_IMAGE_FORMAT``); base64 that does not decode strictly (standard alphabet, padded, no line
-       breaks) -> 400 ``INVALID_REQUEST_BODY``. The decoded bytes are checked by
-       ``pixverse_async._images.probe_image``, the same checker the client uses, and its verdict is answered
-       as 400 with its reason (``INVALID_IMAGE_FORMAT``, ``IMAGE_FILE_EXCEEDS_MAX_SIZE``,
-       ``INVALID_IMAGE_SIZE``, ``IMAGE_EXCEEDS_MAX_RESOLUTION``).
-    4. ``balance``: a key that has already created ``balance`` tasks -> 400 ``BILLING_BALANCE_NOT_ENOUGH``.
-    5. ``max_running_per_key``: a key with that many tasks not yet terminal -> 429 ``RATE_LIMIT_EXCEEDED``,
-       with ``Retry-After`` (``rate_limit_retry_after`` rounded up to whole simulated seconds) only if set.
-    6. Otherwise the task is created and billed: 200 ``{"task_id": "<uuid4>"}``.
+## Time
 
-    A task is ``TASK_STATUS_QUEUED`` for the first ``queue_fraction`` of its duration, then
-    ``TASK_STATUS_PROCESSING``, then ends ``TASK_STATUS_SUCCEED`` or ``TASK_STATUS_FAILED`` (chance
-    ``failure_rate``, reason :data:`DEFAULT_FAIL_REASON`). ``duration`` is a number of simulated seconds or a
-    function of a :class:`random.Random` (see :func:`lognormal_durations`); by default log-normal around 40 s
-    (:data:`DEFAULT_DURATION`: median 40, sigma 0.3, so most tasks take 25 to 65 s, as real PixVerse jobs do).
-    ``plan`` can decide per submission from its JSON body: return a :class:`TaskPlan` to fix the duration and
-    outcome, or ``None`` for the defaults.
+Everything the simulator says or is configured with (durations, `eta`, `video_url_ttl`, `Retry-After`,
+fault delays) is in *simulated* seconds. `time_scale` is the number of real seconds per simulated second:
+with `time_scale=0.001` a 60 s job takes 60 ms. The simulated clock reads like a Unix time: it starts at the
+wall-clock time of construction and runs `1 / time_scale` times faster. `sim.advance(seconds)` jumps it
+forward, for tests that must not depend on real sleeps (it moves the simulator's clock only, not a client's
+`ScaledClock`); what waits on it (webhook retries, `slow` faults) is brought forward too.
 
-    A busy account (``max_processing_per_key``): at most that many of a key's tasks are PROCESSING at once;
-    a task submitted beyond that sits ``TASK_STATUS_QUEUED`` (no progress, its ``eta`` counting the wait)
-    until an earlier one ends, first come first served, and then runs for its whole duration.
+## Counters
 
-Poll: ``GET /v3/async/task-result?task_id=<id>``
-    Same authentication, then ``poll_rate_limit`` and ``random_rate_limit``. No ``task_id`` -> 400
-    ``INVALID_REQUEST_BODY``; an unknown task or one created with
-    another key -> 404 ``TASK_NOT_FOUND``. The answer has the real API's shape: ``extra.seed`` (the
-    submitted seed, or a random one, as a string), ``extra.debug_info`` (times in simulated epoch
-    milliseconds, as strings, empty until reached), ``task.eta``, ``task.progress_percent`` (see Hints),
-    ``task.reason`` ("" unless failed), ``images: []``, ``audios: []``
-    and ``videos``: empty until success, then one entry whose ``video_url`` is signed afresh at every poll
-    (a new expiry ``video_ttl`` simulated seconds from now, so polling again refreshes an expired link) and
-    whose ``video_url_ttl`` is a string, as the real API sends it.
-
-    Any other path or method on the API site -> 404 ``API_NOT_FOUND``.
-
-Hints: ``eta`` and ``progress_percent``
-    The real API's hints cannot be trusted to be there or to be right (see ``shared/API.md``), so each has
-    modes. ``eta`` (0 once terminal, whatever the mode):
-
-    - ``"exact"`` (default): whole simulated seconds left, rounded up;
-    - ``"noisy"``: the same times a per-task factor drawn log-normal with sigma ``eta_noise`` (default 0.35)
-      when the task is created, so one task's estimate is consistently off (it counts down ``factor`` times
-      too fast or too slow); the draws come from their own RNG, so they shift no task ids or durations;
-    - ``"absent"``: always 0, as a router that does not fill the field sends it.
-
-    ``progress_percent`` (100 on success, 0 on failure and while queued, whatever the mode):
-
-    - ``"linear"`` (default): linear in processing time, whole percents, capped at 99;
-    - ``"steps"``: the linear value rounded down to a multiple of ``progress_step`` (default 25);
-    - ``"absent"``: 0 until the task ends. Error bodies are
-    ``{"code": <status>, "reason": "<REASON>", "message": "...", "metadata": {}}``.
-
-Video site: ``GET /videos/<task_id>.mp4?expires=<unix sim seconds>&signature=<hmac-sha256 hex>``
-    200 ``video/mp4`` with ``Content-Length``; the body is :meth:`Simulator.video_bytes` (a few KB of
-    structurally valid MP4 that embeds the task id, so it differs per task). Missing or wrong signature ->
-    403 ``SignatureDoesNotMatch``; past ``expires`` -> 403 "Request has expired"; both as S3-style XML.
-    ``Range`` is ignored. A request carrying an ``Authorization`` header is still served, but counted in
-    ``counters.key_leaks_to_video_host``: a client must never send its API key there.
-
-Webhooks
-    A task submitted with ``"extra": {"webhook": {"url": "http(s)://..."}}`` (kept as ``SimTask.webhook_url``)
-    is announced to that URL when it ends (SUCCEED or FAILED, at ``ends_at`` on the simulated clock): the
-    simulator POSTs ``{"event_type": "ASYNC_TASK_RESULT", "payload": <body>}`` with
-    ``Content-Type: application/json``, where ``<body>`` is exactly what a task-result poll by the task's
-    owner would answer at the moment of the attempt (a success carries a freshly signed ``video_url``).
-    Sending it does not count as a poll and does not mark the task as seen terminal. There is no signature
-    and no ``Authorization`` header, as in the API documentation: a receiver should treat the payload as a
-    hint and confirm it with one task-result call.
-
-    An attempt succeeds when the receiver answers 2xx within ``webhook_timeout`` simulated seconds (default
-    :data:`WEBHOOK_TIMEOUT`, 5, as the API documents; the whole answer read; real time
-    ``webhook_timeout * time_scale``). A slower answer, another status (redirects are not followed: a 3xx
-    is a failure), or a connection that fails is retried after
-    :data:`WEBHOOK_RETRY_DELAYS` simulated seconds (1, 2, 4, 8, 16 after attempts 1 to 5): at most 5
-    retries, 6 attempts in all, spanning about 31 simulated seconds plus the attempts themselves; then the
-    delivery is given up. Retries wait on the simulated clock, so ``sim.advance`` brings them forward too.
-
-    One background dispatcher per running simulator keeps pending deliveries and retries in a heap by due
-    time and sleeps until the earliest (woken early by an earlier one and by ``sim.advance``), so waiting
-    deliveries cost a heap entry each and no task or timer. Due deliveries are sent concurrently through one
-    ``aiohttp.ClientSession`` (keep-alive connections are reused), at most :data:`WEBHOOK_CONCURRENCY` (32)
-    attempts at a time to each receiver (scheme, host and port; a delivery waiting for a slot has not started
-    its timeout), so a slow receiver holds up neither other receivers nor, below that many, its own other
-    deliveries. Deliveries go out only while the simulator is running: ``close()`` abandons attempts in
-    flight (counted as sent, neither delivered nor failed) and keeps the others queued for a later
-    ``start()``.
-
-    Mind the real timeout at small time scales: at ``time_scale=0.001`` a receiver has 5 *real*
-    milliseconds, and a receiver served by the same event loop as the simulator and a busy client (a burst
-    of submissions, dozens of deliveries at once) easily misses that, so attempts time out and are retried
-    (the receiver then sees the same event again) or even given up. Use ``time_scale=0.01`` or more when
-    counts matter, or raise ``webhook_timeout``.
-
-    ``webhook_drop_rate`` loses each delivery with that probability (a separate RNG derived from ``seed``,
-    so it does not shift task ids or durations); the ``drop`` and ``duplicate`` faults of endpoint
-    ``"webhook"`` act on chosen deliveries (see :class:`Fault`). An injected fault takes precedence over the
-    drop rate, which applies to the deliveries no fault was taken for.
-
-Rate limits
-    A router answers 429 ``RATE_LIMIT_EXCEEDED`` for two reasons that its body does not tell apart; the
-    simulator models both, per API key, and ``counters.rate_limited_by`` says which one answered each 429:
-
-    - ``"running_cap"``: ``max_running_per_key`` tasks are not yet terminal (step 5 of Submit), with
-      ``Retry-After`` only if ``rate_limit_retry_after`` is set.
-    - ``"submit_rate"`` / ``"poll_rate"``: ``submit_rate_limit`` / ``poll_rate_limit``, each a
-      :class:`CallRateLimit` ``(calls, per, window="sliding" | "fixed", retry_after=True)``: at most ``calls``
-      calls of that endpoint per ``per`` simulated seconds. ``"sliding"`` counts the calls of the last ``per``
-      seconds; ``"fixed"`` counts them in consecutive windows of ``per`` seconds from the simulator's start.
-      Only calls let through count (a refused call does not use up the window). With ``retry_after`` the 429
-      carries ``Retry-After``: the seconds until a call would be let through, rounded up.
-    - ``"random"``: ``random_rate_limit`` answers any submit or poll 429 with that probability (a busy
-      router), with ``Retry-After: <random_rate_limit_retry_after>`` if that is set.
-    - ``"fault"``: an injected or random ``rate_limit`` fault.
-
-    Random draws (``random_rate_limit`` and ``random_faults``) come from an RNG of their own, derived from
-    ``seed``, so that they do not shift task ids or durations.
-
-Faults
-    ``sim.inject(Fault(endpoint, kind, times=1, ...))`` makes the next ``times`` requests to ``endpoint``
-    ("submit", "poll" or "video"), or the next ``times`` webhook deliveries ("webhook"), misbehave; faults
-    are consumed in the order injected, whatever the request holds. A webhook fault is taken when a delivery
-    first falls due (once per delivery, not per attempt). See :class:`Fault` for each kind.
-    ``sim.clear_faults()`` drops those not yet used. ``random_faults=[(Fault("poll", "server_error"), 0.05)]``
-    makes each request to that endpoint misbehave so with that probability (the fault's ``times`` is
-    ignored), when no injected fault is pending for it; the entries of an endpoint are drawn in turn and the
-    first that strikes wins.
-
-Counters
-    ``sim.counters`` (:class:`SimCounters`) tells what happened; ``sim.reset_counters()`` replaces it with a
-    fresh one. ``sim.tasks`` is a read-only mapping of task id to :class:`SimTask`.
+`sim.counters` (`SimCounters`) tells what happened; `sim.reset_counters()` replaces it with a fresh one.
+`sim.tasks` is a read-only mapping of task id to `SimTask`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import collections
-import heapq
-import hmac
-import itertools
-import json
-import math
+import contextlib
 import random
-import secrets
-import time
 import types
 import typing
-import uuid
-from collections.abc import Callable, Collection, Mapping
-from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, Generic, TypeVar
 
-import aiohttp
 import anyio
 import attrs
 from aiohttp import web
 
-from pixverse_async._images import ImageError, probe_image
+from pixverse_async.testing._api_site import ApiSite
+from pixverse_async.testing._counters import SimCounters
+from pixverse_async.testing._faults import (
+    Fault,
+    FaultBox,
+    check_random_faults,
+)
+from pixverse_async.testing._rate_limits import AccountGate, AccountLimits, CallRateLimit
+from pixverse_async.testing._sim_clock import SimClock
+from pixverse_async.testing._tasks import (
+    DEFAULT_DURATION,
+    EtaMode,
+    ProgressMode,
+    SimTask,
+    TaskBook,
+    TaskPlan,
+    TaskRules,
+    lognormal_durations,
+)
 from pixverse_async.testing._video import mp4_for_task
+from pixverse_async.testing._video_host import VideoHost
+from pixverse_async.testing._webhooks import WEBHOOK_TIMEOUT, WebhookRules, WebhookSender
 
-__all__ = [
-    "DEFAULT_DURATION",
-    "DEFAULT_FAIL_REASON",
-    "WEBHOOK_CONCURRENCY",
-    "WEBHOOK_EVENT_TYPE",
-    "WEBHOOK_RETRY_DELAYS",
-    "WEBHOOK_TIMEOUT",
-    "CallRateLimit",
-    "EtaMode",
-    "Fault",
-    "FaultEndpoint",
-    "FaultKind",
-    "ProgressMode",
-    "SimCounters",
-    "SimTask",
-    "Simulator",
-    "SubmittedImage",
-    "TaskPlan",
-    "lognormal_durations",
-    "serve_forever",
-]
-
-SUBMIT_PATH: Final = "/v3/async/pixverse-v4.5-i2v"
-RESULT_PATH: Final = "/v3/async/task-result"
-TASK_TYPE: Final = "PIXVERSE_V4_5_I2V"
-
-QUEUED: Final = "TASK_STATUS_QUEUED"
-PROCESSING: Final = "TASK_STATUS_PROCESSING"
-SUCCEED: Final = "TASK_STATUS_SUCCEED"
-FAILED: Final = "TASK_STATUS_FAILED"
-
-#: The ``task.reason`` of tasks failed by ``failure_rate``.
-DEFAULT_FAIL_REASON: Final = "content moderation: generation failed"
-
-#: The ``event_type`` of the webhook sent when a task ends.
-WEBHOOK_EVENT_TYPE: Final = "ASYNC_TASK_RESULT"
-#: Simulated seconds a webhook receiver has to answer 2xx before the attempt counts as failed (the default
-#: of ``Simulator(webhook_timeout=...)``).
-WEBHOOK_TIMEOUT: Final = 5.0
-#: Simulated seconds to wait before each retry of a failed webhook attempt: 5 retries, 6 attempts in all.
-WEBHOOK_RETRY_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
-#: At most this many webhook attempts in flight at once to one receiver (scheme, host and port); the others
-#: wait for a slot. Kept well under a typical listen backlog (128), past which connections stall for seconds.
-WEBHOOK_CONCURRENCY: Final = 32
-
-EtaMode = Literal["exact", "noisy", "absent"]
-ProgressMode = Literal["linear", "steps", "absent"]
-
-MAX_PROMPT_CHARS: Final = 2048
-MAX_SEED: Final = 2_147_483_647
-RESOLUTIONS: Final = frozenset({"360p", "540p", "720p", "1080p"})
-FAST_MODE_RESOLUTIONS: Final = frozenset({"360p", "540p", "720p"})
-STYLES: Final = frozenset({"anime", "3d_animation", "clay", "comic", "cyberpunk"})
-_KNOWN_FIELDS: Final = frozenset(
-    {"prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra"}
-)
-_DATA_URI_PREFIXES: Final = tuple(f"data:image/{kind};base64," for kind in ("png", "jpeg", "jpg"))
-
-# A 10 MB image is about 13.4 MB once base64-encoded; accept bodies well past that so that an oversized
-# image reaches the image check (IMAGE_FILE_EXCEEDS_MAX_SIZE) instead of aiohttp's generic 413.
-_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
-
-FaultEndpoint = Literal["submit", "poll", "video", "webhook"]
-FaultKind = Literal[
-    "server_error",
-    "rate_limit",
-    "reset",
-    "slow",
-    "html_error",
-    "empty_error",
-    "truncated_json",
-    "expired",
-    "drop",
-    "duplicate",
-]
-_WEBHOOK_FAULT_KINDS: Final = frozenset({"drop", "duplicate"})
-
-# Where an error answer keeps its reason until it is counted as sent.
-_REASON: Final = web.ResponseKey("reason", str)
-# Where a 429 keeps the limit that answered it (see SimCounters.rate_limited_by).
-_LIMITED_BY: Final = web.ResponseKey("limited_by", str)
-
-_NGINX_502_PAGE: Final = (
-    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-)
-
-
-def lognormal_durations(median: float = 40.0, sigma: float = 0.5) -> Callable[[random.Random], float]:
-    """A ``duration`` for :class:`Simulator`: log-normal job times with the given median (simulated s)."""
-    if median <= 0 or sigma < 0:
-        raise ValueError(f"lognormal_durations needs median > 0 and sigma >= 0, got {median=} {sigma=}")
-    mu = math.log(median)
-
-    def draw(rng: random.Random) -> float:
-        return rng.lognormvariate(mu, sigma)
-
-    return draw
-
-
-#: The default ``Simulator(duration=...)``: log-normal, median 40 simulated seconds, sigma 0.3.
-DEFAULT_DURATION: Final = lognormal_durations(40.0, 0.3)
-
-
-@attrs.frozen
-class TaskPlan:
-    """What ``Simulator(plan=...)`` decides for one submission: its duration and how it ends.
-
-    ``duration`` is in simulated seconds from submit to terminal; ``fail_reason`` makes the task end
-    ``TASK_STATUS_FAILED`` with that ``task.reason`` (``None``: it succeeds).
-    """
-
-    duration: float = attrs.field(validator=attrs.validators.ge(0.0))
-    fail_reason: str | None = None
-
-
-@attrs.frozen
-class Fault:
-    """A misbehaviour for the next ``times`` requests to ``endpoint``, or the next ``times`` webhook deliveries.
-
-    ``endpoint`` is "submit", "poll" or "video" (requests the simulator receives) or "webhook" (deliveries it
-    sends, see the module documentation). "webhook" takes only the kinds ``drop`` and ``duplicate``, and
-    those kinds apply to "webhook" only; ``expired`` applies to "video" only. Any other pairing raises
-    ``ValueError``. ``times``, ``retry_after``, ``delay`` and ``create_task`` mean nothing to webhook faults.
-
-    Kinds, by endpoint (on submit, ``create_task`` says whether the task is created, and billed, before
-    the fault strikes, for the kinds marked *creates*; when the request is invalid nothing is created and
-    the fault still strikes):
-
-    ``server_error``
-        500 JSON error: ``CREATE_TASK_FAILED`` on submit (*creates*), ``GET_RESULT_FAILED`` on poll,
-        an S3-style ``InternalError`` XML on video.
-    ``rate_limit``
-        429 ``RATE_LIMIT_EXCEEDED`` (XML ``SlowDown`` on video), with ``Retry-After: <retry_after>``
-        (simulated seconds rounded up) if ``retry_after`` is set, else without the header. Never creates.
-    ``reset``
-        Closes the TCP connection abruptly (``transport.abort()``) without a byte of answer: the client sees
-        ``aiohttp.ServerDisconnectedError`` (a connection error), never an HTTP status. On submit the body is
-        read and the task created first (*creates*); with ``create_task=False`` the connection is dropped
-        before the body is looked at (the client may then see ``ClientOSError``, connection reset, instead).
-        aiohttp's client resends an idempotent request (GET) once by itself after a disconnection, so one
-        reset on poll or video is invisible to it: inject ``times=2`` to make the error reach the caller.
-    ``slow``
-        Waits ``delay`` simulated seconds, then answers normally. On submit the task is created before the
-        wait (the client's read timeout may fire after the task exists).
-    ``html_error``
-        502 ``text/html`` nginx page; nothing is created.
-    ``empty_error``
-        503 with an empty body; nothing is created.
-    ``truncated_json``
-        200 ``application/json`` whose body is the first half of the normal answer (submit: *creates*).
-        On video: headers announce the full ``Content-Length``, half the file is sent, then the
-        connection is aborted (a download cut short).
-    ``expired``
-        Video only: 403 "Request has expired", as if the signed link had run out (counted in
-        ``video_expired``); polling again gives a link that works.
-    ``drop``
-        Webhook only: the delivery is lost, never sent and never retried (counted in ``webhooks_dropped``).
-    ``duplicate``
-        Webhook only: once an attempt of the delivery is answered 2xx, a second POST with the very same
-        body (same bytes, same signed URL) is sent right after it, once, whatever it is answered (counted
-        in ``webhooks_duplicated``). If every attempt fails, nothing is duplicated.
-    """
-
-    endpoint: FaultEndpoint = attrs.field(validator=attrs.validators.in_(typing.get_args(FaultEndpoint)))
-    kind: FaultKind = attrs.field(validator=attrs.validators.in_(typing.get_args(FaultKind)))
-    times: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    retry_after: float | None = None
-    delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
-    create_task: bool = True
-
-    def __attrs_post_init__(self) -> None:
-        if self.kind == "expired" and self.endpoint != "video":
-            raise ValueError("the 'expired' fault applies to the video endpoint only")
-        if self.kind in _WEBHOOK_FAULT_KINDS and self.endpoint != "webhook":
-            raise ValueError(f"the {self.kind!r} fault applies to the webhook endpoint only")
-        if self.endpoint == "webhook" and self.kind not in _WEBHOOK_FAULT_KINDS:
-            raise ValueError(f"the webhook endpoint takes only the 'drop' and 'duplicate' faults, not {self.kind!r}")
-
-
-@attrs.frozen
-class CallRateLimit:
-    """A router's call-rate limit on one endpoint, per key: at most ``calls`` calls per ``per`` simulated s.
-
-    ``window`` is "sliding" (any ``per`` seconds) or "fixed" (consecutive windows of ``per`` seconds);
-    ``retry_after`` says whether its 429s carry a ``Retry-After`` header. See the module documentation.
-    """
-
-    calls: int = attrs.field(validator=attrs.validators.ge(1))
-    per: float = attrs.field(validator=attrs.validators.gt(0.0))
-    window: Literal["sliding", "fixed"] = attrs.field(
-        default="sliding", validator=attrs.validators.in_(("sliding", "fixed"))
-    )
-    retry_after: bool = True
-
-
-@attrs.define
-class _CallWindow:
-    """The calls one key made to one endpoint that count against a :class:`CallRateLimit`."""
-
-    times: collections.deque[float] = attrs.Factory(collections.deque)
-    fixed_window: int = -1
-    fixed_count: int = 0
-
-    def refuse(self, limit: CallRateLimit, now: float, origin: float) -> float | None:
-        """Seconds until a call would be let through, or None: the call is let through and counted."""
-        if limit.window == "fixed":
-            index = math.floor((now - origin) / limit.per)
-            if index != self.fixed_window:
-                self.fixed_window, self.fixed_count = index, 0
-            if self.fixed_count >= limit.calls:
-                return max(0.0, origin + (index + 1) * limit.per - now)
-            self.fixed_count += 1
-            return None
-        times = self.times
-        while times and times[0] <= now - limit.per:
-            times.popleft()
-        if len(times) >= limit.calls:
-            return max(0.0, times[0] + limit.per - now)
-        times.append(now)
-        return None
-
-
-@attrs.frozen
-class SubmittedImage:
-    """What a task's ``image`` field held, kept instead of the (possibly megabytes of) base64 text."""
-
-    encoding: Literal["url", "base64", "data_uri"]
-    url: str | None = None  # only for ``encoding="url"``
-    format: str | None = None  # 'jpeg' | 'png', from the image checker; None for URLs
-    width: int | None = None
-    height: int | None = None
-    byte_size: int | None = None  # decoded size
+_T = TypeVar("_T")
 
 
 @typing.final
-@attrs.define(eq=False)
-class SimTask:
-    """One task as the simulator holds it. Times are on the simulated clock (see ``Simulator.now``).
+class _Setting(Generic[_T]):
+    """A read-only attribute of `Simulator` naming one configured value, which lives in an option group."""
 
-    Tests read it through ``sim.tasks``; changing it is not supported.
-    """
+    __slots__ = ("_read",)
 
-    task_id: str
-    api_key: str
-    request: Mapping[str, Any]  # the submitted JSON body without ``image`` (see ``image``)
-    image: SubmittedImage
-    seed: int
-    submitted_at: float
-    processing_at: float  # QUEUED before this, PROCESSING from it
-    ends_at: float  # terminal from this time on
-    fail_reason: str | None  # None: ends SUCCEED
-    # Set once a poll has returned this task terminal; later polls count as ``polls_after_terminal``.
-    terminal_seen: bool = False
-    # ``extra.webhook.url`` of the submission: where the result is POSTed when the task ends (None: nowhere).
-    webhook_url: str | None = None
-    # ``eta="noisy"``: what this task's eta is multiplied by (1.0: exact).
-    eta_factor: float = 1.0
+    def __init__(self, read: Callable[[Simulator], _T]) -> None:
+        self._read = read
 
-    @property
-    def prompt(self) -> str:
-        return str(self.request["prompt"])
-
-    def status_at(self, now: float) -> str:
-        if now >= self.ends_at:
-            return SUCCEED if self.fail_reason is None else FAILED
-        return QUEUED if now < self.processing_at else PROCESSING
-
-    def progress_at(self, now: float) -> int:
-        """The true progress, whole percents (``Simulator(progress=...)`` decides what a poll shows)."""
-        status = self.status_at(now)
-        if status == SUCCEED:
-            return 100
-        if status != PROCESSING:
-            return 0
-        processing_time = self.ends_at - self.processing_at
-        return min(99, int(100 * (now - self.processing_at) / processing_time))
-
-    def remaining_at(self, now: float) -> float:
-        """Simulated seconds until the task ends (0 once it has)."""
-        return max(0.0, self.ends_at - now)
+    def __get__(self, simulator: Simulator, owner: type[Simulator] | None = None) -> _T:
+        return self._read(simulator)
 
 
-@typing.final
-@attrs.define
-class SimCounters:
-    """What the simulator saw. All counts start at 0; ``Simulator.reset_counters`` starts them again."""
-
-    #: POST requests received on the submit path, valid or not, faulted or not.
-    submit_requests: int = 0
-    #: Tasks created (each one billed), including those created just before a fault struck.
-    tasks_created: int = 0
-    #: GET requests received on the task-result path, valid or not.
-    poll_requests: int = 0
-    #: Poll requests per ``task_id`` query value (known task or not).
-    polls_by_task: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: Polls of a task after one poll had already answered it terminal (SUCCEED/FAILED): wasted requests.
-    polls_after_terminal: int = 0
-    #: Requests received by the video site (any path, valid or not, GET or HEAD).
-    video_requests: int = 0
-    #: Video-site requests that carried an ``Authorization`` header (must stay 0 with a correct client).
-    key_leaks_to_video_host: int = 0
-    #: 429 answers sent, from ``max_running_per_key`` and from ``rate_limit`` faults, on any endpoint.
-    rate_limited: int = 0
-    #: The same 429s by the limit that answered: "running_cap", "submit_rate", "poll_rate", "random", "fault".
-    rate_limited_by: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: JSON error answers sent by the API site, by ``reason`` (fault answers included).
-    errors_by_reason: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: Peak number of non-terminal tasks per API key, measured right after each task creation.
-    max_running_by_key: dict[str, int] = attrs.Factory(dict)
-    #: Tasks created per prompt text, for "exactly one task was created" assertions.
-    tasks_created_by_prompt: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: Videos served in full (200).
-    videos_served: int = 0
-    #: Video requests refused because the signed URL had expired.
-    video_expired: int = 0
-    #: Video requests refused because the signature was missing or wrong.
-    video_bad_signature: int = 0
-    #: Faults that struck, by ``"<endpoint>:<kind>"``.
-    faults_applied: collections.Counter[str] = attrs.Factory(collections.Counter)
-    #: Webhook POSTs made: every attempt, retries and the second POST of ``duplicate`` faults included.
-    webhooks_sent: int = 0
-    #: Webhook deliveries answered 2xx, counted once per delivery (a ``duplicate``'s second POST is not).
-    webhooks_delivered: int = 0
-    #: Webhook deliveries given up after all 6 attempts failed.
-    webhooks_failed: int = 0
-    #: Webhook deliveries lost on purpose, by a ``drop`` fault or ``webhook_drop_rate``: never sent.
-    webhooks_dropped: int = 0
-    #: Webhook deliveries POSTed a second time by a ``duplicate`` fault.
-    webhooks_duplicated: int = 0
-
-
-@attrs.define
-class _PendingFault:
-    fault: Fault
-    remaining: int
-
-
-@attrs.define(eq=False)
-class _Delivery:
-    """One webhook delivery of one task, between its attempts."""
-
-    task: SimTask
-    url: str
-    attempts: int = 0  # attempts made so far
-    duplicate: bool = False  # a ``duplicate`` fault was taken for it
-
-
-class _BadRequest(Exception):
-    """A 400 answer found while checking a submission."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _retry_after_header(retry_after: float | None) -> dict[str, str]:
-    return {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
-
-
-def _json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=json.dumps(payload, separators=(",", ":")).encode(),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def _s3_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    # Shaped like S3's error documents, since signed video URLs usually point at object storage or a CDN.
-    body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>\n'
-    return web.Response(text=body, status=status, content_type="application/xml", headers=headers)
-
-
-async def _drop_connection(request: web.Request) -> web.Response:
-    """Abort the TCP connection without answering; aiohttp then fails to write the dummy response, quietly."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return web.Response(status=500)
-
-
-def _check_string(body: Mapping[str, Any], field: str, *, max_chars: int | None = None) -> str | None:
-    if field not in body:
-        return None
-    value = body[field]
-    if not isinstance(value, str):
-        raise _BadRequest("INVALID_REQUEST_BODY", f"{field} must be a string")
-    if max_chars is not None and len(value) > max_chars:
-        raise _BadRequest("INVALID_REQUEST_BODY", f"{field} must be at most {max_chars} characters")
-    return value
-
-
-def _check_body(body: Any, accepted: frozenset[str] = frozenset()) -> None:
-    """Raise ``_BadRequest`` if the JSON body breaks a documented rule (the image bytes are checked later);
-    top-level fields in ``accepted`` are let through unchecked."""
-    if not isinstance(body, dict):
-        raise _BadRequest("INVALID_REQUEST_BODY", "request body must be a JSON object")
-    unknown = sorted(set(body) - _KNOWN_FIELDS - accepted)
-    if unknown:
-        raise _BadRequest("INVALID_REQUEST_BODY", f"unknown field(s): {', '.join(unknown)}")
-    prompt = _check_string(body, "prompt", max_chars=MAX_PROMPT_CHARS)
-    if prompt is None or not prompt.strip():
-        raise _BadRequest("INVALID_REQUEST_BODY", "prompt is required")
-    image = _check_string(body, "image")
-    if not image:
-        raise _BadRequest("INVALID_REQUEST_BODY", "image is required")
-    _check_string(body, "negative_prompt", max_chars=MAX_PROMPT_CHARS)
-    fast_mode = body.get("fast_mode", False)
-    if not isinstance(fast_mode, bool):
-        raise _BadRequest("INVALID_REQUEST_BODY", "fast_mode must be a boolean")
-    resolution = _check_string(body, "resolution")
-    if resolution is not None:
-        allowed = FAST_MODE_RESOLUTIONS if fast_mode else RESOLUTIONS
-        if resolution not in allowed:
-            raise _BadRequest(
-                "INVALID_REQUEST_BODY",
-                f"resolution must be one of {', '.join(sorted(allowed))}"
-                + (" when fast_mode is true" if fast_mode else ""),
-            )
-    style = _check_string(body, "style")
-    if style is not None and style not in STYLES:
-        raise _BadRequest("INVALID_REQUEST_BODY", f"style must be one of {', '.join(sorted(STYLES))}")
-    if "seed" in body:
-        seed = body["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise _BadRequest("INVALID_REQUEST_BODY", f"seed must be an integer in 0..{MAX_SEED}")
-    if "extra" in body:
-        extra = body["extra"]
-        if not isinstance(extra, dict):
-            raise _BadRequest("INVALID_REQUEST_BODY", "extra must be an object")
-        if "webhook" in extra:
-            _check_webhook(extra["webhook"])
-
-
-def _check_webhook(webhook: Any) -> None:
-    if not isinstance(webhook, dict):
-        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook must be an object")
-    url = webhook.get("url")
-    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):  # schemes ignore case
-        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook.url must be an http:// or https:// URL")
-    try:
-        parts = urlsplit(url)
-        host, _ = parts.hostname, parts.port  # .port raises on a port that is not a number in 0..65535
-    except ValueError:  # that, or a malformed IPv6 literal
-        host = None
-    if not host:
-        raise _BadRequest("INVALID_REQUEST_BODY", "extra.webhook.url must name a host")
-
-
-def _webhook_url(body: Mapping[str, Any]) -> str | None:
-    """The webhook URL of a checked submission, if it has one."""
-    webhook = body.get("extra", {}).get("webhook")
-    return None if webhook is None else str(webhook["url"])
-
-
-def _check_image(image: str) -> SubmittedImage:
-    """Decode and check an ``image`` field as the API does; raise ``_BadRequest`` where it would refuse."""
-    if image.startswith(("http://", "https://")):
-        return SubmittedImage(encoding="url", url=image)
-    encoding: Literal["base64", "data_uri"] = "base64"
-    encoded = image
-    if image.startswith("data:"):
-        prefix = next((p for p in _DATA_URI_PREFIXES if image.startswith(p)), None)
-        if prefix is None:
-            if image.startswith("data:image/") and ";base64," in image:
-                raise _BadRequest("INVALID_IMAGE_FORMAT", "image must be a JPEG or PNG")
-            raise _BadRequest("INVALID_REQUEST_BODY", "image data URI must be data:image/<type>;base64,...")
-        encoding, encoded = "data_uri", image[len(prefix) :]
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise _BadRequest("INVALID_REQUEST_BODY", "image is neither a URL nor valid base64") from exc
-    try:
-        info = probe_image(data)
-    except ImageError as exc:
-        raise _BadRequest(exc.api_reason, str(exc)) from exc
-    return SubmittedImage(
-        encoding=encoding, format=info.format, width=info.width, height=info.height, byte_size=len(data)
-    )
-
-
-def _bearer_key(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return key.strip() or None
+def _random(seed: int | None, purpose: str) -> random.Random:
+    """An RNG of its own for one kind of draw, so that one kind shifts no other (seeded if `seed` is set)."""
+    return random.Random(f"{purpose}:{seed}") if seed is not None else random.Random()
 
 
 @typing.final
@@ -696,67 +99,22 @@ def _bearer_key(request: web.Request) -> str | None:
 class Simulator:
     """The simulated API on two local HTTP sites; see the module documentation for its behaviour."""
 
-    api_keys: frozenset[str]
     host: str
     port: int
     video_port: int
-    time_scale: float
-    duration: float | Callable[[random.Random], float]
-    queue_fraction: float
-    failure_rate: float
-    plan: Callable[[Mapping[str, Any]], TaskPlan | None] | None
-    max_running_per_key: int | None
-    rate_limit_retry_after: float | None
-    submit_rate_limit: CallRateLimit | None
-    poll_rate_limit: CallRateLimit | None
-    random_rate_limit: float
-    random_rate_limit_retry_after: float | None
-    random_faults: tuple[tuple[Fault, float], ...]
-    balance: int | None
-    video_ttl: float
-    webhook_timeout: float
-    webhook_drop_rate: float
-    eta: EtaMode
-    eta_noise: float
-    progress: ProgressMode
-    progress_step: int
-    max_processing_per_key: int | None
-    accept_fields: frozenset[str]
     counters: SimCounters
-
-    _rng: random.Random
-    _signing_key: bytes
-    _clock_origin_real: float
-    _clock_origin_sim: float
-    _clock_offset: float
-    _tasks: dict[str, SimTask]
-    # Per key: end times of tasks that may still be running, as a min-heap; finished ones are popped lazily.
-    _running_ends: dict[str, list[float]]
-    _created_by_key: collections.Counter[str]
-    # Per key, with max_processing_per_key: when each processing place frees up next, as a min-heap.
-    _processing_free_at: dict[str, list[float]]
-    # Per-task eta factors (eta="noisy"), drawn apart from ``_rng`` so that they shift no ids or durations.
-    _hint_rng: random.Random
-    _faults: list[_PendingFault]
-    # Per (key, endpoint): the calls counted against a CallRateLimit.
-    _call_windows: dict[tuple[str, str], _CallWindow]
-    # Random 429s and random faults: kept apart from ``_rng`` so that they do not shift task ids and durations.
-    _chaos_rng: random.Random
-    _runners: list[web.AppRunner]
+    _clock: SimClock
+    # One owner per concern, each with its options (`rules`, `limits`, ...).
+    _book: TaskBook
+    _faults: FaultBox
+    _api: ApiSite
+    _video_host: VideoHost
+    _webhooks: WebhookSender
+    # While running: what `close()` unwinds (both sites, the webhook dispatcher's task group), and the id
+    # of the task that started it, the only one that can close that task group.
+    _running: contextlib.AsyncExitStack | None
+    _started_by: int | None
     _base_url: str | None
-    _video_base_url: str | None
-    # Webhooks: drop-rate draws, kept apart from ``_rng`` so that they do not shift task ids and durations.
-    _webhook_rng: random.Random
-    # Deliveries waiting for their (first or next) attempt: a min-heap of (due simulated time, tie-break, delivery).
-    _webhook_queue: list[tuple[float, int, _Delivery]]
-    _webhook_order: itertools.count[int]
-    # Only while running: the dispatcher task, its cancel scope, what wakes it early, and what it sends with.
-    _webhook_dispatcher: asyncio.Task[None] | None
-    _webhook_scope: anyio.CancelScope | None
-    _webhook_wake: asyncio.Event | None
-    _webhook_session: aiohttp.ClientSession | None
-    # Per receiver origin ("scheme://host:port"): bounds its attempts in flight.
-    _webhook_limiters: dict[str, anyio.CapacityLimiter]
 
     def __init__(
         self,
@@ -789,137 +147,137 @@ class Simulator:
         max_processing_per_key: int | None = None,
         accept_fields: Collection[str] = (),
     ) -> None:
-        """Configure the simulator; nothing listens until ``start()`` or ``async with``.
+        """Configure the simulator; nothing listens until `start()` or `async with`.
 
-        :param api_keys: the keys the API accepts.
-        :param host: interface both sites listen on.
-        :param port: API site port (0: a free one). :param video_port: video site port (0: a free one).
-        :param time_scale: real seconds per simulated second.
-        :param duration: simulated seconds from submit to terminal, or a function drawing it from the RNG.
-        :param queue_fraction: share of the duration spent QUEUED before PROCESSING.
-        :param failure_rate: probability that a task ends FAILED.
-        :param seed: seeds the RNG (durations, failures, seeds of tasks submitted without one).
-        :param plan: per-submission override from the JSON body; ``None`` from it means the defaults.
-        :param max_running_per_key: at most this many non-terminal tasks per key; more answers 429.
-        :param rate_limit_retry_after: ``Retry-After`` (simulated s) on those 429s; ``None``: no header.
-        :param submit_rate_limit: a :class:`CallRateLimit` on submissions per key (see Rate limits).
-        :param poll_rate_limit: a :class:`CallRateLimit` on task-result calls per key.
-        :param random_rate_limit: probability that any submit or poll is answered 429 (a busy router).
-        :param random_rate_limit_retry_after: ``Retry-After`` (simulated s) on those; ``None``: no header.
-        :param random_faults: ``(fault, probability)`` pairs: each request to ``fault.endpoint`` misbehaves
-            like ``fault`` with that probability (see Faults).
-        :param balance: number of tasks each key can pay for; more answers 400 BILLING_BALANCE_NOT_ENOUGH.
-        :param video_ttl: simulated seconds a signed video URL stays valid.
-        :param webhook_timeout: simulated seconds a webhook receiver has to answer 2xx (the API's 5 by
-            default); raise it to keep a loaded receiver from being retried at a small ``time_scale``.
-        :param webhook_drop_rate: probability that a webhook delivery is lost (never sent, not retried);
-            1.0 loses them all.
-        :param eta: what ``task.eta`` says while a task runs: "exact", "noisy" or "absent" (see Hints).
-        :param eta_noise: with ``eta="noisy"``, the sigma of each task's log-normal eta factor.
-        :param progress: what ``task.progress_percent`` says: "linear", "steps" or "absent" (see Hints).
-        :param progress_step: with ``progress="steps"``, the step in percent (1 to 100).
-        :param max_processing_per_key: at most this many tasks of a key PROCESSING at once; later ones queue.
-        :param accept_fields: top-level body fields to accept beyond the documented ones (by default an
-            unknown field answers 400 ``INVALID_REQUEST_BODY``); they are kept in ``SimTask.request``.
+        - `api_keys`: the keys the API accepts.
+        - `host`: interface both sites listen on; `port`, `video_port`: the API and video sites' ports (0: a
+          free one).
+        - `time_scale`: real seconds per simulated second.
+        - `duration`: simulated seconds from submit to terminal, or a function drawing it from the RNG.
+        - `queue_fraction`: share of the duration spent QUEUED before PROCESSING.
+        - `failure_rate`: probability that a task ends FAILED.
+        - `seed`: seeds the RNGs (durations, failures, seeds of tasks submitted without one, task ids, and
+          apart from those: hints, random 429s and faults, webhook drops).
+        - `plan`: per-submission override from the JSON body; `None` from it means the defaults.
+        - `max_running_per_key`: at most this many non-terminal tasks per key; more answers 429;
+          `rate_limit_retry_after`: `Retry-After` (simulated s) on those 429s (`None`: no header).
+        - `submit_rate_limit`, `poll_rate_limit`: a `CallRateLimit` on submissions, or task-result calls, per
+          key (see `_rate_limits`).
+        - `random_rate_limit`: probability that any submit or poll is answered 429 (a busy router);
+          `random_rate_limit_retry_after`: `Retry-After` (simulated s) on those (`None`: no header).
+        - `random_faults`: `(fault, probability)` pairs: each request to `fault.endpoint` misbehaves like
+          `fault` with that probability (see `_faults`).
+        - `balance`: number of tasks each key can pay for; more answers 400 `BILLING_BALANCE_NOT_ENOUGH`.
+        - `video_ttl`: simulated seconds a signed video URL stays valid.
+        - `webhook_timeout`: simulated seconds a webhook receiver has to answer 2xx (the API's 5 by default);
+          raise it to keep a loaded receiver from being retried at a small `time_scale`.
+        - `webhook_drop_rate`: probability that a webhook delivery is lost (never sent, not retried); 1.0
+          loses them all.
+        - `eta`: what `task.eta` says while a task runs: "exact", "noisy" or "absent"; `eta_noise`: with
+          "noisy", the sigma of each task's log-normal eta factor (see the hints in `_tasks`).
+        - `progress`: what `task.progress_percent` says: "linear", "steps" or "absent"; `progress_step`: with
+          "steps", the step in percent (1 to 100).
+        - `max_processing_per_key`: at most this many tasks of a key PROCESSING at once; later ones queue.
+        - `accept_fields`: top-level body fields to accept beyond the documented ones (by default an unknown
+          field answers 400 `INVALID_REQUEST_BODY`); they are kept in `SimTask.request`.
         """
         if isinstance(api_keys, str):
             raise TypeError("api_keys must be a collection of keys, not one string")
-        if time_scale <= 0:
-            raise ValueError(f"time_scale must be > 0, got {time_scale}")
-        if not 0.0 <= queue_fraction <= 1.0:
-            raise ValueError(f"queue_fraction must be in [0, 1], got {queue_fraction}")
-        if not 0.0 <= failure_rate <= 1.0:
-            raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
-        if max_running_per_key is not None and max_running_per_key < 0:
-            raise ValueError(f"max_running_per_key must be >= 0, got {max_running_per_key}")
-        if balance is not None and balance < 0:
-            raise ValueError(f"balance must be >= 0, got {balance}")
-        if not 0.0 <= random_rate_limit <= 1.0:
-            raise ValueError(f"random_rate_limit must be in [0, 1], got {random_rate_limit}")
-        for limit in (submit_rate_limit, poll_rate_limit):
-            if limit is not None and not isinstance(limit, CallRateLimit):
-                raise TypeError(f"a call-rate limit must be a CallRateLimit, not {type(limit).__name__}")
-        chaos = tuple(random_faults)
-        for entry in chaos:
-            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Fault)):
-                raise TypeError(f"random_faults takes (Fault, probability) pairs, not {entry!r}")
-            if entry[0].endpoint == "webhook" or not 0.0 <= entry[1] <= 1.0:
-                raise ValueError(f"random_faults: a submit/poll/video fault and a probability in [0, 1], not {entry!r}")
-        if video_ttl <= 0:
-            raise ValueError(f"video_ttl must be > 0, got {video_ttl}")
-        if webhook_timeout <= 0:
-            raise ValueError(f"webhook_timeout must be > 0, got {webhook_timeout}")
-        if not 0.0 <= webhook_drop_rate <= 1.0:
-            raise ValueError(f"webhook_drop_rate must be in [0, 1], got {webhook_drop_rate}")
-        if eta not in typing.get_args(EtaMode):
-            raise ValueError(f"eta must be one of {typing.get_args(EtaMode)}, got {eta!r}")
-        if progress not in typing.get_args(ProgressMode):
-            raise ValueError(f"progress must be one of {typing.get_args(ProgressMode)}, got {progress!r}")
-        if not eta_noise >= 0:
-            raise ValueError(f"eta_noise must be >= 0, got {eta_noise}")
-        if isinstance(progress_step, bool) or not isinstance(progress_step, int) or not 1 <= progress_step <= 100:
-            raise ValueError(f"progress_step must be an int in 1..100, got {progress_step!r}")
-        if max_processing_per_key is not None and max_processing_per_key < 1:
-            raise ValueError(f"max_processing_per_key must be >= 1, got {max_processing_per_key}")
         if isinstance(accept_fields, str):
             raise TypeError("accept_fields must be a collection of field names, not one string")
-        self.__attrs_init__(
-            api_keys=frozenset(api_keys),
-            host=host,
-            port=port,
-            video_port=video_port,
-            time_scale=time_scale,
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        rules = TaskRules(
             duration=duration,
             queue_fraction=queue_fraction,
             failure_rate=failure_rate,
             plan=plan,
+            eta=eta,
+            eta_noise=eta_noise,
+            progress=progress,
+            progress_step=progress_step,
+            max_processing_per_key=max_processing_per_key,
+        )
+        limits = AccountLimits(
             max_running_per_key=max_running_per_key,
             rate_limit_retry_after=rate_limit_retry_after,
             submit_rate_limit=submit_rate_limit,
             poll_rate_limit=poll_rate_limit,
             random_rate_limit=random_rate_limit,
             random_rate_limit_retry_after=random_rate_limit_retry_after,
-            random_faults=chaos,
             balance=balance,
-            video_ttl=video_ttl,
-            webhook_timeout=webhook_timeout,
-            webhook_drop_rate=webhook_drop_rate,
-            eta=eta,
-            eta_noise=eta_noise,
-            progress=progress,
-            progress_step=progress_step,
-            max_processing_per_key=max_processing_per_key,
-            accept_fields=frozenset(accept_fields),
+        )
+        webhook_rules = WebhookRules(timeout=webhook_timeout, drop_rate=webhook_drop_rate)
+        clock = SimClock(time_scale)
+        book = TaskBook(rules, rng=random.Random(seed), hint_rng=_random(seed, "hints"))
+        chaos_rng = _random(seed, "chaos")  # random 429s and random faults draw from one RNG, in turn
+        faults = FaultBox(check_random_faults(random_faults), chaos_rng=chaos_rng)
+        counters = self._current_counters
+        video_host = VideoHost(video_ttl, clock=clock, faults=faults, tasks=book.tasks, counters=counters)
+
+        def task_result(task: SimTask, now: float) -> dict[str, Any]:
+            return book.result(task, now, video_host.link)
+
+        webhooks = WebhookSender(
+            webhook_rules,
+            clock=clock,
+            faults=faults,
+            counters=counters,
+            payload=task_result,
+            rng=_random(seed, "webhooks"),
+        )
+        api = ApiSite(
+            frozenset(api_keys),
+            frozenset(accept_fields),
+            clock=clock,
+            book=book,
+            gate=AccountGate(limits, window_origin=clock.origin, chaos_rng=chaos_rng),
+            faults=faults,
+            webhooks=webhooks,
+            counters=counters,
+            task_result=task_result,
+        )
+        self.__attrs_init__(
+            host=host,
+            port=port,
+            video_port=video_port,
             counters=SimCounters(),
-            rng=random.Random(seed),
-            signing_key=secrets.token_bytes(32),
-            clock_origin_real=time.monotonic(),
-            clock_origin_sim=time.time(),
-            clock_offset=0.0,
-            tasks={},
-            running_ends={},
-            created_by_key=collections.Counter(),
-            processing_free_at={},
-            hint_rng=random.Random(f"hints:{seed}") if seed is not None else random.Random(),
-            faults=[],
-            call_windows={},
-            chaos_rng=random.Random(f"chaos:{seed}") if seed is not None else random.Random(),
-            runners=[],
+            clock=clock,
+            book=book,
+            faults=faults,
+            api=api,
+            video_host=video_host,
+            webhooks=webhooks,
+            running=None,
+            started_by=None,
             base_url=None,
-            video_base_url=None,
-            webhook_rng=random.Random(f"webhooks:{seed}") if seed is not None else random.Random(),
-            webhook_queue=[],
-            webhook_order=itertools.count(),
-            webhook_dispatcher=None,
-            webhook_scope=None,
-            webhook_wake=None,
-            webhook_session=None,
-            webhook_limiters={},
         )
 
     def __repr__(self) -> str:
-        where = f"{self._base_url} video={self._video_base_url}" if self._runners else "not running"
-        return f"<Simulator {where} tasks={len(self._tasks)} time_scale={self.time_scale}>"
+        where = f"{self._base_url} video={self._video_host.base_url}" if self._running else "not running"
+        return f"<Simulator {where} tasks={len(self._book.tasks)} time_scale={self.time_scale}>"
+
+    # The configured values, read-only, under the names of the keyword arguments that set them.
+    duration = _Setting(lambda sim: sim._book.rules.duration)
+    queue_fraction = _Setting(lambda sim: sim._book.rules.queue_fraction)
+    failure_rate = _Setting(lambda sim: sim._book.rules.failure_rate)
+    plan = _Setting(lambda sim: sim._book.rules.plan)
+    eta = _Setting(lambda sim: sim._book.rules.eta)
+    eta_noise = _Setting(lambda sim: sim._book.rules.eta_noise)
+    progress = _Setting(lambda sim: sim._book.rules.progress)
+    progress_step = _Setting(lambda sim: sim._book.rules.progress_step)
+    max_processing_per_key = _Setting(lambda sim: sim._book.rules.max_processing_per_key)
+    max_running_per_key = _Setting(lambda sim: sim._api.gate.limits.max_running_per_key)
+    rate_limit_retry_after = _Setting(lambda sim: sim._api.gate.limits.rate_limit_retry_after)
+    submit_rate_limit = _Setting(lambda sim: sim._api.gate.limits.submit_rate_limit)
+    poll_rate_limit = _Setting(lambda sim: sim._api.gate.limits.poll_rate_limit)
+    random_rate_limit = _Setting(lambda sim: sim._api.gate.limits.random_rate_limit)
+    random_rate_limit_retry_after = _Setting(lambda sim: sim._api.gate.limits.random_rate_limit_retry_after)
+    balance = _Setting(lambda sim: sim._api.gate.limits.balance)
+    random_faults = _Setting(lambda sim: sim._faults.random_faults)
+    video_ttl = _Setting(lambda sim: sim._video_host.ttl)
+    webhook_timeout = _Setting(lambda sim: sim._webhooks.rules.timeout)
+    webhook_drop_rate = _Setting(lambda sim: sim._webhooks.rules.drop_rate)
 
     # ----------------------------------------------------------------------------------------------------
     # Public helpers
@@ -927,88 +285,109 @@ class Simulator:
     lognormal = staticmethod(lognormal_durations)
 
     @property
+    def api_keys(self) -> frozenset[str]:
+        """The keys the API accepts."""
+        return self._api.api_keys
+
+    @property
+    def accept_fields(self) -> frozenset[str]:
+        """Top-level body fields accepted beyond the documented ones."""
+        return self._api.accept_fields
+
+    @property
+    def time_scale(self) -> float:
+        """Real seconds per simulated second."""
+        return self._clock.time_scale
+
+    @property
     def base_url(self) -> str:
-        """``http://host:port`` of the API site (submit and task-result)."""
+        """`http://host:port` of the API site (submit and task-result)."""
         if self._base_url is None:
             raise RuntimeError("the simulator is not started")
         return self._base_url
 
     @property
     def video_base_url(self) -> str:
-        """``http://host:port`` of the video site, a different origin from ``base_url``."""
-        if self._video_base_url is None:
+        """`http://host:port` of the video site, a different origin from `base_url`."""
+        if self._video_host.base_url is None:
             raise RuntimeError("the simulator is not started")
-        return self._video_base_url
+        return self._video_host.base_url
 
     @property
     def tasks(self) -> Mapping[str, SimTask]:
         """Every task created so far, by task id (read-only)."""
-        return types.MappingProxyType(self._tasks)
+        return types.MappingProxyType(self._book.tasks)
 
     def now(self) -> float:
         """The simulated clock, in Unix-like seconds."""
-        real_elapsed = time.monotonic() - self._clock_origin_real
-        return self._clock_origin_sim + real_elapsed / self.time_scale + self._clock_offset
+        return self._clock.now()
 
     def advance(self, seconds: float) -> None:
-        """Move the simulated clock ``seconds`` forward at once (tasks progress, signed URLs age).
+        """Move the simulated clock `seconds` forward at once (tasks progress, signed URLs age).
 
-        Webhook deliveries and retries that fall due by the new time are sent at once.
+        Webhook deliveries and retries that fall due by the new time are sent at once, and `slow` faults
+        whose delay has passed answer.
         """
-        if seconds < 0:
-            raise ValueError("the simulated clock only moves forward")
-        self._clock_offset += seconds
-        if self._webhook_wake is not None:
-            self._webhook_wake.set()
+        self._clock.advance(seconds)
+        self._webhooks.wake()
 
     def task_status(self, task_id: str) -> str:
-        """The ``TASK_STATUS_*`` a poll of ``task_id`` would answer now (``KeyError`` if unknown)."""
-        return self._tasks[task_id].status_at(self.now())
+        """The `TASK_STATUS_*` a poll of `task_id` would answer now (`KeyError` if unknown)."""
+        return self._book.tasks[task_id].status_at(self.now())
 
     def video_bytes(self, task_id: str) -> bytes:
-        """The exact bytes the video site serves for ``task_id`` (a few KB, embedding the task id)."""
+        """The exact bytes the video site serves for `task_id` (a few KB, embedding the task id)."""
         return mp4_for_task(task_id)
 
     def inject(self, fault: Fault) -> None:
-        """Queue ``fault`` for the next ``fault.times`` requests to ``fault.endpoint``."""
-        self._faults.append(_PendingFault(fault, fault.times))
+        """Queue `fault` for the next `fault.times` requests to `fault.endpoint`."""
+        self._faults.inject(fault)
 
     def clear_faults(self) -> None:
         """Drop every fault not yet used up."""
         self._faults.clear()
 
     def reset_counters(self) -> None:
-        """Replace ``counters`` with a fresh, all-zero ``SimCounters`` (tasks are kept)."""
+        """Replace `counters` with a fresh, all-zero `SimCounters` (tasks are kept)."""
         self.counters = SimCounters()
+
+    def _current_counters(self) -> SimCounters:
+        return self.counters
 
     # ----------------------------------------------------------------------------------------------------
     # Lifecycle
 
     async def start(self) -> None:
-        """Start listening on both sites; ``base_url`` and ``video_base_url`` are known afterwards."""
-        if self._runners:
-            raise RuntimeError("the simulator is already started")
-        api_app = web.Application(client_max_size=_MAX_BODY_BYTES)
-        api_app.router.add_post(SUBMIT_PATH, self._handle_submit)
-        api_app.router.add_get(RESULT_PATH, self._handle_poll, allow_head=False)
-        # Anything else, including a wrong method on a known path, is answered like the real router does.
-        api_app.router.add_route("*", "/{tail:.*}", self._handle_api_not_found)
-        video_app = web.Application()
-        video_app.router.add_route("*", "/{tail:.*}", self._handle_video)
-        try:
-            self._base_url = await self._serve(api_app, self.port)
-            self._video_base_url = await self._serve(video_app, self.video_port)
-        except BaseException:
-            await self.close()
-            raise
-        self._start_webhooks()
+        """Start listening on both sites and sending webhooks; `base_url` and `video_base_url` are known then.
 
-    async def _serve(self, app: web.Application, port: int) -> str:
+        The webhook dispatcher runs in a task group that `start()` opens and `close()` closes, so call both
+        from one task, with the cancel scopes opened in between closed first, as `async with` does. A
+        crash of the dispatcher then cancels that task, as a task group does.
+        """
+        if self._running is not None:
+            raise RuntimeError("the simulator is already started")
+        api_app = self._api.application()
+        video_app = web.Application()
+        video_app.router.add_route("*", "/{tail:.*}", self._video_host.handle)
+        stack = contextlib.AsyncExitStack()
+        try:
+            base_url = await self._serve(stack, api_app, self.port)
+            video_base_url = await self._serve(stack, video_app, self.video_port)
+            self._base_url, self._video_host.base_url = base_url, video_base_url
+            dispatcher = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(dispatcher.cancel_scope.cancel)  # unwound first: the task group then ends at once
+            await dispatcher.start(self._webhooks.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._running, self._started_by = stack, anyio.get_current_task().id
+
+    async def _serve(self, stack: contextlib.AsyncExitStack, app: web.Application, port: int) -> str:
         # One runner per site: an AppRunner serves one application, and the two sites must be two origins.
         # A short shutdown timeout, so that closing does not wait for a handler stuck in a "slow" fault.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await runner.setup()
-        self._runners.append(runner)
+        stack.push_async_callback(_shielded, runner.cleanup)
         site = web.TCPSite(runner, self.host, port)
         await site.start()
         bound_port = runner.addresses[0][1]
@@ -1016,20 +395,20 @@ class Simulator:
         return f"http://{url_host}:{bound_port}"
 
     async def close(self) -> None:
-        """Stop both sites and the webhook dispatcher, and close open connections.
+        """Stop the webhook dispatcher and both sites, and close open connections (a no-op if not running).
 
         Tasks, counters and URLs stay readable. Webhook attempts in flight are abandoned; deliveries not yet
-        due stay queued (see the module documentation).
+        due stay queued (see `_webhooks`).
         """
-        runners, self._runners = self._runners, []
-        # Shielded: closing often happens because the owner was cancelled (Ctrl-C on serve_forever, a task
-        # group torn down), and an interrupted cleanup would leave listening sockets open.
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._stop_webhooks()
-            finally:
-                for runner in reversed(runners):
-                    await runner.cleanup()
+        if self._running is None:
+            return
+        if anyio.get_current_task().id != self._started_by:
+            raise RuntimeError(
+                "close the simulator from the task that started it (as `async with` does): its webhook "
+                "dispatcher runs in a task group of that task"
+            )
+        running, self._running = self._running, None
+        await running.aclose()
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -1038,495 +417,13 @@ class Simulator:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # ----------------------------------------------------------------------------------------------------
-    # Shared plumbing
 
-    def _take_fault(self, endpoint: FaultEndpoint) -> Fault | None:
-        if not self._faults:  # the common case, kept cheap
-            return self._random_fault(endpoint) if self.random_faults else None
-        for index, pending in enumerate(self._faults):
-            if pending.fault.endpoint == endpoint:
-                pending.remaining -= 1
-                if pending.remaining == 0:
-                    del self._faults[index]
-                self.counters.faults_applied[f"{endpoint}:{pending.fault.kind}"] += 1
-                return pending.fault
-        return self._random_fault(endpoint) if self.random_faults else None
-
-    def _random_fault(self, endpoint: FaultEndpoint) -> Fault | None:
-        for fault, probability in self.random_faults:
-            if fault.endpoint == endpoint and self._chaos_rng.random() < probability:
-                self.counters.faults_applied[f"{endpoint}:{fault.kind}"] += 1
-                return fault
-        return None
-
-    def _call_limit_answer(self, key: str, endpoint: str, limit: CallRateLimit | None) -> web.Response | None:
-        """The 429 of the router's call limits (rate window, then random), or None: the call goes on."""
-        if limit is not None:
-            window = self._call_windows.get((key, endpoint))
-            if window is None:
-                window = self._call_windows[(key, endpoint)] = _CallWindow()
-            wait = window.refuse(limit, self.now(), self._clock_origin_sim)
-            if wait is not None:
-                headers = _retry_after_header(wait) if limit.retry_after else {}
-                message = f"too many {endpoint} calls: at most {limit.calls} per {limit.per:g} s per key"
-                return self._rate_limited(f"{endpoint}_rate", message, headers)
-        if self.random_rate_limit and self._chaos_rng.random() < self.random_rate_limit:
-            headers = _retry_after_header(self.random_rate_limit_retry_after)
-            return self._rate_limited("random", "rate limit exceeded (the router is busy)", headers)
-        return None
-
-    def _rate_limited(self, limited_by: str, message: str, headers: Mapping[str, str]) -> web.Response:
-        response = self._error(429, "RATE_LIMIT_EXCEEDED", message, headers)
-        response[_LIMITED_BY] = limited_by
-        return response
-
-    async def _sleep(self, simulated_seconds: float) -> None:
-        await asyncio.sleep(simulated_seconds * self.time_scale)
-
-    def _error(self, status: int, reason: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-        response = _json_response(
-            {"code": status, "reason": reason, "message": message, "metadata": {}}, status, headers
-        )
-        # Counted when sent (see ``_sent``), not here: a fault may throw this answer away.
-        response[_REASON] = reason
-        return response
-
-    def _sent(self, response: web.StreamResponse) -> web.StreamResponse:
-        """Count an answer that is about to leave."""
-        reason = response.get(_REASON)
-        if reason is not None:
-            self.counters.errors_by_reason[reason] += 1
-        if response.status == 429:
-            self.counters.rate_limited += 1
-            self.counters.rate_limited_by[response.get(_LIMITED_BY, "fault")] += 1
-        return response
-
-    def _fault_answer(self, fault: Fault, server_error_reason: str) -> web.Response | None:
-        """The answer of the faults that answer alone (no normal handling); None for the others."""
-        if fault.kind == "rate_limit":
-            headers = _retry_after_header(fault.retry_after)
-            if fault.endpoint == "video":
-                return _s3_error(429, "SlowDown", "Please reduce your request rate.", headers)
-            return self._error(429, "RATE_LIMIT_EXCEEDED", "rate limit exceeded (injected)", headers)
-        if fault.kind == "server_error" and fault.endpoint == "video":
-            return _s3_error(500, "InternalError", "We encountered an internal error. Please try again.")
-        if fault.kind == "server_error" and not (fault.endpoint == "submit" and fault.create_task):
-            return self._error(500, server_error_reason, "internal error (injected)")
-        if fault.kind == "html_error":
-            return web.Response(text=_NGINX_502_PAGE, status=502, content_type="text/html")
-        if fault.kind == "empty_error":
-            return web.Response(status=503)
-        return None
-
-    # ----------------------------------------------------------------------------------------------------
-    # API site
-
-    async def _handle_api_not_found(self, request: web.Request) -> web.StreamResponse:
-        return self._sent(self._error(404, "API_NOT_FOUND", f"no API at {request.method} {request.path}"))
-
-    def _authenticate(self, request: web.Request) -> str | web.Response:
-        """The caller's API key, or the error answer."""
-        key = _bearer_key(request)
-        if key is None:
-            return self._error(400, "MISSING_API_KEY", "missing API key: send Authorization: Bearer <key>")
-        if key not in self.api_keys:
-            return self._error(403, "INVALID_API_KEY", "invalid API key")
-        return key
-
-    async def _handle_submit(self, request: web.Request) -> web.StreamResponse:
-        self.counters.submit_requests += 1
-        fault = self._take_fault("submit")
-        if fault is None:
-            response, _ = await self._submit(request)
-            return self._sent(response)
-        alone = self._fault_answer(fault, "CREATE_TASK_FAILED")
-        if alone is not None:
-            return self._sent(alone)
-        if fault.kind == "slow":
-            response, _ = await self._submit(request)  # created first: the client may time out after it
-            await self._sleep(fault.delay)
-            return self._sent(response)
-        if fault.kind == "reset":
-            if fault.create_task:
-                await self._submit(request)
-            return await _drop_connection(request)
-        if fault.kind == "server_error":  # only with create_task, see _fault_answer
-            await self._submit(request)
-            return self._sent(self._error(500, "CREATE_TASK_FAILED", "internal error (injected)"))
-        # truncated_json
-        if fault.create_task:
-            response, _ = await self._submit(request)
-        else:
-            response = _json_response({"task_id": str(uuid.uuid4())})
-        return _truncated(response)
-
-    async def _submit(self, request: web.Request) -> tuple[web.Response, SimTask | None]:
-        """Handle a submission normally: its answer, and the task if one was created."""
-        key = self._authenticate(request)
-        if isinstance(key, web.Response):
-            return key, None
-        limited = self._call_limit_answer(key, "submit", self.submit_rate_limit)
-        if limited is not None:
-            return limited, None
-        if request.content_type != "application/json":
-            return self._error(400, "INVALID_REQUEST_BODY", "Content-Type must be application/json"), None
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-            return self._error(400, "INVALID_REQUEST_BODY", "request body is not valid JSON"), None
-        try:
-            _check_body(body, self.accept_fields)
-            image = _check_image(body["image"])
-        except _BadRequest as problem:
-            return self._error(400, problem.reason, problem.message), None
-
-        if self.balance is not None and self._created_by_key[key] >= self.balance:
-            return self._error(400, "BILLING_BALANCE_NOT_ENOUGH", "balance not enough"), None
-        now = self.now()
-        running = self._running_ends.setdefault(key, [])
-        while running and running[0] <= now:  # tasks that have ended since the last submission of this key
-            heapq.heappop(running)
-        if self.max_running_per_key is not None and len(running) >= self.max_running_per_key:
-            message = f"too many running tasks: at most {self.max_running_per_key} per key"
-            headers = _retry_after_header(self.rate_limit_retry_after)
-            return self._rate_limited("running_cap", message, headers), None
-
-        task = self._create_task(key, body, image, now)
-        if task.ends_at > now:
-            heapq.heappush(running, task.ends_at)
-        counters = self.counters
-        counters.tasks_created += 1
-        counters.tasks_created_by_prompt[task.prompt] += 1
-        if len(running) > counters.max_running_by_key.get(key, 0):
-            counters.max_running_by_key[key] = len(running)
-        return _json_response({"task_id": task.task_id}), task
-
-    def _create_task(self, key: str, body: dict[str, Any], image: SubmittedImage, now: float) -> SimTask:
-        planned = self.plan(body) if self.plan is not None else None
-        if planned is not None:
-            duration, fail_reason = planned.duration, planned.fail_reason
-        else:
-            duration = self.duration(self._rng) if callable(self.duration) else self.duration
-            duration = max(0.0, duration)
-            fail_reason = DEFAULT_FAIL_REASON if self._rng.random() < self.failure_rate else None
-        seed = body["seed"] if "seed" in body else self._rng.randint(0, MAX_SEED)
-        # Ids come from the seeded RNG, so a seeded simulator replays the same ids.
-        task_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-        starts_at = self._processing_place(key, now, duration)
-        task = SimTask(
-            task_id=task_id,
-            api_key=key,
-            request={name: value for name, value in body.items() if name != "image"},
-            image=image,
-            seed=seed,
-            submitted_at=now,
-            processing_at=starts_at + duration * self.queue_fraction,
-            ends_at=starts_at + duration,
-            fail_reason=fail_reason,
-            webhook_url=_webhook_url(body),
-            eta_factor=self._hint_rng.lognormvariate(0.0, self.eta_noise) if self.eta == "noisy" else 1.0,
-        )
-        self._tasks[task_id] = task
-        self._created_by_key[key] += 1
-        if task.webhook_url is not None:
-            self._schedule_webhook(task.ends_at, _Delivery(task, task.webhook_url))
-        return task
-
-    def _processing_place(self, key: str, now: float, duration: float) -> float:
-        """When a task of ``key`` submitted now starts running: now, or (a busy account) when a place frees."""
-        if self.max_processing_per_key is None:
-            return now
-        places = self._processing_free_at.setdefault(key, [])
-        # Full: this task takes the place that frees first (FIFO), from when it does.
-        starts_at = now if len(places) < self.max_processing_per_key else max(now, heapq.heappop(places))
-        heapq.heappush(places, starts_at + duration)
-        return starts_at
-
-    def _eta_at(self, task: SimTask, now: float) -> int:
-        if self.eta == "absent" or now >= task.ends_at:
-            return 0
-        return math.ceil(task.eta_factor * (task.ends_at - now))
-
-    def _progress_at(self, task: SimTask, now: float) -> int:
-        progress = task.progress_at(now)
-        if progress == 100 or self.progress == "linear":
-            return progress
-        if self.progress == "absent":
-            return 0
-        return progress - progress % self.progress_step
-
-    async def _handle_poll(self, request: web.Request) -> web.StreamResponse:
-        counters = self.counters
-        counters.poll_requests += 1
-        task_id = request.query.get("task_id", "")
-        if task_id:
-            counters.polls_by_task[task_id] += 1
-            known = self._tasks.get(task_id)
-            if known is not None and known.terminal_seen:
-                counters.polls_after_terminal += 1
-        fault = self._take_fault("poll")
-        if fault is None:
-            return self._sent(self._poll(request, task_id, settle=True))
-        alone = self._fault_answer(fault, "GET_RESULT_FAILED")
-        if alone is not None:
-            return self._sent(alone)
-        if fault.kind == "reset":
-            return await _drop_connection(request)
-        if fault.kind == "slow":
-            await self._sleep(fault.delay)
-            return self._sent(self._poll(request, task_id, settle=True))
-        # truncated_json: the client could not read it, so a terminal answer does not count as seen.
-        return _truncated(self._poll(request, task_id, settle=False))
-
-    def _poll(self, request: web.Request, task_id: str, *, settle: bool) -> web.Response:
-        """The normal poll answer; ``settle``: this answer will reach the client whole."""
-        key = self._authenticate(request)
-        if isinstance(key, web.Response):
-            return key
-        limited = self._call_limit_answer(key, "poll", self.poll_rate_limit)
-        if limited is not None:
-            return limited
-        if not task_id:
-            return self._error(400, "INVALID_REQUEST_BODY", "task_id is required")
-        task = self._tasks.get(task_id)
-        if task is None or task.api_key != key:  # another key's task is as invisible as a missing one
-            return self._error(404, "TASK_NOT_FOUND", f"task {task_id} not found")
-        now = self.now()
-        if settle and task.status_at(now) in (SUCCEED, FAILED):
-            task.terminal_seen = True
-        return _json_response(self._task_result(task, now))
-
-    def _task_result(self, task: SimTask, now: float) -> dict[str, Any]:
-        """The JSON body of a task-result answer about ``task`` at simulated time ``now``."""
-        task_id = task.task_id
-        status = task.status_at(now)
-        terminal = status in (SUCCEED, FAILED)
-        videos: list[dict[str, str]] = []
-        if status == SUCCEED:
-            expires = math.ceil(now + self.video_ttl)
-            videos.append(
-                {
-                    "video_url": f"{self.video_base_url}/videos/{task_id}.mp4"
-                    f"?expires={expires}&signature={self._sign(task_id, str(expires))}",
-                    "video_url_ttl": _format_seconds(self.video_ttl),
-                    "video_type": "mp4",
-                }
-            )
-        return {
-            "extra": {
-                "seed": str(task.seed),
-                "debug_info": {
-                    "request_info": "",
-                    "submit_time_ms": _epoch_ms(task.submitted_at),
-                    "execute_time_ms": _epoch_ms(task.processing_at) if now >= task.processing_at else "",
-                    "complete_time_ms": _epoch_ms(task.ends_at) if terminal else "",
-                },
-            },
-            "task": {
-                "task_id": task_id,
-                "status": status,
-                "reason": task.fail_reason if status == FAILED and task.fail_reason is not None else "",
-                "task_type": TASK_TYPE,
-                "eta": self._eta_at(task, now),
-                "progress_percent": self._progress_at(task, now),
-            },
-            "images": [],
-            "audios": [],
-            "videos": videos,
-        }
-
-    # ----------------------------------------------------------------------------------------------------
-    # Webhooks
-
-    def _start_webhooks(self) -> None:
-        self._webhook_wake = asyncio.Event()
-        self._webhook_limiters = {}  # CapacityLimiters belong to one event loop
-        # No connection limit in aiohttp: the limiters bound attempts, and an attempt's timeout must not
-        # include waiting for a pooled connection. No cookies kept between receivers.
-        self._webhook_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None),  # each attempt is bounded by _post_webhook
-        )
-        self._webhook_scope = anyio.CancelScope()
-        self._webhook_dispatcher = asyncio.get_running_loop().create_task(
-            self._dispatch_webhooks(self._webhook_scope, self._webhook_wake),
-            name=f"webhook dispatcher of {self.base_url}",
-        )
-
-    async def _stop_webhooks(self) -> None:
-        """Cancel the dispatcher (and the attempts in flight), wait for it, close the session."""
-        dispatcher, scope, session = self._webhook_dispatcher, self._webhook_scope, self._webhook_session
-        try:
-            if dispatcher is not None and scope is not None:
-                scope.cancel()
-                await asyncio.wait({dispatcher})
-                if not dispatcher.cancelled():  # cancelled from outside, e.g. by asyncio.run's final cleanup
-                    dispatcher.result()  # re-raise a crash of the dispatcher, if it had one
-        finally:
-            # Cleared once nothing runs that reads them.
-            self._webhook_dispatcher = self._webhook_scope = self._webhook_session = None
-            self._webhook_wake = None
-            if session is not None:
-                await session.close()
-
-    def _schedule_webhook(self, due: float, delivery: _Delivery) -> None:
-        """Queue ``delivery`` for an attempt at simulated time ``due``, waking the dispatcher if it is first."""
-        queue = self._webhook_queue
-        heapq.heappush(queue, (due, next(self._webhook_order), delivery))
-        if queue[0][2] is delivery and self._webhook_wake is not None:
-            self._webhook_wake.set()
-
-    async def _dispatch_webhooks(self, scope: anyio.CancelScope, wake: asyncio.Event) -> None:
-        """Start every delivery that is due, then sleep until the next one is, or until woken; forever."""
-        with scope:
-            async with anyio.create_task_group() as group:
-                queue = self._webhook_queue
-                while True:
-                    wake.clear()
-                    now = self.now()
-                    while queue and queue[0][0] <= now:
-                        _, _, delivery = heapq.heappop(queue)
-                        group.start_soon(self._attempt_webhook, delivery)
-                    delay = (queue[0][0] - now) * self.time_scale if queue else math.inf
-                    with anyio.move_on_after(delay):
-                        await wake.wait()
-
-    async def _attempt_webhook(self, delivery: _Delivery) -> None:
-        """Make one attempt of ``delivery`` (deciding its fault first, if it is the first), then follow up."""
-        if delivery.attempts == 0:
-            fault = self._take_fault("webhook")
-            if fault is not None:
-                dropped = fault.kind == "drop"
-                delivery.duplicate = fault.kind == "duplicate"
-            else:
-                dropped = self.webhook_drop_rate > 0 and self._webhook_rng.random() < self.webhook_drop_rate
-            if dropped:
-                self.counters.webhooks_dropped += 1
-                return
-        async with self._webhook_limiter(delivery.url):
-            delivery.attempts += 1
-            # The payload as a poll would answer it now: a retry carries a freshly signed video URL.
-            event = {"event_type": WEBHOOK_EVENT_TYPE, "payload": self._task_result(delivery.task, self.now())}
-            body = json.dumps(event, separators=(",", ":")).encode()
-            delivered = await self._post_webhook(delivery.url, body)
-            if delivered:
-                self.counters.webhooks_delivered += 1
-                if delivery.duplicate:
-                    self.counters.webhooks_duplicated += 1
-                    await self._post_webhook(delivery.url, body)
-        if delivered:
-            return
-        if delivery.attempts > len(WEBHOOK_RETRY_DELAYS):
-            self.counters.webhooks_failed += 1
-            return
-        self._schedule_webhook(self.now() + WEBHOOK_RETRY_DELAYS[delivery.attempts - 1], delivery)
-
-    def _webhook_limiter(self, url: str) -> anyio.CapacityLimiter:
-        """The limiter of the receiver at ``url`` (its origin; the URL was checked on submit)."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        origin = f"{scheme}://{parts.hostname}:{parts.port or (443 if scheme == 'https' else 80)}"
-        limiter = self._webhook_limiters.get(origin)
-        if limiter is None:
-            limiter = self._webhook_limiters[origin] = anyio.CapacityLimiter(WEBHOOK_CONCURRENCY)
-        return limiter
-
-    async def _post_webhook(self, url: str, body: bytes) -> bool:
-        """POST ``body`` once; whether the receiver answered 2xx in time."""
-        self.counters.webhooks_sent += 1
-        session = self._webhook_session
-        assert session is not None
-        try:
-            with anyio.fail_after(self.webhook_timeout * self.time_scale):
-                async with session.post(
-                    url, data=body, headers={"Content-Type": "application/json"}, allow_redirects=False
-                ) as response:
-                    await response.read()
-                    return 200 <= response.status < 300
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
-            # Too slow, connection refused or reset, a URL aiohttp cannot use: a failed attempt.
-            return False
-
-    # ----------------------------------------------------------------------------------------------------
-    # Video site
-
-    def _sign(self, task_id: str, expires: str) -> str:
-        return hmac.new(self._signing_key, f"{task_id}\n{expires}".encode(), "sha256").hexdigest()
-
-    async def _handle_video(self, request: web.Request) -> web.StreamResponse:
-        counters = self.counters
-        counters.video_requests += 1
-        if "Authorization" in request.headers:
-            counters.key_leaks_to_video_host += 1
-        fault = self._take_fault("video")
-        if fault is None:
-            return self._video(request)
-        alone = self._fault_answer(fault, "")
-        if alone is not None:
-            return self._sent(alone)
-        if fault.kind == "reset":
-            return await _drop_connection(request)
-        if fault.kind == "slow":
-            await self._sleep(fault.delay)
-            return self._video(request)
-        if fault.kind == "expired":
-            self.counters.video_expired += 1
-            return _s3_error(403, "AccessDenied", "Request has expired")
-        return await _cut_short(request, self._video(request))
-
-    def _video(self, request: web.Request) -> web.Response:
-        path = request.path
-        is_video_path = path.startswith("/videos/") and path.endswith(".mp4")
-        if request.method not in ("GET", "HEAD") or not is_video_path:
-            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
-        task_id = path[len("/videos/") : -len(".mp4")]
-        expires_text = request.query.get("expires", "")
-        signature = request.query.get("signature", "")
-        expected = self._sign(task_id, expires_text)
-        if not hmac.compare_digest(signature.encode(), expected.encode()):
-            self.counters.video_bad_signature += 1
-            return _s3_error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match.")
-        # The signature covers ``expires``, so it was written by _poll and parses.
-        if self.now() > float(expires_text):
-            self.counters.video_expired += 1
-            return _s3_error(403, "AccessDenied", "Request has expired")
-        if task_id not in self._tasks:  # only if the simulator was restarted with the same signing key
-            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
-        self.counters.videos_served += 1
-        return web.Response(body=mp4_for_task(task_id), content_type="video/mp4")
-
-
-def _format_seconds(seconds: float) -> str:
-    return str(int(seconds)) if seconds == int(seconds) else str(seconds)
-
-
-def _epoch_ms(simulated_time: float) -> str:
-    return str(int(simulated_time * 1000))
-
-
-def _truncated(response: web.Response) -> web.Response:
-    """The same answer with the first half of its body only (Content-Length matches what is sent)."""
-    body = response.body
-    assert isinstance(body, bytes)
-    return web.Response(body=body[: len(body) // 2], status=response.status, content_type=response.content_type)
-
-
-async def _cut_short(request: web.Request, response: web.Response) -> web.StreamResponse:
-    """Announce the full body, send half of it, then abort: a download that breaks in the middle."""
-    body = response.body
-    assert isinstance(body, bytes)
-    stream = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})
-    stream.content_length = len(body)
-    await stream.prepare(request)
-    await stream.write(body[: len(body) // 2])
-    await stream.drain()
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return stream
+async def _shielded(cleanup: Callable[[], Awaitable[None]]) -> None:
+    # Closing often happens because the owner was cancelled (Ctrl-C on serve_forever, a task group torn
+    # down), and an interrupted cleanup would leave listening sockets open. AppRunner.cleanup is bounded by
+    # its shutdown_timeout.
+    with anyio.CancelScope(shield=True):
+        await cleanup()
 
 
 async def serve_forever(
@@ -1537,10 +434,10 @@ async def serve_forever(
     announce: Callable[[str], None] | None = None,
     **options: Any,
 ) -> None:
-    """Run a :class:`Simulator` until cancelled (Ctrl-C), announcing its URLs and a usable API key.
+    """Run a `Simulator` until cancelled (Ctrl-C), announcing its URLs and a usable API key.
 
-    ``video_port`` defaults to ``port + 1`` (or a free port when ``port`` is 0); ``options`` are the other
-    :class:`Simulator` keyword arguments. ``announce`` receives each line to show (default: print, flushed).
+    `video_port` defaults to `port + 1` (or a free port when `port` is 0); `options` are the other `Simulator`
+    keyword arguments. `announce` receives each line to show (default: print, flushed).
     """
     if video_port is None:
         video_port = port + 1 if port else 0
