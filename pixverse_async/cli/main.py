@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import anyio
 import attrs
 
-from ._exceptions import PixVerseError
-from ._journal import Journal
-from ._manifest import ManifestError
-from ._runner import DEFAULT_JOURNAL_NAME, RunAborted, RunOptions
+from .._exceptions import PixVerseError
+from .journal import Journal
+from .manifest import ManifestError
+from .run import DEFAULT_JOURNAL_NAME, RunAborted, RunOptions
 
 _EXAMPLES = {
     "run": """examples:
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return _status(args.journal, as_json=args.json)
         if args.command == "demo":
-            from ._demo import run_demo
+            from .demo import run_demo
 
             return anyio.run(run_demo, args.out, args.count)
         return _simulate(args)
@@ -230,9 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._client import PixVerseClient
-    from ._clock import ScaledClock
-    from ._runner import run_manifest
+    from .._client import PixVerseClient
+    from .._clock import ScaledClock
+    from .run import run_manifest
 
     options = RunOptions(
         manifest=args.manifest,
@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     clock = ScaledClock(args.time_scale) if args.time_scale else None
     if args.dry_run:
-        from ._runner import dry_run
+        from .run import dry_run
 
         # The client is built (so its options are checked as a run checks them) but never opened: nothing is
         # sent, and a dry run works without a key (a stand-in that goes nowhere) and without a network.
@@ -290,14 +290,14 @@ def _status(path: Path, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps([attrs.asdict(row) for row in rows], indent=2))
         return 0
-    from ._progress import console_for, status_table
+    from .progress import console_for, status_table
 
     console_for(sys.stdout).print(status_table(rows))
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .testing import CallRateLimit, serve_forever
+    from ..testing import CallRateLimit, serve_forever
 
     retry_after = args.rate_limit_retry_after is not None
 

@@ -21,8 +21,8 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgres
 from rich.table import Table
 from rich.text import Text
 
-from ._bulk import BatchCounts
-from ._journal import STATES, JournalRow
+from .._bulk import BatchCounts
+from .journal import STATES, JournalRow
 
 
 @final

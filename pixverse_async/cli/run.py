@@ -27,9 +27,9 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._bulk import EventKind, JobEvent, JobResult, KeyedJob
-from ._client import PixVerseClient
-from ._exceptions import (
+from .._bulk import EventKind, JobEvent, JobResult, KeyedJob
+from .._client import PixVerseClient
+from .._exceptions import (
     APIConnectionError,
     AuthenticationError,
     DownloadError,
@@ -41,9 +41,9 @@ from ._exceptions import (
     SubmissionUncertainError,
     VideoExpiredError,
 )
-from ._journal import Journal, JournalInUse, JournalLock, JournalRow
-from ._manifest import ManifestRow, read_manifest
-from ._progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
+from .journal import Journal, JournalInUse, JournalLock, JournalRow
+from .manifest import ManifestRow, read_manifest
+from .progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
 
 DEFAULT_JOURNAL_NAME = "pixverse-journal.sqlite"
 _DOWNLOADS_AT_ONCE = 4
