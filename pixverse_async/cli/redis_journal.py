@@ -182,7 +182,7 @@ class RedisJournal:
     async def _call(self, script: str, *args: str | int) -> Any:
         """One script call and its JSON answer; `_RunLost` if Redis no longer holds this run."""
         answer = await self._scripts[script](keys=self._keys, args=[self._run_id, *args])
-        decoded = json.loads(answer) if isinstance(answer, bytes | str) and answer not in (b"ok", "ok") else answer
+        decoded = json.loads(answer)
         if isinstance(decoded, dict) and decoded.get("lost"):
             raise _RunLost
         return decoded
@@ -280,6 +280,11 @@ class RedisJournal:
             elif state == "uncertain" and not any(r.get("op") == "sending" for r in records):
                 # Claimed, but its request was never sent: nothing was bought, the row is to do again.
                 ops.append(self._op(key, "todo", {"reason": None}, expect=state, queue=True))
+            elif state == "uncertain":
+                self.say(
+                    f"row {key}: UNCERTAIN, its worker {owner} stopped while its submission was on the way;"
+                    " left alone (--resubmit-uncertain)"
+                )
         if ops:
             await self._reachable(functools.partial(self._write, ops))
 
@@ -401,7 +406,9 @@ class RedisJournal:
                 lambda: self._call("CLAIM", self.worker, self._lease_ms, self._concurrency, _stamp())
             )
             if swept := _listed(answer.get("swept")):
-                await self._adopt(swept)
+                await self._adopt(swept)  # which may give the queue rows back
+                if "key" not in answer:
+                    continue
             if "key" in answer:
                 row = _row_from(answer["key"], answer["row"])
                 submit = answer["kind"] == "submit"
@@ -426,7 +433,8 @@ class RedisJournal:
         try:
             with anyio.move_on_after(flush_timeout):
                 await self._flush()
-                await self._reachable(lambda: self._call("LEAVE", self.worker, _stamp()))
+                left = await self._reachable(lambda: self._call("LEAVE", self.worker, _stamp()))
+                await self._adopt(_listed(left.get("swept")))
             if self._outbox:
                 self.say(
                     f"Redis journal {self.where} still unreachable: {len(self._outbox)} record(s) not written;"

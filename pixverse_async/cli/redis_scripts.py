@@ -66,8 +66,8 @@ end
 # ARGV: run_id candidate, manifest path, manifest rows digest, stamp, JSON [[key, line, fingerprint], ...],
 # JSON {key: row fields} (what the workers' logs say of the rows, for a run that Redis does not hold)
 # -> JSON {"ok": run_id, "created": bool} or {"other": the manifest path the run belongs to}
-# A run that Redis does not hold is made from the manifest and the workers' logs, its rows to do or to poll
-# queued: a Redis that restarted empty must not sell a row twice.
+# A run that Redis does not hold is made from the manifest and the workers' logs (a Redis that restarted
+# empty must not sell a row twice), its rows to do or to poll queued.
 JOIN = (
     _COMMON
     + """
@@ -95,7 +95,7 @@ for _, entry in ipairs(cjson.decode(ARGV[5])) do
     row.fingerprint = row.fingerprint or fingerprint
     row.updated_at = row.updated_at or stamp
     redis.call('HSET', rows, key, cjson.encode(row))
-    if created and seed[key] and (row.state == 'todo' or row.state == 'submitted') then
+    if created and (row.state == 'todo' or row.state == 'submitted') then
       redis.call('ZADD', queue, line, key)
     end
   end
@@ -211,18 +211,19 @@ return cjson.encode({results = results})
 """
 )
 
-# ARGV: run_id, worker, stamp -> "ok". A worker that ends gives back what it still holds: rows to do or to
-# poll go back to the queue for the others, a row still `submitting` (it never is, after a clean end)
-# becomes `uncertain`; then its lease goes.
+# ARGV: run_id, worker, stamp -> JSON {"swept": [...]}. A worker that ends gives back what it still holds, as
+# if its lease had ended: rows to do or to poll go back to the queue for the others, a row `submitting`
+# becomes `uncertain` (the worker then checks its own log: a claim whose answer was lost was never sent).
 LEAVE = (
     _COMMON
     + """
 local worker, stamp = ARGV[2], ARGV[3]
+local swept = {}
 if same_run(ARGV[1]) then
   redis.call('ZADD', leases, 0, worker)
-  sweep(0, stamp)
+  swept = sweep(0, stamp)
 end
 redis.call('ZREM', leases, worker)
-return 'ok'
+return cjson.encode({swept = swept})
 """
 )
