@@ -84,12 +84,12 @@ async def start_worker(group: TaskGroup, manifest: Path, out: Path, url: str, si
 
 
 def shared_rows(url: str) -> dict[str, dict[str, Any]]:
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        found = client.hgetall("pixverse-async:run:rows")
+        found: dict[str, str] = client.hgetall("pixverse-async:run:rows")  # type: ignore[assignment]
     finally:
         client.close()
-    return {key.decode(): json.loads(raw) for key, raw in found.items()}
+    return {key: json.loads(raw) for key, raw in found.items()}
 
 
 def manifest_of(tmp_path: Path, count: int) -> Path:
