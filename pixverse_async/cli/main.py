@@ -20,8 +20,8 @@ import attrs
 from .._exceptions import PixVerseError
 from .journal import Journal, JournalError
 from .manifest import ManifestError
-from .redis_journal import is_redis_url, redis_module
-from .run import DEFAULT_JOURNAL_NAME, DEFAULT_LEASE, RunAborted, RunOptions
+from .redis_journal import DEFAULT_LEASE, is_redis_url, redis_module
+from .run import DEFAULT_JOURNAL_NAME, RunAborted, RunOptions
 
 _EXAMPLES = {
     "run": """examples:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from .manifest import ManifestRow
 
 DEFAULT_LEASE: Final = 30.0
+# How many leases a worker waits for an unreachable Redis before it stops (what it learnt stays in its log).
+OUTAGE_LEASES: Final = 20
 _KEY_PREFIX = "pixverse-async:run"
 _ROW_FIELDS = ("task_id", "file", "size", "sha256", "reason")
 _LOG_FOLDER = ".pixverse-workers"
@@ -169,6 +171,7 @@ class RedisJournal:
         self._claimed_elsewhere = 0
         self._planning = True
         self._unreachable: str | None = None
+        self._unreachable_since = 0.0
         # The rows this worker holds: whether the request of a row claimed to submit has gone out.
         self._held: dict[str, bool] = {}
 
@@ -203,10 +206,16 @@ class RedisJournal:
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 if self._unreachable is None:
                     self._unreachable = str(error) or type(error).__name__
+                    self._unreachable_since = self._clock.now()
                     self.say(
                         f"Redis journal {self.where} unreachable ({self._unreachable}): no new row is submitted"
                         " until it is back"
                     )
+                elif self._clock.now() - self._unreachable_since > OUTAGE_LEASES * self._lease:
+                    raise RedisJournalError(
+                        f"the Redis journal {self.where} has been unreachable for {OUTAGE_LEASES} leases"
+                        f" ({self._unreachable}); this worker stops; what it learnt is in {self._log_path()}"
+                    ) from None
                 await self._clock.sleep(min(1.0, self._lease / 10))
                 continue
             except _RunLost:
@@ -229,7 +238,15 @@ class RedisJournal:
         self._identity = (manifest_path, manifest_rows, rows)
         self._fingerprints = {row.key: row.fingerprint for row in rows}
         self._log = WorkerLog(self._out, self.worker)
-        await self._reachable(self._join)
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            await self._join()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise RedisJournalError(
+                f"cannot reach the Redis journal {self.where} ({error}); nothing was sent"
+            ) from None
         snapshot = await self._reachable(lambda: self._call("SNAPSHOT", _stamp()))
         if swept := _listed(snapshot.get("swept")):
             await self._adopt(swept)
@@ -422,7 +439,11 @@ class RedisJournal:
                 await self._clock.sleep(min(1.0, self._lease / 10))
 
     async def entries(self) -> list[JournalRow]:
-        return await _entries(self._redis, self.where)
+        entries: list[JournalRow] = await self._reachable(lambda: _entries(self._redis, self.where))
+        return entries
+
+    def _log_path(self) -> str:
+        return str(self._log.path) if self._log is not None else "this worker's log"
 
     async def aclose(self, *, flush_timeout: float) -> None:
         """Write what is left (waiting up to `flush_timeout` for Redis), and give back what this worker holds:
@@ -430,6 +451,8 @@ class RedisJournal:
         for key, sent in list(self._held.items()):
             if not sent:
                 self.release(key)
+        if not self._run_id:  # never joined: nothing to write, nothing held
+            flush_timeout = 0
         try:
             with anyio.move_on_after(flush_timeout):
                 await self._flush()
@@ -438,7 +461,7 @@ class RedisJournal:
             if self._outbox:
                 self.say(
                     f"Redis journal {self.where} still unreachable: {len(self._outbox)} record(s) not written;"
-                    f" they are in {self._log.path if self._log else 'this worker log'}, which the next run reads"
+                    f" they are in {self._log_path()}, which the next run reads"
                 )
         finally:
             if self._log is not None:

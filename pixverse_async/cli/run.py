@@ -52,12 +52,12 @@ from .journal import (
 )
 from .manifest import ManifestRow, read_manifest
 from .progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
+from .redis_journal import DEFAULT_LEASE
 
 if TYPE_CHECKING:
     from .redis_journal import RedisJournal
 
 DEFAULT_JOURNAL_NAME = "pixverse-journal.sqlite"
-DEFAULT_LEASE = 30.0
 _DOWNLOADS_AT_ONCE = 4
 
 
@@ -195,7 +195,7 @@ class ManifestRun:
         )
 
     async def aclose(self) -> None:
-        await self.journal.aclose(flush_timeout=max(30.0, 2 * self.options.lease))
+        await self.journal.aclose(flush_timeout=2 * self.options.lease)
 
     async def plan(self) -> list[Work]:
         """Join the journal (refusing another manifest's), bring it up to date with the manifest and list the

@@ -73,9 +73,11 @@ class Worker:
             return await self.process.wait()
 
 
-async def start_worker(group: TaskGroup, manifest: Path, out: Path, url: str, sim: Simulator) -> Worker:
+async def start_worker(
+    group: TaskGroup, manifest: Path, out: Path, url: str, sim: Simulator, lease: str = LEASE
+) -> Worker:
     args = [*COMMAND, "run", str(manifest), "--out", str(out), "--journal", url, "--concurrency", "4"]
-    args += ["--lease", LEASE, "--base-url", sim.base_url, "--time-scale", str(SCALE), "--no-progress"]
+    args += ["--lease", lease, "--base-url", sim.base_url, "--time-scale", str(SCALE), "--no-progress"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXVERSE_")}
     env.update(PIXVERSE_API_KEY=KEY, COLUMNS="500")  # a line per event, not folded at 80 columns
     worker = Worker(await anyio.open_process(args, env=env, stderr=subprocess.STDOUT))
@@ -173,6 +175,33 @@ async def test_redis_stopped_and_restarted_mid_run_stops_submitting_then_goes_on
     rows = shared_rows(redis_server.url)
     assert check_every_row_done_once(sim, out, rows) == set() and len(rows) == 16
     assert sim.counters.tasks_created == 16
+
+
+async def test_a_worker_without_redis_for_twenty_leases_stops_having_sent_nothing_meanwhile(
+    sim: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    manifest, out = manifest_of(tmp_path, 8), tmp_path / "out"
+    async with anyio.create_task_group() as group:
+        worker = await start_worker(group, manifest, out, redis_server.url, sim, lease="0.1")
+        await worker.wait_for("submitted row")
+        redis_server.stop()
+        await worker.wait_for("unreachable")
+        submitted = sim.counters.submit_requests
+        code = await worker.ended()
+    assert code == 1 and worker.count("has been unreachable for 20 leases") == 1, worker.lines
+    assert sim.counters.submit_requests == submitted
+    log = next((out / ".pixverse-workers").glob("*.jsonl"))
+    assert any(line.startswith("pixverse-async: error:") and str(log) in line for line in worker.lines)
+
+
+async def test_an_unreachable_redis_at_the_start_is_one_clear_line_and_nothing_is_sent(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    manifest = manifest_of(tmp_path, 2)
+    url = "redis://127.0.0.1:9/0"  # the discard port: nothing listens there
+    done = await cli("run", str(manifest), "--out", str(tmp_path / "out"), "--journal", url, sim=sim)
+    assert done.returncode == 1 and f"cannot reach the Redis journal {url}" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and sim.counters.submit_requests == 0
 
 
 async def test_a_run_of_another_manifest_is_refused_and_status_reads_the_run(
