@@ -158,7 +158,8 @@ class LiveDisplay:
         self._progress.console.print(escape(line), overflow="fold")
 
     def refresh(self) -> None:
-        self._progress.update(self._task, completed=self._model.finished)
+        # The total grows in a shared run, as this worker claims rows.
+        self._progress.update(self._task, completed=self._model.finished, total=self._model.total)
 
     def close(self) -> None:
         self.refresh()
