@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, Final, final
 from urllib.parse import urlsplit
 
 import anyio
+import attrs
 
 from .._clock import Clock, SystemClock
 from . import redis_scripts
-from .journal import JournalError, JournalRow, Work
+from .journal import JournalError, JournalRow, State, Work
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -174,6 +175,7 @@ class RedisJournal:
         self._unreachable_since = 0.0
         # The rows this worker holds: whether the request of a row claimed to submit has gone out.
         self._held: dict[str, bool] = {}
+        self._row_ended = anyio.Event()
 
     @property
     def claimed_elsewhere(self) -> int:
@@ -203,7 +205,7 @@ class RedisJournal:
                     await self._join()
                     rejoin = False
                 result = await call()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as error:
                 if self._unreachable is None:
                     self._unreachable = str(error) or type(error).__name__
                     self._unreachable_since = self._clock.now()
@@ -243,7 +245,7 @@ class RedisJournal:
 
         try:
             await self._join()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as error:
             raise RedisJournalError(
                 f"cannot reach the Redis journal {self.where} ({error}); nothing was sent"
             ) from None
@@ -310,7 +312,7 @@ class RedisJournal:
     @staticmethod
     def _op(
         key: str,
-        state: str | None,
+        state: State | None,
         fields: dict[str, Any] | None = None,
         *,
         expect: str | None = None,
@@ -334,14 +336,20 @@ class RedisJournal:
         fingerprint = self._fingerprints.get(key)
         self._log.write({"at": _precise_stamp(), "key": key, "fingerprint": fingerprint, **record})
 
-    def _record(self, key: str, state: str | None, fields: dict[str, Any] | None = None, *, ends: bool = False) -> None:
-        # Before the rows are taken, a worker's decisions apply only to rows still as it read them.
+    def _record(
+        self, key: str, state: State | None, fields: dict[str, Any] | None = None, *, ends: bool = False
+    ) -> None:
+        # Before the rows are taken, a worker's decisions apply only to rows still as it read them (or as its
+        # decision before this one left them).
         planning = self._planning and key in self._snapshot
         expect = self._snapshot[key].state if planning else None
+        if planning and state is not None:
+            self._snapshot[key] = attrs.evolve(self._snapshot[key], state=state)
         op = self._op(key, state, fields, expect=expect, ends=ends, queue=planning and state in ("todo", "submitted"))
         self._write_log(key, state=state, **(fields or {}))
         if ends:
             self._held.pop(key, None)
+            self._row_ended.set()
         self._outbox.append(op)
         self._outbox_changed.set()
 
@@ -436,10 +444,14 @@ class RedisJournal:
             elif "empty" in answer and not answer["empty"]:
                 return
             else:
-                await self._clock.sleep(min(1.0, self._lease / 10))
+                # The run is full (or others hold the last rows): look again soon, or as soon as a row of this
+                # worker ends. A timer in real seconds, as the lease is.
+                self._row_ended = anyio.Event()
+                with anyio.move_on_after(min(1.0, self._lease / 10)):
+                    await self._row_ended.wait()
 
     async def entries(self) -> list[JournalRow]:
-        entries: list[JournalRow] = await self._reachable(lambda: _entries(self._redis, self.where))
+        entries: list[JournalRow] = await self._reachable(lambda: _entries(self._redis))
         return entries
 
     def _log_path(self) -> str:
@@ -511,10 +523,8 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
     return {name: record[name] for name in _ROW_FIELDS if name in record}
 
 
-async def _entries(client: Redis, where: str) -> list[JournalRow]:
+async def _entries(client: Redis) -> list[JournalRow]:
     found = await client.hgetall(f"{_KEY_PREFIX}:rows")
-    if not found:
-        raise FileNotFoundError(f"no run in the Redis journal {where}")
     rows = [_row_from(_text(key), _text(raw)) for key, raw in found.items()]
     return sorted(rows, key=lambda row: row.line)
 
@@ -534,7 +544,7 @@ async def read_run(url: str) -> tuple[list[JournalRow], dict[str, str]]:
         meta = await client.hgetall(f"{_KEY_PREFIX}:meta")
         if not meta:
             return [], {}
-        return await _entries(client, shown_url(url)), {_text(k): _text(v) for k, v in meta.items()}
+        return await _entries(client), {_text(k): _text(v) for k, v in meta.items()}
     except (RedisConnectionError, RedisTimeoutError) as error:
         raise RedisJournalError(f"cannot reach the Redis journal {shown_url(url)}: {error}") from None
     finally:

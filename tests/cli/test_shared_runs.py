@@ -148,6 +148,13 @@ async def test_workers_share_one_run_two_killed_and_one_rerun_pay_each_row_once(
     by_key = {row["key"]: row for row in json.loads(status.stdout)}
     assert by_key[hung]["state"] == "uncertain" and len(by_key) == 16
 
+    # Only when asked is the uncertain row bought again.
+    again = await cli(
+        "run", str(manifest), "--out", str(out), "--journal", redis_server.url, "--resubmit-uncertain", sim=sim
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sim.counters.tasks_created == 17 and shared_rows(redis_server.url)[hung]["state"] == "succeeded"
+
 
 async def test_redis_stopped_and_restarted_mid_run_stops_submitting_then_goes_on(
     sim: Simulator, redis_server: RedisServer, tmp_path: Path
