@@ -142,7 +142,7 @@ class RedisJournal:
         clock: Clock | None = None,
     ) -> None:
         module = redis_module()
-        timeout = min(5.0, lease / 3)
+        timeout = min(5.0, max(0.1, lease / 3))
         try:
             self._redis: Redis = module.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         except ValueError as error:
@@ -411,12 +411,15 @@ class RedisJournal:
     async def keep_alive(self) -> None:
         """Runs beside the run until cancelled: writes the outbox as it fills, and renews this worker's lease."""
         while True:
+            # A timer in real seconds, as the lease is.
             with anyio.move_on_after(self._lease / 3):
                 if not self._outbox:
                     self._outbox_changed = anyio.Event()
                     await self._outbox_changed.wait()
-            await self._flush()
-            await self._reachable(functools.partial(self._write, []))
+            if self._outbox:
+                await self._flush()  # which renews the lease too
+            else:
+                await self._reachable(functools.partial(self._write, []))
 
     async def work(self, planned: Sequence[Work]) -> AsyncIterator[Work]:
         """The rows this worker works on, claimed one by one from the run's queue (which the starts of this
