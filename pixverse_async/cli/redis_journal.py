@@ -169,18 +169,12 @@ class RedisJournal:
         self._flushing = anyio.Lock()
         self._snapshot: dict[str, JournalRow] = {}
         self._fingerprints: dict[str, str] = {}
-        self._claimed_elsewhere = 0
         self._planning = True
         self._unreachable: str | None = None
         self._unreachable_since = 0.0
         # The rows this worker holds: whether the request of a row claimed to submit has gone out.
         self._held: dict[str, bool] = {}
         self._row_ended = anyio.Event()
-
-    @property
-    def claimed_elsewhere(self) -> int:
-        """Rows other live workers held when this one joined."""
-        return self._claimed_elsewhere
 
     # -- calls to Redis ---------------------------------------------------------------------------------
 
@@ -254,7 +248,6 @@ class RedisJournal:
             await self._adopt(swept)
             snapshot = await self._reachable(lambda: self._call("SNAPSHOT", _stamp()))
         claims = snapshot.get("claims") or {}
-        self._claimed_elsewhere = len(claims)
         found = snapshot.get("rows") or {}
         self._snapshot = {key: _row_from(key, raw) for key, raw in found.items() if key not in claims}
         return sorted(self._snapshot.values(), key=lambda row: row.line)
@@ -494,7 +487,10 @@ def _precise_stamp() -> str:
 
 def _rows_from_logs(out: Path) -> dict[str, dict[str, Any]]:
     """What every worker's log says of each row, for a run Redis lost: the last word on each row wins, and a
-    row claimed or sent without an answer is `uncertain` (its request may have reached the API)."""
+    row claimed or sent without an answer is `uncertain` (its request may have reached the API).
+
+    Words are ordered by their writers' clocks: two workers write of one row a lease apart at least (one takes
+    it over from the other), so clocks less than a lease apart keep the order."""
     records: list[dict[str, Any]] = []
     for path in sorted((out / _LOG_FOLDER).glob("*.jsonl")):
         records.extend(WorkerLog.read(out, path.stem))
