@@ -30,6 +30,8 @@ LEASE = "0.5"  # real seconds: a killed worker's rows are taken over quickly
 
 
 def plan(body: Mapping[str, Any]) -> TaskPlan | None:
+    if str(body["prompt"]).startswith("hold"):
+        return TaskPlan(duration=1_000_000)  # runs until the test moves the simulator's clock
     return TaskPlan(duration=200)  # 0.2 s of real time: several rounds of claims in a run
 
 
@@ -74,9 +76,9 @@ class Worker:
 
 
 async def start_worker(
-    group: TaskGroup, manifest: Path, out: Path, url: str, sim: Simulator, lease: str = LEASE
+    group: TaskGroup, manifest: Path, out: Path, url: str, sim: Simulator, lease: str = LEASE, concurrency: int = 4
 ) -> Worker:
-    args = [*COMMAND, "run", str(manifest), "--out", str(out), "--journal", url, "--concurrency", "4"]
+    args = [*COMMAND, "run", str(manifest), "--out", str(out), "--journal", url, "--concurrency", str(concurrency)]
     args += ["--lease", lease, "--base-url", sim.base_url, "--time-scale", str(SCALE), "--no-progress"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXVERSE_")}
     env.update(PIXVERSE_API_KEY=KEY, COLUMNS="500")  # a line per event, not folded at 80 columns
@@ -94,9 +96,12 @@ def shared_rows(url: str) -> dict[str, dict[str, Any]]:
     return {key: json.loads(raw) for key, raw in found.items()}
 
 
-def manifest_of(tmp_path: Path, count: int) -> Path:
+def manifest_of(tmp_path: Path, count: int, *, held: int = 0) -> Path:
+    """`count` rows; the first `held` of them run until the test moves the simulator's clock."""
     (tmp_path / "a.png").write_bytes(png())
-    rows = [{"id": f"r{i:02d}", "prompt": f"row {i}", "image": "a.png"} for i in range(count)]
+    rows = [
+        {"id": f"r{i:02d}", "prompt": f"{'hold' if i < held else 'row'} {i}", "image": "a.png"} for i in range(count)
+    ]
     return write_jsonl(tmp_path / "jobs.jsonl", rows)
 
 
@@ -168,26 +173,27 @@ async def test_workers_share_one_run_two_killed_and_one_rerun_pay_each_row_once(
 async def test_redis_stopped_and_restarted_mid_run_stops_submitting_then_goes_on(
     sim: Simulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    manifest, out = manifest_of(tmp_path, 16), tmp_path / "out"
+    manifest, out = manifest_of(tmp_path, 16, held=4), tmp_path / "out"
     async with anyio.create_task_group() as group:
-        workers = [await start_worker(group, manifest, out, redis_server.url, sim) for _ in range(2)]
-        for worker in workers:
-            await worker.wait_for("submitted row")
+        # Two workers hold two of the four held rows each (the first claims while fewer than 2 are claimed).
+        first = await start_worker(group, manifest, out, redis_server.url, sim, concurrency=2)
+        await first.wait_for("submitted row", 2)
+        second = await start_worker(group, manifest, out, redis_server.url, sim)
+        await second.wait_for("submitted row", 2)
         redis_server.stop()  # nothing kept: it comes back empty, as after a crash
-        for worker in workers:
+        for worker in (first, second):
             await worker.wait_for("unreachable")
         submitted = sim.counters.submit_requests
-        # The tasks running when Redis went away end, and their videos are saved, while nothing new is sent.
-        running = [line.split()[2] for worker in workers for line in worker.lines if "submitted row" in line]
-        for worker in workers:
-            for key in running:
-                if any(f"submitted row {key} " in line for line in worker.lines):
-                    await worker.wait_for(f"row {key} done")
-        assert sim.counters.submit_requests == submitted
+        # The held tasks end, and their videos are saved, while Redis is away: nothing new is sent meanwhile.
+        sim.advance(1_000_000)
+        for worker in (first, second):
+            await worker.wait_for(" done: ", 2)
+        assert sim.counters.submit_requests == submitted == 4
         redis_server.start()
-        codes = [await worker.ended() for worker in workers]
-    assert codes == [0, 0], "\n".join(line for worker in workers for line in worker.lines)
-    assert any("no longer holds this run" in line for worker in workers for line in worker.lines)
+        codes = [await worker.ended() for worker in (first, second)]
+    lines = first.lines + second.lines
+    assert codes == [0, 0], "\n".join(lines)
+    assert any("no longer holds this run" in line for line in lines)
     rows = shared_rows(redis_server.url)
     assert check_every_row_done_once(sim, out, rows) == set() and len(rows) == 16
     assert sim.counters.tasks_created == 16
