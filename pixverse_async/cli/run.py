@@ -8,6 +8,10 @@ fetched again through task-result), `submitted` rows are polled by task id, `sub
 while the request was out) become `uncertain`, and `uncertain` and `failed` rows are reported and left alone
 unless `--resubmit-uncertain` / `--retry-failed` is given. `plan_rows` decides that
 without writing anything, so that `run --dry-run` shares it; a run then writes its decisions to the journal.
+
+The journal is a `RunJournal`: the SQLite file, or a run shared by many processes through Redis
+(`redis_journal`), where each worker plans the rows no other worker holds and then takes its rows one at a
+time from the whole run's queue, within the run's `--concurrency`.
 """
 
 from __future__ import annotations
