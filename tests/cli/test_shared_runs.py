@@ -254,3 +254,7 @@ def test_a_redis_journal_without_the_redis_package_names_the_extra(tmp_path: Pat
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "pip install 'pixverse-async[redis]'" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    # The rest of the command line does not need it.
+    sqlite = probe.replace(", '--journal', 'redis://127.0.0.1:1/0'", ", '--dry-run'")
+    done = subprocess.run([sys.executable, "-c", sqlite], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "dry run: nothing was sent" in done.stdout, done.stdout + done.stderr
