@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import secrets
 import socket
@@ -172,6 +173,8 @@ class RedisJournal:
         self._planning = True
         self._unreachable: str | None = None
         self._unreachable_since = 0.0
+        # When the last call that renewed this worker's lease was sent (the lease runs from no earlier).
+        self._renewed_at = -math.inf
         # The rows this worker holds: whether the request of a row claimed to submit has gone out.
         self._held: dict[str, bool] = {}
         self._row_ended = anyio.Event()
@@ -180,10 +183,13 @@ class RedisJournal:
 
     async def _call(self, script: str, *args: str | int) -> Any:
         """One script call and its JSON answer; `_RunLost` if Redis no longer holds this run."""
+        sent_at = self._clock.now()
         answer = await self._scripts[script](keys=self._keys, args=[self._run_id, *args])
         decoded = json.loads(answer)
         if isinstance(decoded, dict) and decoded.get("lost"):
             raise _RunLost
+        if script in ("CLAIM", "RECORD"):
+            self._renewed_at = max(self._renewed_at, sent_at)
         return decoded
 
     async def _reachable(self, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -354,6 +360,15 @@ class RedisJournal:
 
     def submitting(self, key: str) -> None:
         # Redis marked the row `submitting` when this worker claimed it; the log says the request goes out.
+        # A worker whose lease may have lapsed (it stalled, or lost Redis) may have lost the row to a worker
+        # that read in its log that it was never sent: it stops rather than send it too. A healthy worker
+        # renews every third of a lease.
+        renewed = self._clock.now() - self._renewed_at
+        if renewed > self._lease / 2:
+            raise RedisJournalError(
+                f"row {key}: not sent, this worker's lease may have lapsed (renewed {renewed:.1f} s ago, lease"
+                f" {self._lease:g} s); it stops taking rows"
+            )
         self._write_log(key, op="sending")
         self._held[key] = True
 

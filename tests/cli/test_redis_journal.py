@@ -10,9 +10,9 @@ import redis
 
 from pixverse_async.cli.journal import Work
 from pixverse_async.cli.manifest import ManifestRow, read_manifest
-from pixverse_async.cli.redis_journal import RedisJournal
+from pixverse_async.cli.redis_journal import RedisJournal, RedisJournalError, read_run
 from pixverse_async.cli.run import manifest_identity
-from pixverse_async.testing import RedisServer
+from pixverse_async.testing import InstantClock, RedisServer
 from tests.cli.test_cli import write_jsonl
 from tests.images import png
 
@@ -72,3 +72,37 @@ async def test_a_dead_workers_row_is_taken_over_by_what_its_log_says(
         assert any(line.startswith("row only: UNCERTAIN, its worker") for line in said), said
     else:
         assert entry.state == "submitted" and entry.task_id == "task-1" and taken == [Work("only", "task-1")]
+
+
+async def test_a_worker_that_stalled_past_half_its_lease_does_not_send_the_row(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    manifest, rows = one_row(tmp_path)
+    clock = InstantClock()
+    journal = RedisJournal(redis_server.url, out=tmp_path / "out", concurrency=4, lease=30, clock=clock)
+    try:
+        await journal.join(*manifest_identity(manifest, rows), rows)
+        assert await anext(journal.work([])) == Work("only")
+        clock.current += 16  # frozen for more than half a lease since the claim: another worker may own it now
+        with pytest.raises(RedisJournalError, match="lease may have lapsed"):
+            journal.submitting("only")
+    finally:
+        await journal.aclose(flush_timeout=5)
+    (entry,) = (await read_run(redis_server.url))[0]
+    assert entry.state == "todo"  # given back: it was never sent
+
+
+async def test_a_worker_sends_a_row_it_has_just_claimed(redis_server: RedisServer, tmp_path: Path) -> None:
+    manifest, rows = one_row(tmp_path)
+    clock = InstantClock()
+    journal = RedisJournal(redis_server.url, out=tmp_path / "out", concurrency=4, lease=30, clock=clock)
+    try:
+        await journal.join(*manifest_identity(manifest, rows), rows)
+        assert await anext(journal.work([])) == Work("only")
+        clock.current += 14  # less than half a lease
+        journal.submitting("only")
+        journal.submitted("only", "task-1")
+    finally:
+        await journal.aclose(flush_timeout=5)
+    (entry,) = (await read_run(redis_server.url))[0]
+    assert entry.state == "submitted" and entry.task_id == "task-1"

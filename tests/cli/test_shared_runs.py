@@ -26,7 +26,7 @@ from tests.images import png
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-test"
-LEASE = "0.5"  # real seconds: a killed worker's rows are taken over quickly
+LEASE = "1"  # real seconds: a killed worker's rows are taken over quickly
 
 
 def plan(body: Mapping[str, Any]) -> TaskPlan | None:
