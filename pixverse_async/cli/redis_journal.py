@@ -240,6 +240,7 @@ class RedisJournal:
         self._identity = (manifest_path, manifest_rows, rows)
         self._fingerprints = {row.key: row.fingerprint for row in rows}
         self._log = WorkerLog(self._out, self.worker)
+        self._log.write({"at": _precise_stamp(), "manifest_path": manifest_path, "manifest_rows": manifest_rows})
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -263,7 +264,7 @@ class RedisJournal:
         assert self._identity is not None
         manifest_path, manifest_rows, rows = self._identity
         entries = json.dumps([[row.key, row.line, row.fingerprint] for row in rows])
-        seed = json.dumps(_rows_from_logs(self._out) or {})
+        seed = json.dumps(_rows_from_logs(self._out, manifest_path, manifest_rows) or {})
         joined = await self._scripts["JOIN"](
             keys=self._keys, args=[secrets.token_hex(8), manifest_path, manifest_rows, _stamp(), entries, seed]
         )
@@ -500,15 +501,18 @@ def _precise_stamp() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _rows_from_logs(out: Path) -> dict[str, dict[str, Any]]:
+def _rows_from_logs(out: Path, manifest_path: str, manifest_rows: str) -> dict[str, dict[str, Any]]:
     """What every worker's log says of each row, for a run Redis lost: the last word on each row wins, and a
     row claimed or sent without an answer is `uncertain` (its request may have reached the API).
 
     Words are ordered by their writers' clocks: two workers write of one row a lease apart at least (one takes
-    it over from the other), so clocks less than a lease apart keep the order."""
+    it over from the other), so clocks less than a lease apart keep the order. Only the logs of workers of this
+    manifest's run count (the same file, or the same rows): another run may have shared `OUT`."""
     records: list[dict[str, Any]] = []
     for path in sorted((out / _LOG_FOLDER).glob("*.jsonl")):
-        records.extend(WorkerLog.read(out, path.stem))
+        log = WorkerLog.read(out, path.stem)
+        if log and (log[0].get("manifest_path") == manifest_path or log[0].get("manifest_rows") == manifest_rows):
+            records.extend(log)
     records.sort(key=lambda record: str(record.get("at", "")))
     rows: dict[str, dict[str, Any]] = {}
     for record in records:

@@ -106,3 +106,43 @@ async def test_a_worker_sends_a_row_it_has_just_claimed(redis_server: RedisServe
         await journal.aclose(flush_timeout=5)
     (entry,) = (await read_run(redis_server.url))[0]
     assert entry.state == "submitted" and entry.task_id == "task-1"
+
+
+async def test_a_run_redis_lost_is_made_again_from_the_logs_of_its_own_manifest_only(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    manifest, rows = one_row(tmp_path)
+    out = tmp_path / "out"
+    worker = RedisJournal(redis_server.url, out=out, concurrency=4, lease=30)
+    try:
+        await worker.join(*manifest_identity(manifest, rows), rows)
+        assert await anext(worker.work([])) == Work("only")
+        worker.submitting("only")
+        worker.submitted("only", "task-1")
+        worker.succeeded("only", "only.mp4", 10, "0" * 64)
+    finally:
+        await worker.aclose(flush_timeout=5)
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()  # Redis lost everything
+    client.close()
+
+    # Another manifest sharing OUT (the same row key, other content) starts from nothing...
+    other = write_jsonl(tmp_path / "other.jsonl", [{"id": "only", "prompt": "a cat", "image": "a.png"}])
+    other_rows = read_manifest(other)
+    stranger = RedisJournal(redis_server.url, out=out, concurrency=4, lease=30)
+    try:
+        (entry,) = await stranger.join(*manifest_identity(other, other_rows), other_rows)
+    finally:
+        await stranger.aclose(flush_timeout=5)
+    assert entry.state == "todo" and entry.task_id is None
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    client.close()
+
+    # ...while this manifest's run comes back as its worker left it: nothing to buy again.
+    heir = RedisJournal(redis_server.url, out=out, concurrency=4, lease=30)
+    try:
+        (entry,) = await heir.join(*manifest_identity(manifest, rows), rows)
+    finally:
+        await heir.aclose(flush_timeout=5)
+    assert (entry.state, entry.task_id, entry.file, entry.size) == ("succeeded", "task-1", "only.mp4", 10)
