@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 DEFAULT_LEASE: Final = 30.0
 # How many leases a worker waits for an unreachable Redis before it stops (what it learnt stays in its log).
 OUTAGE_LEASES: Final = 20
-_KEY_PREFIX = "pixverse-async:run"
+# One hash tag for all the keys of a run: the scripts touch them together, which Redis Cluster allows in one slot.
+_KEY_PREFIX = "{pixverse-async:run}"
 _ROW_FIELDS = ("task_id", "file", "size", "sha256", "reason")
 _LOG_FOLDER = ".pixverse-workers"
 

@@ -29,7 +29,7 @@ def end_lease(url: str, worker: str) -> None:
     """As if `worker` had died a lease ago: the next claim or start sweeps its rows."""
     client = redis.Redis.from_url(url)
     try:
-        client.zadd("pixverse-async:run:leases", {worker: 0})
+        client.zadd("{pixverse-async:run}:leases", {worker: 0})
     finally:
         client.close()
 

@@ -90,7 +90,7 @@ async def start_worker(
 def shared_rows(url: str) -> dict[str, dict[str, Any]]:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        found: dict[str, str] = client.hgetall("pixverse-async:run:rows")  # type: ignore[assignment]
+        found: dict[str, str] = client.hgetall("{pixverse-async:run}:rows")  # type: ignore[assignment]
     finally:
         client.close()
     return {key: json.loads(raw) for key, raw in found.items()}
