@@ -3,6 +3,7 @@ in the test process, and a real redis-server that the tests stop, restart and ou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -59,6 +60,10 @@ class Worker:
                 self._changed = anyio.Event()
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._changed.set()
+        except anyio.get_cancelled_exc_class():
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()  # the test failed: no worker outlives it
+            raise
 
     def count(self, text: str) -> int:
         return sum(text in line for line in self.lines)
