@@ -18,8 +18,8 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from pixverse_async.testing import Fault, Simulator, TaskPlan
+from tests.cli.test_cli import COMMAND, SCALE, cli, journal_states, write_jsonl
 from tests.images import png
-from tests.test_cli import COMMAND, SCALE, cli, journal_states, write_jsonl
 
 
 def journal_reasons(path: Path) -> dict[str, str]:

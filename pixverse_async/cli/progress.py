@@ -21,8 +21,8 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgres
 from rich.table import Table
 from rich.text import Text
 
-from ._bulk import BatchCounts
-from ._journal import STATES, JournalRow
+from .._bulk import BatchCounts
+from .journal import STATES, JournalRow
 
 
 @final
@@ -158,7 +158,8 @@ class LiveDisplay:
         self._progress.console.print(escape(line), overflow="fold")
 
     def refresh(self) -> None:
-        self._progress.update(self._task, completed=self._model.finished)
+        # The total grows in a shared run, as this worker claims rows.
+        self._progress.update(self._task, completed=self._model.finished, total=self._model.total)
 
     def close(self) -> None:
         self.refresh()

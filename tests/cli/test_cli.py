@@ -18,7 +18,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from pixverse_async import ImageToVideo, PixVerseClient, TaskStatus
-from pixverse_async._cli import main
+from pixverse_async.cli.main import main
 from pixverse_async.testing import Fault, ScaledClock, Simulator, TaskPlan
 from tests.images import jpeg, png
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import attrs
 
-from ._convert import RequestReader
-from ._exceptions import InvalidRequestError
-from ._images import MAX_IMAGE_BYTES, has_url_scheme
-from ._models import ImageToVideo
+from .._convert import RequestReader
+from .._exceptions import InvalidRequestError
+from .._images import MAX_IMAGE_BYTES, has_url_scheme
+from .._models import ImageToVideo
 
 FIELDS = ("id", "prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

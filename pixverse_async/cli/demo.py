@@ -15,11 +15,11 @@ from typing import TextIO
 
 from rich.text import Text
 
-from ._client import PixVerseClient
-from ._clock import ScaledClock
-from ._progress import console_for
-from ._runner import DEFAULT_JOURNAL_NAME, RunOptions, run_manifest
-from .testing import Simulator, lognormal_durations
+from .._client import PixVerseClient
+from .._clock import ScaledClock
+from ..testing import Simulator, lognormal_durations
+from .progress import console_for
+from .run import DEFAULT_JOURNAL_NAME, RunOptions, run_manifest
 
 DEMO_KEY = "sk-demo"
 _PROMPTS = (

@@ -8,6 +8,10 @@ fetched again through task-result), `submitted` rows are polled by task id, `sub
 while the request was out) become `uncertain`, and `uncertain` and `failed` rows are reported and left alone
 unless `--resubmit-uncertain` / `--retry-failed` is given. `plan_rows` decides that
 without writing anything, so that `run --dry-run` shares it; a run then writes its decisions to the journal.
+
+The journal is a `RunJournal`: the SQLite file, or a run shared by many processes through Redis
+(`redis_journal`), where each worker plans the rows no other worker holds and then takes its rows one at a
+time from the whole run's queue, within the run's `--concurrency`.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import hashlib
 import secrets
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Literal, TextIO, final
+from typing import TYPE_CHECKING, Literal, TextIO, final
 
 import anyio
 import attrs
@@ -27,9 +31,9 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._bulk import EventKind, JobEvent, JobResult, KeyedJob
-from ._client import PixVerseClient
-from ._exceptions import (
+from .._bulk import EventKind, JobEvent, JobResult, KeyedJob
+from .._client import PixVerseClient
+from .._exceptions import (
     APIConnectionError,
     AuthenticationError,
     DownloadError,
@@ -41,9 +45,21 @@ from ._exceptions import (
     SubmissionUncertainError,
     VideoExpiredError,
 )
-from ._journal import Journal, JournalInUse, JournalLock, JournalRow
-from ._manifest import ManifestRow, read_manifest
-from ._progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
+from .journal import (
+    Journal,
+    JournalError,
+    JournalRow,
+    RunJournal,
+    SQLiteJournal,
+    Work,
+    check_manifest_identity,
+)
+from .manifest import ManifestRow, read_manifest
+from .progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
+from .redis_journal import DEFAULT_LEASE
+
+if TYPE_CHECKING:
+    from .redis_journal import RedisJournal
 
 DEFAULT_JOURNAL_NAME = "pixverse-journal.sqlite"
 _DOWNLOADS_AT_ONCE = 4
@@ -72,6 +88,9 @@ class RunOptions:
     concurrency: int = 16
     resubmit_uncertain: bool = False
     retry_failed: bool = False
+    # A run shared through Redis (`--journal redis://...`) instead of a journal file, and its workers' lease.
+    journal_url: str | None = None
+    lease: float = DEFAULT_LEASE
 
     @property
     def journal_path(self) -> Path:
@@ -159,33 +178,43 @@ class ManifestRun:
         self.rows = read_manifest(options.manifest)
         self.by_key = {row.key: row for row in self.rows}
         check_output_folder(options.out)
-        with contextlib.ExitStack() as opened:
-            try:
-                lock = JournalLock(options.journal_path)
-            except JournalInUse as error:
-                raise RunAborted(f"{error}; nothing was sent (wait for it to end)") from None
-            opened.callback(lock.release)
-            self.journal = Journal(options.journal_path)
-            opened.callback(self.journal.close)
-            self._claim_journal()
-            self._opened = opened.pop_all()
         self.progress = RunProgress(total=len(self.rows))
         self.display: Display = PlainDisplay(console)
         self.refetching: dict[str, str] = {}  # key -> what was wrong with the row's file
+        self.shared = options.journal_url is not None
+        self.journal: RunJournal = (
+            SQLiteJournal(options.journal_path) if options.journal_url is None else self._redis_journal()
+        )
 
-    def close(self) -> None:
-        self._opened.close()  # the journal, then its lock
+    def _redis_journal(self) -> RedisJournal:
+        from .redis_journal import RedisJournal
 
-    def _claim_journal(self) -> None:
-        """Refuse a journal made from another manifest: the same file (even edited) or the same rows (moved)."""
-        path, rows = check_journal_manifest(self.journal, self.options.manifest, self.rows)
-        self.journal.set_meta("manifest_path", path)
-        self.journal.set_meta("manifest_rows", rows)
+        assert self.options.journal_url is not None
+        return RedisJournal(
+            self.options.journal_url,
+            out=self.options.out,
+            concurrency=self.options.concurrency,
+            lease=self.options.lease,
+            say=lambda line: self.display.log(line),
+        )
 
-    def plan(self) -> list[KeyedJob]:
-        """Bring the journal up to date with the manifest and list the work: (row key, request or task id)."""
-        jobs: list[KeyedJob] = []
-        for plan in plan_rows(self.rows, self.journal, self.options):
+    async def aclose(self) -> None:
+        await self.journal.aclose(flush_timeout=2 * self.options.lease)
+
+    async def plan(self) -> list[Work]:
+        """Join the journal (refusing another manifest's), bring it up to date with the manifest and list the
+        work: rows to submit, tasks to follow. A shared run plans the rows no other worker holds."""
+        manifest_path, manifest_rows = manifest_identity(self.options.manifest, self.rows)
+        try:
+            entries = await self.journal.join(manifest_path, manifest_rows, self.rows)
+        except JournalError as error:
+            raise RunAborted(str(error)) from None
+        rows = self.rows
+        if self.shared:
+            free = {entry.key for entry in entries}
+            rows = [row for row in self.rows if row.key in free]
+        work: list[Work] = []
+        for plan in plan_rows(rows, entries, self.options):
             row = plan.row
             if not plan.in_journal:
                 self.journal.add(row.key, row.line, row.fingerprint)
@@ -193,40 +222,55 @@ class ManifestRun:
                 self.journal.uncertain(row.key, _DIED_SUBMITTING)
             if plan.action == "submit":
                 self.journal.reset(row.key, row.fingerprint)
-                jobs.append((row.key, row.request))
+                work.append(Work(row.key))
             elif plan.action in ("poll", "fetch_again"):
                 if plan.action == "fetch_again" and plan.reason is not None:
                     # Paid for, but its video is not the one downloaded: fetch it again (a fresh link).
                     self.refetching[row.key] = plan.reason
                     self.journal.refetch(row.key, f"{plan.reason}; fetching it again")
                     self.display.log(f"row {row.key}: {plan.reason}; fetching it again through task-result")
-                jobs.append((row.key, plan.task_id or ""))
+                work.append(Work(row.key, plan.task_id or ""))
             elif plan.action == "done":
                 self.progress.already_done += 1
             else:
                 self.progress.left_alone += 1
                 if plan.action == "uncertain":
                     self.display.log(f"row {row.key} (line {row.line}): uncertain, left alone (--resubmit-uncertain)")
-        return jobs
+        if self.shared:  # the rows this worker takes are counted as it takes them
+            self.progress.total = self.progress.already_done + self.progress.left_alone
+        return work
+
+    async def _jobs(self, work: Sequence[Work]) -> AsyncIterator[KeyedJob]:
+        async for item in self.journal.work(work):
+            row = self.by_key.get(item.key)
+            if row is None:  # a row of the shared run that this worker's manifest does not have
+                self.journal.release(item.key)
+                continue
+            if self.shared:
+                self.progress.total += 1
+            yield (item.key, row.request if item.task_id is None else item.task_id)
 
     async def execute(self, *, live: bool = True) -> None:
-        jobs = self.plan()
+        work = await self.plan()
         self.display = display_for(self.console, self.progress, live=live)
         try:
-            async with (
-                anyio.create_task_group() as downloads,
-                self.client.as_completed(jobs, on_event=self._on_event) as results,
-            ):
-                self.progress.batch = results.counts
-                download_slots = anyio.Semaphore(_DOWNLOADS_AT_ONCE)
-                async for result in results:
-                    key = str(result.key)
-                    if result.ok:
-                        await download_slots.acquire()
-                        downloads.start_soon(self._download, key, result, download_slots)
-                    else:
-                        self._record_failure(key, result)
-                    self.display.refresh()
+            async with anyio.create_task_group() as beside:
+                beside.start_soon(self.journal.keep_alive)
+                async with (
+                    anyio.create_task_group() as downloads,
+                    self.client.as_completed(self._jobs(work), on_event=self._on_event) as results,
+                ):
+                    self.progress.batch = results.counts
+                    download_slots = anyio.Semaphore(_DOWNLOADS_AT_ONCE)
+                    async for result in results:
+                        key = str(result.key)
+                        if result.ok:
+                            await download_slots.acquire()
+                            downloads.start_soon(self._download, key, result, download_slots)
+                        else:
+                            self._record_failure(key, result)
+                        self.display.refresh()
+                beside.cancel_scope.cancel()
         finally:
             self.display.close()
 
@@ -252,6 +296,7 @@ class ManifestRun:
                 # Polling gave up (an outage, say): the task is still ours, and a rerun polls it again.
                 if key in self.refetching:
                     self.journal.not_downloaded(key, f"{self.refetching[key]}; not fetched again: {error}")
+                self.journal.release(key)
                 self.display.log(f"row {key}: task {result.task_id} not finished ({error}); rerun to resume")
                 return
         elif isinstance(error, SubmissionUncertainError):
@@ -291,30 +336,22 @@ class ManifestRun:
         self.progress.downloaded += 1
         self.display.log(f"row {key} done: {target} ({size} bytes)")
 
-    def summary(self) -> tuple[list[RenderableType], bool]:
+    async def summary(self) -> tuple[list[RenderableType], bool]:
         """Tables of the rows' states, and whether every row succeeded."""
         # Only this manifest's rows count: a row dropped from the manifest is kept in the journal, not reported.
-        entries = [entry for entry in self.journal.rows() if entry.key in self.by_key]
+        entries = [entry for entry in await self.journal.entries() if entry.key in self.by_key]
         tables: list[RenderableType] = [summary_table(entries)]
         problems = problems_table(entries)
         if problems is not None:
             tables.append(problems)
-        tables.append(Text(f"journal: {self.journal.path}", overflow="fold"))
+        tables.append(Text(f"journal: {self.journal.where}", overflow="fold"))
         return tables, problems is None
 
 
-def check_journal_manifest(journal: Journal, manifest: Path, rows: Sequence[ManifestRow]) -> tuple[str, str]:
-    """Raise `RunAborted` if `journal` was made from another manifest; return this manifest's identity
-    (its resolved path, and a hash of its rows) to record."""
+def manifest_identity(manifest: Path, rows: Sequence[ManifestRow]) -> tuple[str, str]:
+    """What a journal records of its manifest: its resolved path, and a hash of its rows."""
     path = str(manifest.resolve())
-    digest = hashlib.sha256("".join(f"{r.key}\0{r.fingerprint}\n" for r in rows).encode()).hexdigest()
-    known_path, known_rows = journal.meta("manifest_path"), journal.meta("manifest_rows")
-    if known_path is not None and known_path != path and known_rows != digest:
-        raise RunAborted(
-            f"the journal {journal.path} belongs to another manifest ({known_path}); nothing was sent"
-            " (use --journal FILE to give this manifest a journal of its own)"
-        )
-    return path, digest
+    return path, hashlib.sha256("".join(f"{r.key}\0{r.fingerprint}\n" for r in rows).encode()).hexdigest()
 
 
 def check_output_folder(out: Path) -> None:
@@ -357,13 +394,14 @@ async def run_manifest(
     run = ManifestRun(options, client, console)
     try:
         await run.execute(live=live)
-        tables, all_succeeded = run.summary()
+        tables, all_succeeded = await run.summary()
         console.print()
         for table in tables:
             console.print(table)
         return 0 if all_succeeded else 1
     finally:
-        run.close()
+        with anyio.CancelScope(shield=True):  # what this worker learnt is written even when it is cancelled
+            await run.aclose()
 
 
 def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO = sys.stdout) -> int:
@@ -371,21 +409,34 @@ def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO
 
     The journal is read, never written (nor created); `out` is not created either."""
     rows = read_manifest(options.manifest)
-    journal_path = options.journal_path
+    manifest_path, manifest_rows = manifest_identity(options.manifest, rows)
     entries: list[JournalRow] = []
-    if journal_path.is_file():
-        journal = Journal.open_existing(journal_path)
-        try:
-            check_journal_manifest(journal, options.manifest, rows)  # refused as the run would refuse it
-            entries = journal.rows()
-        finally:
-            journal.close()
+    if options.journal_url is not None:
+        from .redis_journal import read_run, shown_url
+
+        where = shown_url(options.journal_url)
+        entries, meta = anyio.run(read_run, options.journal_url)
+        known_path = meta.get("manifest_path")
+        if known_path is not None and known_path != manifest_path and meta.get("manifest_rows") != manifest_rows:
+            raise RunAborted(f"the journal {where} belongs to another manifest ({known_path}); nothing was sent")
+        exists = bool(meta)
+    else:
+        where, exists = str(options.journal_path), options.journal_path.is_file()
+        if exists:
+            journal = Journal.open_existing(options.journal_path)
+            try:
+                check_manifest_identity(journal, manifest_path, manifest_rows)  # refused as the run would
+                entries = journal.rows()
+            except JournalError as error:
+                raise RunAborted(str(error)) from None
+            finally:
+                journal.close()
     plans = plan_rows(rows, entries, options)
     console = console_for(stream)
-    journal_note = "" if journal_path.is_file() else ", not created yet"
+    journal_note = "" if exists else ", not created yet"
     console.print(
         Text(
-            f"dry run: nothing was sent. {len(rows)} rows in {options.manifest}; journal {journal_path}"
+            f"dry run: nothing was sent. {len(rows)} rows in {options.manifest}; journal {where}"
             f"{journal_note}; API {base_url}",
             overflow="fold",
         )

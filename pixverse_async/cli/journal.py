@@ -9,6 +9,9 @@ transaction with `synchronous=FULL`, so `kill -9` at any moment loses nothing th
 A journal has one writer at a time: `JournalLock` holds an OS lock on `<journal>.lock` for the whole run, which
 the OS drops when the process ends, however it ends. The `meta` table names the manifest the journal belongs to.
 Journals from earlier versions get the columns and tables they lack when opened.
+
+`RunJournal` is what a run needs of a journal: this file (`SQLiteJournal`), or a run shared by many processes
+through Redis (`redis_journal.RedisJournal`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ import contextlib
 import os
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, final, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, final, get_args
 
+import anyio
 import attrs
+
+if TYPE_CHECKING:
+    from .manifest import ManifestRow
 
 State = Literal["todo", "submitting", "submitted", "succeeded", "failed", "uncertain"]
 STATES: tuple[State, ...] = get_args(State)
@@ -148,7 +155,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class JournalInUse(Exception):
+class JournalError(Exception):
+    """A journal that cannot be used for this run: one line for the user; nothing was sent."""
+
+
+class JournalInUse(JournalError):
     """Another process holds the journal's lock."""
 
     def __init__(self, journal: Path, holder: int | None) -> None:
@@ -198,3 +209,153 @@ else:
 
     def _lock_exclusively(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@attrs.frozen
+class Work:
+    """A row a run works on: submit its request (`task_id` None), or follow its task."""
+
+    key: str
+    task_id: str | None = None
+
+
+class RunJournal(Protocol):
+    """What a run needs of its journal. The records are synchronous and durable when they return (a shared
+    journal makes them durable locally and writes them to the shared store in order, soon after)."""
+
+    @property
+    def where(self) -> str:
+        """The journal's name, for messages."""
+        ...
+
+    async def join(self, manifest_path: str, manifest_rows: str, rows: Sequence[ManifestRow]) -> list[JournalRow]:
+        """Check the journal belongs to this manifest (`JournalError` if not), record the manifest's identity;
+        the rows this process may plan (a shared journal leaves out the rows other workers hold)."""
+        ...
+
+    def work(self, planned: Sequence[Work]) -> AsyncIterator[Work]:
+        """The rows to work on: `planned`, or, shared, the rows claimed one by one from the whole run."""
+        ...
+
+    async def keep_alive(self) -> None:
+        """What the journal does beside the run until cancelled."""
+        ...
+
+    async def entries(self) -> list[JournalRow]: ...
+
+    def add(self, key: str, line: int, fingerprint: str) -> None: ...
+    def reset(self, key: str, fingerprint: str) -> None: ...
+    def submitting(self, key: str) -> None: ...
+    def submitted(self, key: str, task_id: str) -> None: ...
+    def succeeded(self, key: str, file: str, size: int, sha256: str) -> None: ...
+    def refetch(self, key: str, reason: str) -> None: ...
+    def not_downloaded(self, key: str, reason: str) -> None: ...
+    def failed(self, key: str, reason: str, task_id: str | None = None) -> None: ...
+    def uncertain(self, key: str, reason: str) -> None: ...
+
+    def release(self, key: str) -> None:
+        """This run is done with the row for now (its task is left running, for a rerun)."""
+        ...
+
+    async def aclose(self, *, flush_timeout: float) -> None: ...
+
+
+class JournalOfAnotherManifest(JournalError):
+    def __init__(self, journal: str, known_path: str) -> None:
+        super().__init__(
+            f"the journal {journal} belongs to another manifest ({known_path}); nothing was sent"
+            " (use --journal FILE to give this manifest a journal of its own)"
+        )
+
+
+def check_manifest_identity(journal: Journal, manifest_path: str, manifest_rows: str) -> None:
+    """Refuse a journal made from another manifest: the same file (even edited) or the same rows (moved) are
+    this manifest."""
+    known_path, known_rows = journal.meta("manifest_path"), journal.meta("manifest_rows")
+    if known_path is not None and known_path != manifest_path and known_rows != manifest_rows:
+        raise JournalOfAnotherManifest(str(journal.path), known_path)
+
+
+@final
+class SQLiteJournal:
+    """The journal file of a run on one machine: one run at a time holds it (`JournalLock`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock: JournalLock | None = None
+        self._journal: Journal | None = None
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    @property
+    def _db(self) -> Journal:
+        assert self._journal is not None, "join() first"
+        return self._journal
+
+    async def join(self, manifest_path: str, manifest_rows: str, rows: Sequence[ManifestRow]) -> list[JournalRow]:
+        try:
+            self._lock = JournalLock(self.path)
+        except JournalInUse as error:
+            raise JournalError(f"{error}; nothing was sent (wait for it to end)") from None
+        try:
+            self._journal = Journal(self.path)
+            check_manifest_identity(self._journal, manifest_path, manifest_rows)
+            self._journal.set_meta("manifest_path", manifest_path)
+            self._journal.set_meta("manifest_rows", manifest_rows)
+        except BaseException:
+            self._close()
+            raise
+        return self._journal.rows()
+
+    async def work(self, planned: Sequence[Work]) -> AsyncIterator[Work]:
+        for work in planned:
+            yield work
+
+    async def keep_alive(self) -> None:
+        await anyio.sleep_forever()
+
+    async def entries(self) -> list[JournalRow]:
+        return self._db.rows()
+
+    def add(self, key: str, line: int, fingerprint: str) -> None:
+        self._db.add(key, line, fingerprint)
+
+    def reset(self, key: str, fingerprint: str) -> None:
+        self._db.reset(key, fingerprint)
+
+    def submitting(self, key: str) -> None:
+        self._db.submitting(key)
+
+    def submitted(self, key: str, task_id: str) -> None:
+        self._db.submitted(key, task_id)
+
+    def succeeded(self, key: str, file: str, size: int, sha256: str) -> None:
+        self._db.succeeded(key, file, size, sha256)
+
+    def refetch(self, key: str, reason: str) -> None:
+        self._db.refetch(key, reason)
+
+    def not_downloaded(self, key: str, reason: str) -> None:
+        self._db.not_downloaded(key, reason)
+
+    def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
+        self._db.failed(key, reason, task_id)
+
+    def uncertain(self, key: str, reason: str) -> None:
+        self._db.uncertain(key, reason)
+
+    def release(self, key: str) -> None:
+        pass  # the row stays `submitted`: the next run polls it
+
+    async def aclose(self, *, flush_timeout: float) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        journal, self._journal = self._journal, None
+        lock, self._lock = self._lock, None
+        if journal is not None:
+            journal.close()
+        if lock is not None:
+            lock.release()  # after the journal: the next run opens it once the lock is free

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pixverse_async._manifest import MAX_CELL_CHARS, ManifestError, ManifestRow, read_manifest
+from pixverse_async.cli.manifest import MAX_CELL_CHARS, ManifestError, ManifestRow, read_manifest
 from pixverse_async.testing import Simulator
+from tests.cli.test_cli import SCALE, cli, plan
 from tests.images import png
-from tests.test_cli import SCALE, cli, plan
 
 pytestmark = pytest.mark.anyio
 

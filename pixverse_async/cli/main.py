@@ -16,24 +16,28 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from ._convert import unstructure
-from ._exceptions import PixVerseError
-from ._journal import Journal
-from ._manifest import ManifestError
-from ._runner import DEFAULT_JOURNAL_NAME, RunAborted, RunOptions
+from .._convert import unstructure
+from .._exceptions import PixVerseError
+from .journal import Journal, JournalError
+from .manifest import ManifestError
+from .redis_journal import DEFAULT_LEASE, is_redis_url, redis_module
+from .run import DEFAULT_JOURNAL_NAME, RunAborted, RunOptions
 
 _EXAMPLES = {
     "run": """examples:
   PIXVERSE_API_KEY=sk-... pixverse-async run jobs.jsonl --out videos/
   pixverse-async run jobs.csv --out videos/ --concurrency 32      # run it again to resume after a crash
   pixverse-async run jobs.csv --out videos/ --dry-run              # what it would do; sends nothing
+  pixverse-async run jobs.csv --out /shared/videos/ --journal redis://redis.internal:6379/0
+                                            # one run over many processes and machines: start it on each
 
 manifest rows (JSON Lines or CSV): prompt, image (URL or path relative to the manifest), and optionally
 id (names <id>.mp4), resolution, negative_prompt, fast_mode, style, seed, extra (a JSON object of fields
 to add to the request). Exit code 0 only if every row succeeded; --dry-run needs no key and sends nothing.""",
     "status": """examples:
   pixverse-async status --journal videos/pixverse-journal.sqlite
-  pixverse-async status --journal videos/pixverse-journal.sqlite --json""",
+  pixverse-async status --journal videos/pixverse-journal.sqlite --json
+  pixverse-async status --journal redis://redis.internal:6379/0""",
     "demo": """examples:
   pixverse-async demo                        # 6 videos, journal and frames into ./pixverse-demo/
   pixverse-async demo --count 12 --out /tmp/demo""",
@@ -67,7 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("manifest", type=Path, help="a .jsonl or .csv file, one job a row")
     run.add_argument("--out", type=Path, required=True, help="folder for the videos (and, by default, the journal)")
     run.add_argument("--concurrency", type=_whole_number(1), default=16, help="tasks running at once (default 16)")
-    run.add_argument("--journal", type=Path, help=f"journal file (default: OUT/{DEFAULT_JOURNAL_NAME})")
+    run.add_argument(
+        "--journal",
+        type=_journal,
+        help=f"journal file (default: OUT/{DEFAULT_JOURNAL_NAME}), or redis://HOST:PORT/DB: a run shared by every"
+        " process started with the same manifest and URL (OUT then is shared storage)",
+    )
+    run.add_argument(
+        "--lease",
+        type=_positive_number,
+        default=DEFAULT_LEASE,
+        help="with a redis:// journal: seconds after which a dead worker's rows are taken over (default 30)",
+    )
     run.add_argument(
         "--base-url", type=_base_url, help="API base URL (default: $PIXVERSE_BASE_URL, else https://api.myrouter.ai)"
     )
@@ -87,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     status = command("status", "show the rows of a journal and their states")
-    status.add_argument("--journal", type=Path, required=True, help="the journal file of a run")
+    status.add_argument(
+        "--journal", type=_journal, required=True, help="the journal file of a run, or its redis:// URL"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = command("demo", "run a small bulk job end to end against the built-in simulator (no key, no network)")
@@ -199,6 +216,15 @@ def _base_url(text: str) -> str:
     return text
 
 
+def _journal(text: str) -> Path | str:
+    """A journal file, or the redis:// URL of a shared run (kept as text)."""
+    if is_redis_url(text):
+        return text
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"must be a file or a redis:// URL, not {text!r}")
+    return Path(text)
+
+
 def _api_key(text: str) -> str:
     if not text or not text.isprintable() or any(char.isspace() for char in text):
         raise argparse.ArgumentTypeError("must be a key without spaces or control characters")
@@ -213,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return _status(args.journal, as_json=args.json)
         if args.command == "demo":
-            from ._demo import run_demo
+            from .demo import run_demo
 
             return anyio.run(run_demo, args.out, args.count)
         return _simulate(args)
@@ -224,27 +250,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManifestError as error:
         print(f"pixverse-async: nothing was submitted: {error}", file=sys.stderr)
         return 2
-    except (PixVerseError, RunAborted, OSError, sqlite3.Error) as error:
+    except (PixVerseError, RunAborted, JournalError, OSError, sqlite3.Error) as error:
         print(f"pixverse-async: error: {error}", file=sys.stderr)
         return 1
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._client import PixVerseClient
-    from ._clock import ScaledClock
-    from ._runner import run_manifest
+    from .._client import PixVerseClient
+    from .._clock import ScaledClock
+    from .run import run_manifest
 
+    shared = isinstance(args.journal, str)
+    if shared:
+        redis_module()  # the extra is there, or one clear line before anything else
     options = RunOptions(
         manifest=args.manifest,
         out=args.out,
-        journal=args.journal,
+        journal=None if shared else args.journal,
         concurrency=args.concurrency,
         resubmit_uncertain=args.resubmit_uncertain,
         retry_failed=args.retry_failed,
+        journal_url=args.journal if shared else None,
+        lease=args.lease,
     )
     clock = ScaledClock(args.time_scale) if args.time_scale else None
     if args.dry_run:
-        from ._runner import dry_run
+        from .run import dry_run
 
         # The client is built (so its options are checked as a run checks them) but never opened: nothing is
         # sent, and a dry run works without a key (a stand-in that goes nowhere) and without a network.
@@ -262,6 +293,9 @@ def _run(args: argparse.Namespace) -> int:
     return _unwrapped(lambda: anyio.run(go))
 
 
+_USER_FACING = (RunAborted, JournalError, PixVerseError, OSError, sqlite3.Error, KeyboardInterrupt)
+
+
 def _unwrapped(call: Callable[[], int]) -> int:
     """Run `call`, turning an exception group of one user-facing error into that error."""
     try:
@@ -269,7 +303,9 @@ def _unwrapped(call: Callable[[], int]) -> int:
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         for leaf in leaves:
-            if isinstance(leaf, RunAborted | PixVerseError | OSError | sqlite3.Error | KeyboardInterrupt):
+            if isinstance(
+                leaf, RunAborted | JournalError | PixVerseError | OSError | sqlite3.Error | KeyboardInterrupt
+            ):
                 raise leaf from None
         raise
 
@@ -281,23 +317,31 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return leaves
 
 
-def _status(path: Path, *, as_json: bool) -> int:
-    journal = Journal.open_existing(path)
-    try:
-        rows = journal.rows()
-    finally:
-        journal.close()
+def _status(path: Path | str, *, as_json: bool) -> int:
+    if isinstance(path, str):
+        redis_module()
+        from .redis_journal import read_run, shown_url
+
+        rows, _ = anyio.run(read_run, path)
+        if not rows:
+            raise FileNotFoundError(f"no run in the Redis journal {shown_url(path)}")
+    else:
+        journal = Journal.open_existing(path)
+        try:
+            rows = journal.rows()
+        finally:
+            journal.close()
     if as_json:
         print(json.dumps(unstructure(rows), indent=2))
         return 0
-    from ._progress import console_for, status_table
+    from .progress import console_for, status_table
 
     console_for(sys.stdout).print(status_table(rows))
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .testing import CallRateLimit, serve_forever
+    from ..testing import CallRateLimit, serve_forever
 
     retry_after = args.rate_limit_retry_after is not None
 

@@ -183,7 +183,7 @@ def test_importing_the_library_does_not_import_rich() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
-    cli = "import sys, pixverse_async._cli, pixverse_async._runner; print('rich' in sys.modules)"
+    cli = "import sys, pixverse_async.cli.main, pixverse_async.cli.run; print('rich' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True, check=True).stdout == "True\n"
 
 
