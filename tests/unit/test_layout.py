@@ -53,3 +53,13 @@ def test_no_two_modules_depend_on_each_other() -> None:
             visit(module, [module])
     assert cycles == []
     assert graph["pixverse_async._bulk"] and graph["pixverse_async._client"]  # the walk saw the package
+
+
+def test_no_module_is_over_700_lines() -> None:
+    # A module that long has stopped doing one thing (issue 13): split it along the seams it marks.
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 700
+    }
+    assert long == {}
