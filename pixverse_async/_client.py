@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import ipaddress
 import json
 import logging
@@ -33,7 +34,7 @@ import attrs
 import yarl
 from anyio.abc import TaskGroup
 
-from ._budget import LocalBudget, RateLimits, Slot
+from ._budget import Budget, BudgetSettings, LocalBudget, RateLimits, SharedBudget, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
 from ._convert import encode_image, parse_task_result, request_body
@@ -124,7 +125,8 @@ class PixVerseClient:
     carry credentials in its defaults (they would go to the video host too). `allow_private_video_hosts=False`
     refuses downloads from loopback, private, link-local and other non-global addresses. `clock` is where all
     waiting happens (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's
-    scale while a test using it runs).
+    scale while a test using it runs). `budget` shares the key's running-task slots and what is learnt of
+    its limits with other clients (`pixverse_async.redis.RedisBudget`); by default they are this client's.
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class PixVerseClient:
         webhook_url: str | None = None,
         allow_private_video_hosts: bool = True,
         clock: Clock | None = None,
+        budget: SharedBudget | None = None,
     ) -> None:
         checked = _wrap_api_key(api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY"))
         # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
@@ -168,6 +171,8 @@ class PixVerseClient:
                 raise InvalidRequestError("session", problem)
         if not isinstance(rate_limits, RateLimits):
             raise InvalidRequestError("rate_limits", f"must be a RateLimits, not {type(rate_limits).__name__}")
+        if budget is not None and not all(callable(getattr(type(budget), name, None)) for name in ("bind", "serve")):
+            raise InvalidRequestError("budget", f"must be a shared budget (RedisBudget), not {type(budget).__name__}")
         self._api_key = checked
         self.base_url = url
         self.max_concurrency = max_concurrency
@@ -182,14 +187,31 @@ class PixVerseClient:
         self.clock: Clock = clock if clock is not None else default_clock()
         self._given_session = session
         self._rng = random.Random()
-        self._budget = LocalBudget(
-            max_concurrency,
-            limits=rate_limits,
-            max_polls_per_second=polling.max_polls_per_second,
-            clock=self.clock,
-            retry=retry,
-            rng=self._rng,
-        )
+        self._shared_budget = budget
+        self._budget: Budget
+        if budget is None:
+            self._budget = LocalBudget(
+                max_concurrency,
+                limits=rate_limits,
+                max_polls_per_second=polling.max_polls_per_second,
+                clock=self.clock,
+                retry=retry,
+                rng=self._rng,
+            )
+        else:
+            key_hash = hashlib.sha256(checked.reveal().encode()).hexdigest()[:16]
+            budget.bind(
+                BudgetSettings(
+                    max_concurrency=max_concurrency,
+                    limits=rate_limits,
+                    max_polls_per_second=polling.max_polls_per_second,
+                    clock=self.clock,
+                    retry=retry,
+                    rng=self._rng,
+                    key_hash=key_hash,
+                )
+            )
+            self._budget = budget
         self._open: _OpenState | None = None
         self._abandoned: list[Task] = []
 
@@ -227,6 +249,13 @@ class PixVerseClient:
             await background.start(poller.run, name="pixverse-poller")
             background.start_soon(transport.deadlines.watch, name="pixverse-request-deadlines")
             stack.callback(background.cancel_scope.cancel)
+            if self._shared_budget is not None:
+                # Tasks another client left running are polled here to their end, which frees their slots.
+                await stack.enter_async_context(
+                    self._shared_budget.serve(
+                        background, lambda task_id, slot: poller.track(task_id, slot=slot, learns=False)
+                    )
+                )
             self._open = _OpenState(
                 session=session, transport=transport, poller=poller, background=background, stack=stack.pop_all()
             )
@@ -375,7 +404,7 @@ class PixVerseClient:
                         wire_guard.scope.shield = False
                 if response.status == 200:
                     task_id = _task_id_from(response)
-                    slot.accepted()
+                    slot.accepted(task_id)
                     return task_id, slot
                 error: PixVerseError = state.transport.status_error(response)
                 del response  # its body may echo the key: not a local of a frame in the traceback
