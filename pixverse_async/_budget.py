@@ -63,7 +63,7 @@ What a shared budget implements
 
     A budget passed to `PixVerseClient(budget=...)` is a `SharedBudget`: the client `bind()`s it to its
     settings (`BudgetSettings`: its `max_concurrency`, limits, clock, and a hash of its API key, never the
-    key) when built, and runs it with `serve(task_group, adopt)` while open. `adopt(task_id, slot)` hands
+    key) when built, and runs it with `async with budget.serve(adopt):` while open. `adopt(task_id, slot)` hands
     the client a task another client left running (its lease lapsed): the client polls it to its end and
     then releases the slot, which stands for it already (`Slot.adopted` was said for it). A slot knows the
     task it stands for (`accepted(task_id)`, `adopted(task_id)`), so that a shared budget can record it.
@@ -83,7 +83,6 @@ from typing import Any, Literal, Protocol, final
 
 import anyio
 import attrs
-from anyio.abc import TaskGroup
 
 from ._clock import Clock
 from ._retry import RetryPolicy
@@ -457,8 +456,9 @@ class SharedBudget(Budget, Protocol):
         """Called once by the client being built."""
         ...
 
-    def serve(self, task_group: TaskGroup, adopt: AdoptTask) -> contextlib.AbstractAsyncContextManager[None]:
-        """Run the budget while the client is open: its own tasks go into `task_group`."""
+    def serve(self, adopt: AdoptTask) -> contextlib.AbstractAsyncContextManager[None]:
+        """Run the budget (its own tasks, in a task group of its own) while the client is open; entering
+        raises `BudgetUnavailableError` when the budget's store cannot be reached."""
         ...
 
 

@@ -245,17 +245,15 @@ class PixVerseClient:
                 rng=self._rng,
                 webhooks=self.webhook_url is not None,
             )
+            if self._shared_budget is not None:
+                # Tasks another client left running are polled here to their end, which frees their slots.
+                await stack.enter_async_context(
+                    self._shared_budget.serve(lambda task_id, slot: poller.track(task_id, slot=slot, learns=False))
+                )
             background = await stack.enter_async_context(anyio.create_task_group())
             await background.start(poller.run, name="pixverse-poller")
             background.start_soon(transport.deadlines.watch, name="pixverse-request-deadlines")
             stack.callback(background.cancel_scope.cancel)
-            if self._shared_budget is not None:
-                # Tasks another client left running are polled here to their end, which frees their slots.
-                await stack.enter_async_context(
-                    self._shared_budget.serve(
-                        background, lambda task_id, slot: poller.track(task_id, slot=slot, learns=False)
-                    )
-                )
             self._open = _OpenState(
                 session=session, transport=transport, poller=poller, background=background, stack=stack.pop_all()
             )

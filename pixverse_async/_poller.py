@@ -188,13 +188,17 @@ class Poller:
 
     def track(self, task_id: str, *, slot: Slot | None, kind: Kind = None, learns: bool = True) -> None:
         """Start following a task this client just submitted (holding its slot until it ends); `kind` groups
-        tasks of alike durations. `learns=False`: submitted elsewhere (adopted), its age here says nothing."""
+        tasks of alike durations. `learns=False`: submitted elsewhere (adopted), its age unknown: polled now."""
         if task_id in self._pending and slot is not None:
             self._take_over_slot(task_id, slot)
             return
-        pending = self._add(task_id, self._clock.now(), slot, kind)
+        now = self._clock.now()
+        pending = self._add(task_id, now, slot, kind)
         pending.learns = learns
-        self._schedule(pending, self._first_due(pending), planned=True)
+        if learns:
+            self._schedule(pending, self._first_due(pending), planned=True)
+        else:
+            self._schedule(pending, now)
 
     async def follow(
         self, task_id: str, waiter: Waiter, *, slot: Slot | None, kind: Kind = None, learns: bool = True

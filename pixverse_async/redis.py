@@ -552,9 +552,10 @@ class RedisBudget:
         return self._settings.clock
 
     @contextlib.asynccontextmanager
-    async def serve(self, task_group: anyio.abc.TaskGroup, adopt: AdoptTask) -> AsyncIterator[None]:
-        """Run the budget while its client is open (the client calls this): connect, register the lease,
-        then report, renew and adopt from a task in `task_group` until the client closes."""
+    async def serve(self, adopt: AdoptTask) -> AsyncIterator[None]:
+        """Run the budget while its client is open (the client calls this): connect and register the lease
+        (`BudgetUnavailableError` if Redis cannot be reached), then report, renew and adopt from a task of
+        its own until the client closes, and hand the client's running tasks over then."""
         if self._settings is None:
             raise RuntimeError("this RedisBudget is not bound to a client yet: pass it as budget=...")
         if self._serving:
@@ -572,12 +573,14 @@ class RedisBudget:
                     f"cannot reach Redis at {_shown(self.url)} for the shared budget: {error}"
                 ) from None
             self._serving = True
-            stop = anyio.CancelScope()
-            await task_group.start(self._drive, adopt, stop)
             try:
-                yield
+                async with anyio.create_task_group() as group:
+                    await group.start(self._drive, adopt)
+                    try:
+                        yield
+                    finally:
+                        group.cancel_scope.cancel()
             finally:
-                stop.cancel()
                 self._serving = False
                 self._leaving = True
                 self._fail_waiters(ClientClosedError("the client was closed while waiting for a running-task slot"))
@@ -596,31 +599,28 @@ class RedisBudget:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
                 await redis_client.aclose()
 
-    async def _drive(
-        self, adopt: AdoptTask, stop: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]
-    ) -> None:
-        with stop:
-            async with anyio.create_task_group() as group:
-                await group.start(self._listen)
-                task_status.started()
-                failures = 0
-                while True:
-                    now = self._clock.now()
-                    if self._should_step(now):
-                        try:
-                            await self._step(adopt)
-                        except _Unreachable as error:
-                            failures += 1
-                            self._on_unreachable(error)
-                            backoff = min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale
-                            await self._clock.sleep(backoff)
-                            continue
-                        if failures:
-                            _log.warning("Redis at %s is back: the shared budget goes on", _shown(self.url))
-                        failures = 0
-                        self._down_since = None
+    async def _drive(self, adopt: AdoptTask, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as group:
+            await group.start(self._listen)
+            task_status.started()
+            failures = 0
+            while True:
+                now = self._clock.now()
+                if self._should_step(now):
+                    try:
+                        await self._step(adopt)
+                    except _Unreachable as error:
+                        failures += 1
+                        self._on_unreachable(error)
+                        backoff = min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale
+                        await self._clock.sleep(backoff)
                         continue
-                    await self._sleep_until(min(self._renew_at, self._next_event))
+                    if failures:
+                        _log.warning("Redis at %s is back: the shared budget goes on", _shown(self.url))
+                    failures = 0
+                    self._down_since = None
+                    continue
+                await self._sleep_until(min(self._renew_at, self._next_event))
 
     def _should_step(self, now: float) -> bool:
         if self._ops or now >= self._renew_at or now >= self._next_event:
