@@ -13,7 +13,7 @@ the same account `name` (default: a hash of the API key, never the key) shares:
   most one more than those accepted, for all clients together, until the cap is known), the longest task
   seen (how long a lost answer's slot is held), and each pause of an endpoint on evidence of a rate limit
   (every client pauses and cuts its pace);
-- leases: each client renews its lease (`lease` API seconds, 30 by default) every third of it while open.
+- leases: each client renews its lease (`lease` API seconds, 20 by default) every third of it while open.
   A client whose lease lapses (killed, hung, cut off) is dead to the others: its running tasks (recorded by
   task id) are adopted by the next client that talks to Redis, which polls them to their end and frees
   their slots then; a slot it held for a submission whose answer it never heard is held as a lost answer
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_LEASE", "RedisBudget"]
 
 #: How long a client's lease lasts unless renewed (API seconds); it is renewed every third of it.
-DEFAULT_LEASE = 30.0
+DEFAULT_LEASE = 20.0
 #: How long submissions wait for an unreachable Redis before they fail (API seconds).
 DEFAULT_GIVE_UP_AFTER = 60.0
 #: Real seconds one call to Redis may take, and the close's last report.
