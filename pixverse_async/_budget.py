@@ -372,8 +372,8 @@ class Pacer:
         return self._retry.backoff(max(1, self._pauses_in_a_row), self._rng)
 
     def follow_pause(self, now: float, pause: float) -> None:
-        """Another client of the key paused this endpoint on evidence of a rate limit: pause as long, and
-        cut this client's pace as if its own calls had been refused (once per run of refusals)."""
+        """Another client of the key paused this endpoint on evidence of a rate limit: pause for what is left
+        of it, and cut this client's pace as if its own calls had been refused (once per run of refusals)."""
         if now < self._paused_until and self._pauses_in_a_row:
             self._paused_until = max(self._paused_until, now + pause)
             return

@@ -769,7 +769,7 @@ class RedisBudget:
                 len(self._slots),
             )
             self._slots.clear()
-        self._take_snapshot(snapshot, now)
+        self._take_snapshot(snapshot, now, [token for op, token, _ in ops if op == "P"])
         for token in granted:
             slot = Slot(self, token)
             self._slots[token] = slot
@@ -789,7 +789,7 @@ class RedisBudget:
             _log.info("adopted task %s from a client of this account whose lease lapsed", task_id)
             adopt(task_id, slot)
 
-    def _take_snapshot(self, snapshot: list[str], now: float) -> None:
+    def _take_snapshot(self, snapshot: list[str], now: float, own_pauses: list[str]) -> None:
         in_use, running, proven, cap, floor, limit, next_event = snapshot[:7]
         self.in_use, self._running, self._proven = int(float(in_use)), int(float(running)), float(proven)
         self._cap = int(float(cap)) if cap else None
@@ -799,8 +799,8 @@ class RedisBudget:
         endpoints: tuple[tuple[Endpoint, list[str]], ...] = (("submit", snapshot[7:9]), ("task-result", snapshot[9:11]))
         for endpoint, (pause, pauses) in endpoints:
             count = int(float(pauses))
-            seen = self._pauses_seen[endpoint]
+            foreign = count - self._pauses_seen[endpoint] - own_pauses.count(endpoint)
             self._pauses_seen[endpoint] = count
-            if count > seen and float(pause) > 0:
-                # Another client's evidence of a rate limit (or this one's own, which changes nothing).
-                self._pacers[endpoint].follow_pause(now, float(pause) / self._scale)
+            if foreign > 0:
+                # Another client's evidence of a rate limit: pause what is left of its pause, cut the pace.
+                self._pacers[endpoint].follow_pause(now, max(0.0, float(pause)) / self._scale)
