@@ -316,6 +316,13 @@ def _shown(url: str) -> str:
     return str(parsed)
 
 
+def _scheme(url: str) -> str:
+    try:
+        return yarl.URL(url).scheme
+    except (TypeError, ValueError):
+        return ""
+
+
 def _real_seconds_per_second(clock: Clock) -> float:
     if isinstance(clock, SystemClock):
         return 1.0
@@ -362,7 +369,7 @@ class RedisBudget:
         prefix: str = "pixverse-async",
     ) -> None:
         self._redis_module = _redis_asyncio()
-        if not isinstance(url, str) or yarl.URL(url).scheme not in ("redis", "rediss", "unix"):
+        if not isinstance(url, str) or _scheme(url) not in ("redis", "rediss", "unix"):
             shown = _shown(url) if isinstance(url, str) else type(url).__name__
             raise InvalidRequestError("url", f"must be a redis://, rediss:// or unix:// URL, not {shown!r}")
         for field, value in (("name", name), ("prefix", prefix)):
@@ -769,7 +776,9 @@ class RedisBudget:
                 len(self._slots),
             )
             self._slots.clear()
-        self._take_snapshot(snapshot, now, [token for op, token, _ in ops if op == "P"])
+        # Pauses from before this client's first round trip are history, not news.
+        own_pauses = [token for op, token, _ in ops if op == "P"]
+        self._take_snapshot(snapshot, now, own_pauses, heard_before=self.round_trips > 1)
         for token in granted:
             slot = Slot(self, token)
             self._slots[token] = slot
@@ -789,7 +798,7 @@ class RedisBudget:
             _log.info("adopted task %s from a client of this account whose lease lapsed", task_id)
             adopt(task_id, slot)
 
-    def _take_snapshot(self, snapshot: list[str], now: float, own_pauses: list[str]) -> None:
+    def _take_snapshot(self, snapshot: list[str], now: float, own_pauses: list[str], *, heard_before: bool) -> None:
         in_use, running, proven, cap, floor, limit, next_event = snapshot[:7]
         self.in_use, self._running, self._proven = int(float(in_use)), int(float(running)), float(proven)
         self._cap = int(float(cap)) if cap else None
@@ -801,6 +810,6 @@ class RedisBudget:
             count = int(float(pauses))
             foreign = count - self._pauses_seen[endpoint] - own_pauses.count(endpoint)
             self._pauses_seen[endpoint] = count
-            if foreign > 0:
+            if foreign > 0 and heard_before:
                 # Another client's evidence of a rate limit: pause what is left of its pause, cut the pace.
                 self._pacers[endpoint].follow_pause(now, max(0.0, float(pause)) / self._scale)
