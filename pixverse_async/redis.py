@@ -524,10 +524,11 @@ class RedisBudget:
         if retry_after is not None and retry_after <= 0:
             return False
         running = self._running
-        if self._floor is not None and running >= self._floor:
-            return True
-        if running >= 1 and running >= CAP_EVIDENCE * self._proven:
-            # Strikes are counted in Redis (CAP_STRIKES in a row, all clients'); meanwhile wait for a slot.
+        if (self._floor is not None and running >= self._floor) or (
+            running >= 1 and running >= CAP_EVIDENCE * self._proven
+        ):
+            # The cap's 429, as far as this client heard (Redis counts the strikes, all clients' in a row):
+            # wait for a slot if none is free, as LocalBudget does.
             return self.in_use >= self.limit
         self.submissions.refused(self._clock.now(), retry_after)
         return False
