@@ -19,7 +19,7 @@ SIGKILLed. With tasks of 3 s (shorter than the default 30 s lease), B's first su
 the lease of the kill (plus the round trips of adopting and one poll); with tasks of 60 s (longer), when A's
 tasks end (B adopts and polls them). A is killed once Redis has all its task ids.
 
-    python -m benchmarks.scale_out [--quick]
+    python -m benchmarks.scale_out [--quick]   # --quick: the exact-eta mode only (same sizes)
 """
 
 from __future__ import annotations
