@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from benchmarks import account_limit, polling, scale, throughput, webhooks
+from benchmarks import account_limit, polling, scale, scale_out, throughput, webhooks
 from benchmarks._common import Table
 
 BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
     "scale": scale.run,
     "account_limit": account_limit.run,
     "webhooks": webhooks.run,
+    "scale_out": scale_out.run,
 }
 
 

@@ -2,6 +2,11 @@
 their progress to the browser with Server-Sent Events. One `PixVerseClient` serves the whole app, opened and
 closed with the ASGI lifespan; with `PIXVERSE_WEBHOOK_URL` set, results arrive by webhook instead of polls.
 
+Under several worker processes, give them one budget through Redis (`pip install 'pixverse-async[redis]'`):
+with `PIXVERSE_REDIS_URL` set, `PIXVERSE_MAX_CONCURRENCY` (default 64) bounds the tasks of all workers together
+and what one worker learns of the account's limits all know. `PIXVERSE_TIME_SCALE` is the simulator's
+`--time-scale`, when the API is the simulator.
+
 Run it (against the simulator, in a second terminal: `pixverse-async simulate --port 8080`):
 
     PIXVERSE_API_KEY=sk-test PIXVERSE_BASE_URL=http://127.0.0.1:8080 uvicorn examples.fastapi_service:app
@@ -9,6 +14,11 @@ Run it (against the simulator, in a second terminal: `pixverse-async simulate --
     curl -X POST --data-binary @frame.png -H 'Content-Type: image/png' \\
         'http://127.0.0.1:8000/generations?prompt=a+fox+in+the+snow'
     curl -N http://127.0.0.1:8000/generations/<task_id>/events
+
+Several workers sharing one budget (a generation started on one can be read and streamed from any):
+
+    PIXVERSE_REDIS_URL=redis://127.0.0.1:6379/0 PIXVERSE_MAX_CONCURRENCY=20 PIXVERSE_API_KEY=sk-test \\
+        PIXVERSE_BASE_URL=http://127.0.0.1:8080 uvicorn examples.fastapi_service:app --workers 4
 """
 
 from __future__ import annotations
@@ -22,13 +32,27 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from pixverse_async import ImageToVideo, InvalidRequestError, PixVerseError, TaskResult
+from pixverse_async.testing import ScaledClock
 from pixverse_async.web import client_from, pixverse_lifespan, starlette_webhook_endpoint
 
 
 def create_app(**client_options: Any) -> FastAPI:
-    """The app; `client_options` go to `PixVerseClient` (key and base URL default to the environment)."""
+    """The app; `client_options` go to `PixVerseClient` (key and base URL default to the environment), and
+    `redis_url` (default `$PIXVERSE_REDIS_URL`) to each worker's `RedisBudget`."""
     client_options.setdefault("webhook_url", os.environ.get("PIXVERSE_WEBHOOK_URL") or None)
-    app = FastAPI(title="PixVerse generations", lifespan=pixverse_lifespan(**client_options))
+    if os.environ.get("PIXVERSE_MAX_CONCURRENCY"):
+        client_options.setdefault("max_concurrency", int(os.environ["PIXVERSE_MAX_CONCURRENCY"]))
+    if os.environ.get("PIXVERSE_TIME_SCALE"):
+        client_options.setdefault("clock", ScaledClock(float(os.environ["PIXVERSE_TIME_SCALE"])))
+    redis_url = client_options.pop("redis_url", None) or os.environ.get("PIXVERSE_REDIS_URL")
+    make_budget = None
+    if redis_url:
+        from pixverse_async.redis import RedisBudget
+
+        def make_budget() -> RedisBudget:
+            return RedisBudget(redis_url)
+
+    app = FastAPI(title="PixVerse generations", lifespan=pixverse_lifespan(make_budget=make_budget, **client_options))
     app.add_api_route("/webhooks/pixverse", starlette_webhook_endpoint(), methods=["POST"])
 
     @app.post("/generations", status_code=201)

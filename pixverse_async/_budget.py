@@ -60,15 +60,25 @@ What a shared budget implements
     the slot methods, which call back into the budget synchronously, from code that cannot wait (the
     poller's loop); a shared implementation queues those reports and sends them from a task of its own, and
     may take call turns in batches so that `delay()` stays local.
+
+    A budget passed to `PixVerseClient(budget=...)` is a `SharedBudget`: the client `bind()`s it to its
+    settings (`BudgetSettings`: its `max_concurrency`, limits, clock, and a hash of its API key, never the
+    key) when built, and runs it with `async with budget.serve(adopt):` while open. `adopt(task_id, slot)` hands
+    the client a task another client left running (its lease lapsed): the client polls it to its end and
+    then releases the slot, which stands for it already (`Slot.adopted` was said for it). A slot knows the
+    task it stands for (`accepted(task_id)`, `adopted(task_id)`), so that a shared budget can record it.
+    `pixverse_async.redis.RedisBudget` is the one this library ships.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import heapq
 import math
 import random
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, final
 
 import anyio
@@ -131,33 +141,58 @@ class _SlotState(enum.Enum):
     GONE = "given back"
 
 
+class SlotOwner(Protocol):
+    """What a `Slot` reports to: the budget that gave it out (called synchronously, see the module docstring)."""
+
+    def _on_accepted(self, slot: Slot) -> float: ...
+
+    def _on_adopted(self, slot: Slot) -> None: ...
+
+    def _on_refused(self, slot: Slot, retry_after: float | None) -> bool: ...
+
+    def _on_released(self, slot: Slot, *, running: bool) -> None: ...
+
+    def _on_abandoned(self, slot: Slot, *, running: bool) -> None: ...
+
+
 @final
 class Slot:
     """One running-task slot of the budget: taken once, given back exactly once (see the module docstring)."""
 
-    __slots__ = ("_budget", "_gone_by", "_state", "accepted_at")
+    __slots__ = ("_budget", "_gone_by", "_state", "accepted_at", "task_id", "token")
 
-    def __init__(self, budget: LocalBudget) -> None:
+    def __init__(self, budget: SlotOwner, token: str | None = None) -> None:
         self._budget = budget
         self._state = _SlotState.TAKEN
         self._gone_by = ""
         #: When the submission was accepted (client clock), for slots that stand for a task it created.
         self.accepted_at: float | None = None
+        #: The task the slot stands for, once known (a shared budget records it, for adoption).
+        self.task_id: str | None = None
+        #: The shared budget's name for this slot (None for a local budget's).
+        self.token = token
 
     def __repr__(self) -> str:
         return f"<Slot {self._state.value}>"
 
-    def accepted(self) -> None:
-        """The submission created a task: the slot stands for it until it ends."""
+    @property
+    def running(self) -> bool:
+        """The slot stands for a task that runs (accepted or adopted), and was not given back yet."""
+        return self._state is _SlotState.RUNNING
+
+    def accepted(self, task_id: str | None = None) -> None:
+        """The submission created a task (`task_id`): the slot stands for it until it ends."""
         self._expect(_SlotState.TAKEN, "accepted")
         self._state = _SlotState.RUNNING
-        self.accepted_at = self._budget._on_accepted()
+        self.task_id = task_id
+        self.accepted_at = self._budget._on_accepted(self)
 
-    def adopted(self) -> None:
+    def adopted(self, task_id: str | None = None) -> None:
         """The slot stands for a task submitted earlier (resumed): it runs, but proves nothing about the cap."""
         self._expect(_SlotState.TAKEN, "adopted")
         self._state = _SlotState.RUNNING
-        self._budget._on_adopted()
+        self.task_id = task_id
+        self._budget._on_adopted(self)
 
     def refused(self, retry_after: float | None) -> bool:
         """The submission was answered 429 (nothing was created): give the slot back, and tell the budget.
@@ -165,7 +200,7 @@ class Slot:
         True when the 429 looks like the running-task cap and no slot is free: waiting for one is the backoff.
         """
         self._give_back("refused")
-        return self._budget._on_refused(retry_after)
+        return self._budget._on_refused(self, retry_after)
 
     def release(self) -> None:
         """The task ended, or no task was created: the slot is free again."""
@@ -189,6 +224,15 @@ class Slot:
             raise RuntimeError(f"this running-task slot was already given back (by {self._gone_by}), now by {how}")
         self._state = _SlotState.GONE
         self._gone_by = how
+
+
+def adopted_slot(budget: SlotOwner, token: str, task_id: str) -> Slot:
+    """A slot that already stands for a running task another client left (for `SharedBudget`s): it reports
+    nothing until it is given back."""
+    slot = Slot(budget, token)
+    slot._state = _SlotState.RUNNING
+    slot.task_id = task_id
+    return slot
 
 
 @final
@@ -240,6 +284,9 @@ class Pacer:
         # Calls let through and not refused, per whole second of the clock, over the last RATE_HORIZON seconds.
         self._accepted_bins: collections.deque[list[int]] = collections.deque()
         self._first_accepted_at: float | None = None
+        #: Told of each new pause on evidence of a rate limit (its length in seconds): a shared budget
+        #: passes it on to the other clients of the key (`follow_pause`).
+        self.on_pause: Callable[[float], None] | None = None
 
     @property
     def learnt_rate(self) -> float | None:
@@ -311,16 +358,32 @@ class Pacer:
         self._accepted_since_refusal = 0
         if self.refusals_in_a_row >= RATE_EVIDENCE:
             self._accepted_since_evidence = 0
-            if now >= self._paused_until:  # a new burst of refusals: pause longer than last time
+            new_pause = now >= self._paused_until
+            if new_pause:  # a new burst of refusals: pause longer than last time
                 if self._pauses_in_a_row == 0:  # cut once per run of refusals: nothing is learnt until one passes
                     self._cut(now)
                 self._pauses_in_a_row += 1
             backoff = self._retry.backoff(self._pauses_in_a_row, self._rng)
             until = now + (retry_after if retry_after is not None else backoff)
             self._paused_until = max(self._paused_until, until)
+            if new_pause and self.on_pause is not None:
+                self.on_pause(self._paused_until - now)
         if retry_after is not None:
             return retry_after
         return self._retry.backoff(max(1, self._pauses_in_a_row), self._rng)
+
+    def follow_pause(self, now: float, pause: float) -> None:
+        """Another client of the key paused this endpoint on evidence of a rate limit: pause for what is left
+        of it, and cut this client's pace as if its own calls had been refused (once per run of refusals)."""
+        if now < self._paused_until and self._pauses_in_a_row:
+            self._paused_until = max(self._paused_until, now + pause)
+            return
+        self._accepted_since_evidence = 0
+        self._accepted_since_refusal = 0
+        if self._pauses_in_a_row == 0:
+            self._cut(now)
+        self._pauses_in_a_row += 1
+        self._paused_until = max(self._paused_until, now + pause)
 
     def _cut(self, now: float) -> None:
         """Evidence of a rate limit: keep to RATE_CUT times the lower of the pace and the rate accepted lately.
@@ -354,8 +417,49 @@ class Budget(Protocol):
     @property
     def task_results(self) -> Pacer: ...
 
+    @property
+    def cap(self) -> int | None:
+        """The running-task cap as known (given, or learnt); None while unknown."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Slots that stand for a task that may run (a shared budget: all clients', as last heard)."""
+        ...
+
     async def acquire(self) -> Slot:
         """Wait for a running-task slot and take it."""
+        ...
+
+
+@attrs.frozen
+class BudgetSettings:
+    """What a client tells the shared budget it is given when it is built (`SharedBudget.bind`)."""
+
+    max_concurrency: int
+    limits: RateLimits
+    max_polls_per_second: float | None
+    clock: Clock
+    retry: RetryPolicy
+    rng: random.Random
+    #: A hash of the client's API key (hex), never the key: the default name of the account.
+    key_hash: str
+
+
+#: How a shared budget hands its client a task another client left running: poll it, then release the slot.
+AdoptTask = Callable[[str, Slot], None]
+
+
+class SharedBudget(Budget, Protocol):
+    """A budget shared by many clients (`PixVerseClient(budget=...)`): see the module docstring."""
+
+    def bind(self, settings: BudgetSettings) -> None:
+        """Called once by the client being built."""
+        ...
+
+    def serve(self, adopt: AdoptTask) -> contextlib.AbstractAsyncContextManager[None]:
+        """Run the budget (its own tasks, in a task group of its own) while the client is open; entering
+        raises `BudgetUnavailableError` when the budget's store cannot be reached."""
         ...
 
 
@@ -467,7 +571,7 @@ class LocalBudget:
 
     # -- what slots report -------------------------------------------------------------------------------
 
-    def _on_accepted(self) -> float:
+    def _on_accepted(self, slot: Slot) -> float:
         self.running += 1
         running = self.running
         if running > self.proven:
@@ -482,11 +586,11 @@ class LocalBudget:
         self.submissions.accepted()
         return now
 
-    def _on_adopted(self) -> None:
+    def _on_adopted(self, slot: Slot) -> None:
         self.running += 1
         self._window += 1
 
-    def _on_refused(self, retry_after: float | None) -> bool:
+    def _on_refused(self, slot: Slot, retry_after: float | None) -> bool:
         self.in_use -= 1
         self._notify()
         now = self._clock.now()

@@ -341,7 +341,7 @@ class AsCompleted:
             if not isinstance(task_id, str) or not task_id.strip():
                 slot.release()
                 raise InvalidRequestError("task", f"a task id must be a non-empty str, not {task_id!r}")
-            slot.adopted()
+            slot.adopted(task_id)
             return task_id, slot
         try:
             if not isinstance(job, ImageToVideo):

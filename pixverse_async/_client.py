@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._budget import LocalBudget, RateLimits, Slot
+from ._budget import Budget, BudgetSettings, LocalBudget, RateLimits, SharedBudget, Slot
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
 from ._download import Downloader
@@ -110,7 +111,8 @@ class PixVerseClient:
     client's own waiting happens: retry backoff, poll intervals, pacing, `timeout=` of `wait()` and
     `as_completed()` (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's
     scale while a test using it runs). The network timeouts of `timeouts` are real seconds whatever the clock:
-    they bound real sockets.
+    they bound real sockets. `budget` shares the key's running-task slots and what is learnt of its limits
+    with other clients (`pixverse_async.redis.RedisBudget`); by default they are this client's.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class PixVerseClient:
         webhook_url: str | None = None,
         allow_private_video_hosts: bool = True,
         clock: Clock | None = None,
+        budget: SharedBudget | None = None,
     ) -> None:
         checked = _wrap_api_key(api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY"))
         # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
@@ -154,6 +157,8 @@ class PixVerseClient:
                 raise ConfigurationError("session", problem)
         if not isinstance(rate_limits, RateLimits):
             raise ConfigurationError("rate_limits", f"must be a RateLimits, not {type(rate_limits).__name__}")
+        if budget is not None and not all(callable(getattr(type(budget), name, None)) for name in ("bind", "serve")):
+            raise ConfigurationError("budget", f"must be a shared budget (RedisBudget), not {type(budget).__name__}")
         self._api_key = checked
         self.base_url = url
         self.max_concurrency = max_concurrency
@@ -168,14 +173,31 @@ class PixVerseClient:
         self.clock: Clock = clock if clock is not None else default_clock()
         self._given_session = session
         self._rng = random.Random()
-        self._budget = LocalBudget(
-            max_concurrency,
-            limits=rate_limits,
-            max_polls_per_second=polling.max_polls_per_second,
-            clock=self.clock,
-            retry=retry,
-            rng=self._rng,
-        )
+        self._shared_budget = budget
+        self._budget: Budget
+        if budget is None:
+            self._budget = LocalBudget(
+                max_concurrency,
+                limits=rate_limits,
+                max_polls_per_second=polling.max_polls_per_second,
+                clock=self.clock,
+                retry=retry,
+                rng=self._rng,
+            )
+        else:
+            key_hash = hashlib.sha256(checked.reveal().encode()).hexdigest()[:16]
+            budget.bind(
+                BudgetSettings(
+                    max_concurrency=max_concurrency,
+                    limits=rate_limits,
+                    max_polls_per_second=polling.max_polls_per_second,
+                    clock=self.clock,
+                    retry=retry,
+                    rng=self._rng,
+                    key_hash=key_hash,
+                )
+            )
+            self._budget = budget
         self._downloader = Downloader(
             api_key=checked,
             timeouts=timeouts,
@@ -216,6 +238,11 @@ class PixVerseClient:
                 rng=self._rng,
                 webhooks=self.webhook_url is not None,
             )
+            if self._shared_budget is not None:
+                # Tasks another client left running are polled here to their end, which frees their slots.
+                await stack.enter_async_context(
+                    self._shared_budget.serve(lambda task_id, slot: poller.track(task_id, slot=slot, learns=False))
+                )
             background = await stack.enter_async_context(anyio.create_task_group())
             await background.start(poller.run, name="pixverse-poller")
             background.start_soon(transport.watchdog.run, name="pixverse-read-timeout-watchdog")

@@ -17,6 +17,7 @@
     │   ├── APIResponseError (also ValueError)    a 200 answer that is not the promised JSON
     │   └── SubmissionUncertainError              a paid submission was sent but its answer was lost
     ├── ClientClosedError (also RuntimeError)     the client is not open, or was closed while you waited
+    ├── BudgetUnavailableError (also ConnectionError)   a shared budget's store (Redis) cannot be reached
     ├── TaskFailedError                           the task ended TASK_STATUS_FAILED
     ├── TaskTimeoutError (also TimeoutError)      the task did not finish within the caller's timeout
     └── DownloadError                             a video could not be downloaded (every download failure)
@@ -146,6 +147,10 @@ class SubmissionUncertainError(APIError):
 
 class ClientClosedError(PixVerseError, RuntimeError):
     """The client is not open (use `async with PixVerseClient(...)`), or was closed while a call waited."""
+
+
+class BudgetUnavailableError(PixVerseError, ConnectionError):
+    """A shared budget (`pixverse_async.redis.RedisBudget`) cannot reach its store: no slot, no submission."""
 
 
 class TaskFailedError(PixVerseError):

@@ -185,11 +185,19 @@ class Poller:
     def polls_in_flight(self) -> int:
         return self._in_flight
 
-    def track(self, task_id: str, *, slot: Slot | None, kind: Kind = None) -> None:
+    def track(self, task_id: str, *, slot: Slot | None, kind: Kind = None, learns: bool = True) -> None:
         """Start following a task this client just submitted (holding its slot until it ends); `kind` groups
-        tasks of alike durations."""
-        pending = self._add(task_id, self._clock.now(), slot, kind)
-        self._schedule(pending, self._first_due(pending), planned=True)
+        tasks of alike durations. `learns=False`: submitted elsewhere (adopted), its age unknown: polled now."""
+        if task_id in self._pending and slot is not None:
+            self._take_over_slot(task_id, slot)
+            return
+        now = self._clock.now()
+        pending = self._add(task_id, now, slot, kind)
+        pending.learns = learns
+        if learns:
+            self._schedule(pending, self._first_due(pending), planned=True)
+        else:
+            self._schedule(pending, now)
 
     async def follow(
         self, task_id: str, waiter: Waiter, *, slot: Slot | None, kind: Kind = None, learns: bool = True

@@ -118,7 +118,7 @@ class Submitter:
                         shield.scope.shield = False
                 if response.status == 200:
                     task_id = _task_id_from(response)
-                    slot.accepted()
+                    slot.accepted(task_id)
                     return task_id, slot
                 error: PixVerseError = self._transport.status_error(response)
                 del response  # its body may echo the key: not a local of a frame in the traceback

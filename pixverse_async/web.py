@@ -1,6 +1,6 @@
 """Using one `PixVerseClient` from a web service: ASGI lifespan helpers and webhook receivers.
 
-One client per app, opened and closed with the app (Starlette or FastAPI)::
+One client per app (per worker process), opened and closed with the app (Starlette or FastAPI)::
 
     app = FastAPI(lifespan=pixverse_lifespan(webhook_url="https://my.app/webhooks/pixverse"))
     app.add_api_route("/webhooks/pixverse", starlette_webhook_endpoint(), methods=["POST"])
@@ -11,6 +11,10 @@ One client per app, opened and closed with the app (Starlette or FastAPI)::
         return {"task_id": task.task_id}
 
 For aiohttp: `app.router.add_post("/webhooks/pixverse", aiohttp_webhook_handler(client))`.
+
+Under several worker processes (`uvicorn --workers 4`), each process opens its own client; give them one
+budget with `pixverse_lifespan(make_budget=lambda: RedisBudget(url))`, so that `max_concurrency` and what is
+learnt of the account's limits are the whole service's (see `pixverse_async.redis`).
 
 Starlette is only needed for the Starlette helpers; it is imported when they are called.
 """
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ._budget import SharedBudget
 from ._client import PixVerseClient
 
 if TYPE_CHECKING:
@@ -42,14 +47,16 @@ LIFESPAN_STATE_KEY = "pixverse"
 _Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]]
 
 
-def pixverse_lifespan(**client_options: Any) -> _Lifespan:
+def pixverse_lifespan(*, make_budget: Callable[[], SharedBudget] | None = None, **client_options: Any) -> _Lifespan:
     """An ASGI lifespan (for `Starlette(lifespan=...)` / `FastAPI(lifespan=...)`) that opens one client for
-    the app's life and closes it on shutdown. `client_options` go to `PixVerseClient`. Handlers get the
-    client with `client_from(request)`."""
+    the app's life and closes it on shutdown. `client_options` go to `PixVerseClient`; `make_budget`, if
+    given, makes each client's shared budget (one per client: `lambda: RedisBudget(url)`). Handlers get
+    the client with `client_from(request)`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-        async with PixVerseClient(**client_options) as client:
+        budget = make_budget() if make_budget is not None else None
+        async with PixVerseClient(**client_options, budget=budget) as client:
             yield {LIFESPAN_STATE_KEY: client}
 
     return lifespan

@@ -1,0 +1,816 @@
+"""One key's budget shared by every client of the account, through Redis: `RedisBudget`.
+
+    async with PixVerseClient(budget=RedisBudget("redis://redis.internal:6379/0")) as client:
+        ...
+
+Needs the `redis` package: `pip install 'pixverse-async[redis]'`. Every client that uses the same Redis and
+the same account `name` (default: a hash of the API key, never the key) shares:
+
+- the running-task slots: `max_concurrency` bounds all of them together (each client keeps to its own
+  `max_concurrency` against the shared count), lost answers held as in one process;
+- what is learnt of the account's limits: the running-task cap (from 429s, with the same rules as
+  `LocalBudget`, see `_budget.py`), the slow start of the first burst (submissions not yet answered at
+  most one more than those accepted, for all clients together, until the cap is known), the longest task
+  seen (how long a lost answer's slot is held), and each pause of an endpoint on evidence of a rate limit
+  (every client pauses and cuts its pace);
+- leases: each client renews its lease (`lease` API seconds, 20 by default) every third of it while open.
+  A client whose lease lapses (killed, hung, cut off) is dead to the others: its running tasks (recorded by
+  task id) are adopted by the next client that talks to Redis, which polls them to their end and frees
+  their slots then; a slot it held for a submission whose answer it never heard is held as a lost answer
+  (the longest task seen, 600 s before any ended). A slot is never freed while its task may still run.
+  A client that closes hands its running tasks over at once the same way.
+
+Each operation is one atomic Lua script (registered once, run by EVALSHA; Redis 6.2 or later): reports of
+the slots (accepted, refused, released...) are queued by the synchronous slot methods and sent by the
+budget's own task, in the same round trip as the next slot taken when there is one. A client waiting for a
+slot is woken by a message on the account's channel when one is freed.
+
+Redis unreachable: opening the client raises `BudgetUnavailableError`; later, submissions wait (no slot, no
+submission) while the budget retries, with a warning in the log, and go on when it is back; after
+`give_up_after` API seconds without it, waiting submissions raise `BudgetUnavailableError`. A Redis that
+comes back empty (restarted without persistence) is told again by every live client what slots it holds
+before anyone takes a new one (for 1.5 renewals); learnt limits start again.
+
+Times in Redis are the Redis server's (real seconds); the client's clock must run at a fixed rate against
+real time (`SystemClock`, or `ScaledClock` in tests).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+import os
+import re
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.abc
+import attrs
+import yarl
+
+from ._budget import (
+    CAP_EVIDENCE,
+    CAP_STRIKES,
+    LOST_ANSWER_HOLD,
+    AdoptTask,
+    BudgetSettings,
+    Endpoint,
+    Pacer,
+    Slot,
+    adopted_slot,
+)
+from ._clock import Clock, ScaledClock, SystemClock
+from ._exceptions import BudgetUnavailableError, ClientClosedError, InvalidRequestError
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["DEFAULT_LEASE", "RedisBudget"]
+
+#: How long a client's lease lasts unless renewed (API seconds); it is renewed every third of it.
+DEFAULT_LEASE = 20.0
+#: How long submissions wait for an unreachable Redis before they fail (API seconds).
+DEFAULT_GIVE_UP_AFTER = 60.0
+#: Real seconds one call to Redis may take, and the close's last report.
+CALL_TIMEOUT = 5.0
+#: Backoff between tries of an unreachable Redis (real seconds, first and longest).
+_RETRY_FIRST, _RETRY_LONGEST = 0.02, 1.0
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+_log = logging.getLogger("pixverse_async")
+
+# One step of one client, atomic: its queued reports, its lease, freeing held slots, adopting a dead
+# client's tasks, and taking up to `want` slots. Reports are idempotent by slot (a slot another client took
+# over, or one Redis no longer knows, is left alone), so a report sent twice or late changes nothing.
+_STEP = r"""
+local K_STATE, K_OWNERS, K_TASKS, K_SINCE, K_LEASES, K_HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local CHANNEL = KEYS[7]
+local client, seen_epoch, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local maxc, given, want = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local fallback_hold, grace, leaving, restoring = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1', ARGV[10] == '1'
+local evidence, strikes_needed = tonumber(ARGV[11]), tonumber(ARGV[12])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+local S = {}
+local raw = redis.call('HGETALL', K_STATE)
+for i = 1, #raw, 2 do S[raw[i]] = raw[i + 1] end
+local status = 'ok'
+if S.epoch == nil then
+  S = {epoch = t[1] .. '.' .. t[2], in_use = 0, running = 0, proven = 0, window = 1, strikes = 0, ends = 0,
+       step = 1, seq = 0, recover_until = 0}
+  if seen_epoch ~= '' then S.recover_until = now + grace end
+end
+if seen_epoch ~= '' and seen_epoch ~= S.epoch then
+  status = 'restore'
+end
+local function num(k) local v = S[k]; if v == nil or v == '' then return nil end; return tonumber(v) end
+local in_use, running, proven, window = num('in_use'), num('running'), num('proven'), num('window')
+local cap, floor, strikes, ends, step = num('cap'), num('floor'), num('strikes'), num('ends'), num('step')
+local longest = num('longest')
+if given ~= nil and cap == nil and S.given == nil then cap = given; floor = given; S.given = given end
+local ceiling = maxc
+if given ~= nil and given < ceiling then ceiling = given end
+local freed = false
+
+local function learn(r)
+  local c = math.max(1, math.min(r, ceiling))
+  cap = c; floor = c; strikes = 0; ends = 0; step = 1
+end
+local function probe()
+  if cap == nil or cap >= ceiling then return end
+  ends = ends + 1
+  if ends < cap then return end
+  ends = 0
+  local raised = cap + step
+  step = step * 2
+  if raised >= maxc and given == nil then
+    cap = nil; floor = nil
+    if window < maxc then window = maxc end
+  else
+    cap = math.min(raised, ceiling)
+  end
+end
+local function drop(slot)
+  redis.call('HDEL', K_OWNERS, slot); redis.call('HDEL', K_TASKS, slot); redis.call('HDEL', K_SINCE, slot)
+end
+
+if status == 'ok' then
+  for i = 13, #ARGV, 3 do
+    local op, slot, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local owner = redis.call('HGET', K_OWNERS, slot)
+    if op == 'S' then
+      if not owner then
+        redis.call('HSET', K_OWNERS, slot, client); in_use = in_use + 1
+        if arg ~= '' then
+          redis.call('HSET', K_TASKS, slot, arg); redis.call('HSET', K_SINCE, slot, now); running = running + 1
+        end
+      end
+    elseif owner == client then
+      local has_task = redis.call('HEXISTS', K_TASKS, slot) == 1
+      if op == 'A' or op == 'D' then
+        if not has_task then
+          redis.call('HSET', K_TASKS, slot, arg); redis.call('HSET', K_SINCE, slot, now)
+          running = running + 1; window = window + 1
+          if op == 'A' then
+            if running > proven then proven = running end
+            if floor ~= nil and running > floor then
+              floor = running
+              if cap ~= nil and running > cap then cap = running end
+            end
+            strikes = 0
+          end
+        end
+      elseif op == 'R' then
+        drop(slot); in_use = in_use - 1; freed = true
+        local retry_after = tonumber(arg)
+        if has_task then running = running - 1 end
+        if retry_after == nil or retry_after > 0 then
+          if floor ~= nil and running >= floor then
+            learn(running)
+          elseif running >= 1 and running >= evidence * proven then
+            strikes = strikes + 1
+            if strikes >= strikes_needed then learn(running) end
+          end
+        end
+      elseif op == 'F' then
+        drop(slot); in_use = in_use - 1; freed = true
+        if has_task then
+          running = running - 1
+          local took = tonumber(arg)
+          if took ~= nil then
+            if longest == nil or took > longest then longest = took end
+            probe()
+          end
+        end
+      elseif op == 'H' then
+        local start = tonumber(redis.call('HGET', K_SINCE, slot)) or now
+        if not has_task then running = running + 1; window = window + 1 end
+        redis.call('HSET', K_OWNERS, slot, '~'); redis.call('HDEL', K_TASKS, slot)
+        redis.call('ZADD', K_HELD, start, slot)
+      end
+    end
+    if op == 'P' then
+      local until_ = now + tonumber(arg)
+      if (num('pause_' .. slot) or 0) < until_ then S['pause_' .. slot] = until_ end
+      S['pauses_' .. slot] = (num('pauses_' .. slot) or 0) + 1
+    end
+  end
+end
+
+-- Held slots whose task could have ended by now are free.
+local hold = longest or fallback_hold
+local due = redis.call('ZRANGEBYSCORE', K_HELD, '-inf', now - hold)
+for _, slot in ipairs(due) do
+  redis.call('ZREM', K_HELD, slot); drop(slot); in_use = in_use - 1; running = running - 1; freed = true
+end
+
+-- Leases: a lapsed one's tasks are adopted by this client; its unanswered submissions are held.
+local adopted = {}
+local lapsed_self = false
+if status == 'ok' then
+  if seen_epoch ~= '' and not restoring and not redis.call('ZSCORE', K_LEASES, client) then
+    lapsed_self = true
+  end
+  if not leaving then
+    local dead = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now)
+    if #dead > 0 then
+      local owners = redis.call('HGETALL', K_OWNERS)
+      local is_dead = {}
+      for _, c in ipairs(dead) do if c ~= client then is_dead[c] = true end end
+      for i = 1, #owners, 2 do
+        local slot, owner = owners[i], owners[i + 1]
+        if is_dead[owner] then
+          local task = redis.call('HGET', K_TASKS, slot)
+          if task then
+            redis.call('HSET', K_OWNERS, slot, client)
+            adopted[#adopted + 1] = slot; adopted[#adopted + 1] = task
+          else
+            running = running + 1; window = window + 1
+            redis.call('HSET', K_OWNERS, slot, '~'); redis.call('ZADD', K_HELD, now, slot)
+          end
+        end
+      end
+      for c, _ in pairs(is_dead) do redis.call('ZREM', K_LEASES, c) end
+    end
+  end
+  if leaving then
+    local owns = false
+    local owners = redis.call('HVALS', K_OWNERS)
+    for _, owner in ipairs(owners) do if owner == client then owns = true; break end end
+    if owns then
+      redis.call('ZADD', K_LEASES, 0, client); redis.call('PUBLISH', CHANNEL, 'lapse')
+    else
+      redis.call('ZREM', K_LEASES, client)
+    end
+  else
+    redis.call('ZADD', K_LEASES, now + lease, client)
+  end
+end
+
+local limit
+if cap ~= nil then limit = math.max(1, math.min(ceiling, cap)) else limit = math.min(ceiling, window) end
+local granted = {}
+if status == 'ok' and now >= tonumber(S.recover_until) then
+  local seq = tonumber(S.seq)
+  for _ = 1, want do
+    if in_use >= limit then break end
+    seq = seq + 1
+    local slot = client .. '#' .. seq
+    redis.call('HSET', K_OWNERS, slot, client); in_use = in_use + 1
+    granted[#granted + 1] = slot
+  end
+  S.seq = seq
+end
+if freed and in_use < limit then redis.call('PUBLISH', CHANNEL, 'free') end
+
+S.in_use = in_use; S.running = running; S.proven = proven; S.window = window; S.strikes = strikes
+S.ends = ends; S.step = step; S.cap = cap or ''; S.floor = floor or ''; S.longest = longest or ''
+local flat = {}
+for k, v in pairs(S) do flat[#flat + 1] = k; flat[#flat + 1] = tostring(v) end
+redis.call('HSET', K_STATE, unpack(flat))
+
+-- When this client should look again by itself: a held slot's end, or another client's lease lapsing.
+local next_event = ''
+local first_held = redis.call('ZRANGE', K_HELD, 0, 0, 'WITHSCORES')
+if #first_held > 0 then next_event = tonumber(first_held[2]) + hold - now end
+local leases = redis.call('ZRANGEBYSCORE', K_LEASES, now, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+for i = 1, #leases, 2 do
+  if leases[i] ~= client then
+    local at = tonumber(leases[i + 1]) - now
+    if next_event == '' or at < next_event then next_event = at end
+    break
+  end
+end
+local recover = tonumber(S.recover_until) - now
+if recover > 0 and (next_event == '' or recover < next_event) then next_event = recover end
+if lapsed_self then status = 'lapsed' end
+return {status, S.epoch, granted, adopted, {
+  tostring(in_use), tostring(running), tostring(proven), tostring(cap or ''), tostring(floor or ''),
+  tostring(limit), tostring(next_event),
+  tostring((num('pause_submit') or 0) - now), tostring(num('pauses_submit') or 0),
+  tostring((num('pause_task-result') or 0) - now), tostring(num('pauses_task-result') or 0)}}
+"""
+
+
+def _redis_asyncio() -> Any:
+    try:
+        import redis.asyncio as redis_asyncio
+    except ImportError:
+        raise ImportError("pixverse_async.redis needs the redis package: pip install 'pixverse-async[redis]'") from None
+    return redis_asyncio
+
+
+def _shown(url: str) -> str:
+    """The URL for messages: no password."""
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError):
+        return "<unparsable URL>"
+    if parsed.password is not None or parsed.user is not None:
+        parsed = parsed.with_user(None)
+    return str(parsed)
+
+
+def _scheme(url: str) -> str:
+    try:
+        return yarl.URL(url).scheme
+    except (TypeError, ValueError):
+        return ""
+
+
+def _real_seconds_per_second(clock: Clock) -> float:
+    if isinstance(clock, SystemClock):
+        return 1.0
+    if isinstance(clock, ScaledClock):
+        return clock.scale
+    raise InvalidRequestError(
+        "clock",
+        "a RedisBudget needs a clock that runs at a fixed rate against real time (SystemClock or ScaledClock): "
+        f"leases and holds are kept on the Redis server's clock; not {type(clock).__name__}",
+    )
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    granted: anyio.Event = attrs.field(factory=anyio.Event)
+    slot: Slot | None = None
+    error: BaseException | None = None
+    gone: bool = False
+
+
+class _Unreachable(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause) or type(cause).__name__)
+
+
+@final
+class RedisBudget:
+    """The key's budget, shared through Redis by every client of the account (see the module docstring).
+
+    `url` is a `redis://`, `rediss://` or `unix://` URL (`redis.asyncio.from_url`'s); `name` names the account
+    (default: a hash of the client's API key); `lease` (API seconds) is how long a client that stops renewing
+    keeps its slots before another adopts its tasks; `give_up_after` (API seconds) how long submissions wait
+    for an unreachable Redis before they raise `BudgetUnavailableError`; `prefix` starts every key. One
+    `RedisBudget` per client: clients share through Redis, not through the object.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        lease: float = DEFAULT_LEASE,
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+        prefix: str = "pixverse-async",
+    ) -> None:
+        self._redis_module = _redis_asyncio()
+        if not isinstance(url, str) or _scheme(url) not in ("redis", "rediss", "unix"):
+            shown = _shown(url) if isinstance(url, str) else type(url).__name__
+            raise InvalidRequestError("url", f"must be a redis://, rediss:// or unix:// URL, not {shown!r}")
+        for field, value in (("name", name), ("prefix", prefix)):
+            if value is not None and (not isinstance(value, str) or not _NAME.fullmatch(value)):
+                raise InvalidRequestError(field, f"must be 1-100 letters, digits or _.:- characters, not {value!r}")
+        for field, number in (("lease", lease), ("give_up_after", give_up_after)):
+            if isinstance(number, bool) or not isinstance(number, int | float) or not 0 < number < math.inf:
+                raise InvalidRequestError(field, f"must be a positive number of seconds, not {number!r}")
+        self.url = url
+        self.name = name
+        self.lease = float(lease)
+        self.give_up_after = float(give_up_after)
+        self.prefix = prefix
+        #: Calls made to Redis (each one round trip), for metrics.
+        self.round_trips = 0
+        #: Tasks adopted from clients whose lease lapsed.
+        self.adopted_tasks = 0
+        self._client_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._settings: BudgetSettings | None = None
+        self._scale = 1.0
+        self._pacers: dict[Endpoint, Pacer] = {}
+        self._pauses_seen: dict[Endpoint, int] = {"submit": 0, "task-result": 0}
+        self._ops: list[tuple[str, str, str]] = []
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._slots: dict[str, Slot] = {}
+        self._epoch = ""
+        self._restoring = False
+        self._leaving = False
+        self._redis: redis.asyncio.Redis | None = None
+        self._script: Any = None
+        self._serving = False
+        self._dirty = False
+        self._sleeper: anyio.CancelScope | None = None
+        self._down_since: float | None = None
+        self._next_event: float = math.inf  # client clock
+        self._renew_at = -math.inf
+        # The shared state as last heard (and moved by this client's own reports since).
+        self.in_use = 0
+        self._running = 0
+        self._proven = 0.0
+        self._cap: int | None = None
+        self._floor: int | None = None
+        self.limit = 1
+
+    def __repr__(self) -> str:
+        account = self.name if self.name is not None else "<key hash>"
+        return f"<RedisBudget {_shown(self.url)} name={account} lease={self.lease:g}s>"
+
+    # -- the Budget protocol ------------------------------------------------------------------------------
+
+    @property
+    def submissions(self) -> Pacer:
+        return self._pacer("submit")
+
+    @property
+    def task_results(self) -> Pacer:
+        return self._pacer("task-result")
+
+    @property
+    def cap(self) -> int | None:
+        """The account's running-task cap as last heard (None while unknown)."""
+        return self._cap
+
+    @property
+    def running(self) -> int:
+        """Tasks that may run, of all clients of the account, as last heard."""
+        return self._running
+
+    def _pacer(self, endpoint: Endpoint) -> Pacer:
+        try:
+            return self._pacers[endpoint]
+        except KeyError:
+            raise RuntimeError("this RedisBudget is not bound to a client yet: pass it as budget=...") from None
+
+    def bind(self, settings: BudgetSettings) -> None:
+        if self._settings is not None:
+            raise InvalidRequestError(
+                "budget",
+                "this RedisBudget already serves another client: make one per client (they share through Redis)",
+            )
+        self._scale = _real_seconds_per_second(settings.clock)
+        self._settings = settings
+        if self.name is None:
+            self.name = f"key-{settings.key_hash}"
+        limits = settings.limits
+        self._pacers = {
+            "submit": Pacer(
+                "submit",
+                per_minute=limits.submits_per_minute,
+                per_second_burst=None,
+                retry=settings.retry,
+                rng=settings.rng,
+            ),
+            "task-result": Pacer(
+                "task-result",
+                per_minute=limits.polls_per_minute,
+                per_second_burst=settings.max_polls_per_second,
+                retry=settings.retry,
+                rng=settings.rng,
+            ),
+        }
+        for endpoint, pacer in self._pacers.items():
+            pacer.on_pause = lambda seconds, endpoint=endpoint: self._queue("P", endpoint, repr(seconds * self._scale))
+        self.limit = min(settings.max_concurrency, limits.max_running or settings.max_concurrency)
+
+    async def acquire(self) -> Slot:
+        """Wait for a slot of the account (one round trip when one is free) and take it."""
+        if not self._serving:
+            raise ClientClosedError("the client is not open: its RedisBudget is not running")
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        self._poke()
+        try:
+            await waiter.granted.wait()
+        except BaseException:
+            waiter.gone = True
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if waiter.slot is not None:
+                waiter.slot.release()
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.slot is not None
+        return waiter.slot
+
+    # -- what slots report (synchronously: queued for the budget's task) ------------------------------------
+
+    def _queue(self, op: str, token: str, argument: str) -> None:
+        self._ops.append((op, token, argument))
+        self._poke()
+
+    def _on_accepted(self, slot: Slot) -> float:
+        now = self._clock.now()
+        if slot.token in self._slots:
+            self._running += 1
+            self._proven = max(self._proven, self._running)
+            self._queue("A", slot.token or "", slot.task_id or "")
+        self.submissions.accepted()
+        return now
+
+    def _on_adopted(self, slot: Slot) -> None:
+        if slot.token in self._slots:
+            self._running += 1
+            self._queue("D", slot.token or "", slot.task_id or "")
+
+    def _on_refused(self, slot: Slot, retry_after: float | None) -> bool:
+        if self._slots.pop(slot.token or "", None) is None:
+            return False
+        self._queue("R", slot.token or "", "" if retry_after is None else repr(retry_after))
+        self.in_use -= 1
+        if retry_after is not None and retry_after <= 0:
+            return False
+        running = self._running
+        if (self._floor is not None and running >= self._floor) or (
+            running >= 1 and running >= CAP_EVIDENCE * self._proven
+        ):
+            # The cap's 429, as far as this client heard (Redis counts the strikes, all clients' in a row):
+            # wait for a slot if none is free, as LocalBudget does.
+            return self.in_use >= self.limit
+        self.submissions.refused(self._clock.now(), retry_after)
+        return False
+
+    def _on_released(self, slot: Slot, *, running: bool) -> None:
+        if self._slots.pop(slot.token or "", None) is None:
+            return
+        took = ""
+        if running:
+            self._running -= 1
+            if slot.accepted_at is not None:
+                took = repr((self._clock.now() - slot.accepted_at) * self._scale)
+        self.in_use -= 1
+        self._queue("F", slot.token or "", took)
+
+    def _on_abandoned(self, slot: Slot, *, running: bool) -> None:
+        if self._slots.pop(slot.token or "", None) is None:
+            return
+        if not running:
+            self._running += 1
+        self._queue("H", slot.token or "", "")
+
+    # -- the budget's own task -----------------------------------------------------------------------------
+
+    @property
+    def _clock(self) -> Clock:
+        if self._settings is None:
+            raise RuntimeError("this RedisBudget is not bound to a client yet: pass it as budget=...")
+        return self._settings.clock
+
+    @contextlib.asynccontextmanager
+    async def serve(self, adopt: AdoptTask) -> AsyncIterator[None]:
+        """Run the budget while its client is open (the client calls this): connect and register the lease
+        (`BudgetUnavailableError` if Redis cannot be reached), then report, renew and adopt from a task of
+        its own until the client closes, and hand the client's running tasks over then."""
+        if self._settings is None:
+            raise RuntimeError("this RedisBudget is not bound to a client yet: pass it as budget=...")
+        if self._serving:
+            raise RuntimeError("this RedisBudget is already running")
+        self._redis = self._redis_module.from_url(
+            self.url, decode_responses=True, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
+        )
+        self._script = self._redis.register_script(_STEP)
+        self._leaving = False
+        try:
+            try:
+                await self._step(adopt)
+            except _Unreachable as error:
+                raise BudgetUnavailableError(
+                    f"cannot reach Redis at {_shown(self.url)} for the shared budget: {error}"
+                ) from None
+            self._serving = True
+            try:
+                async with anyio.create_task_group() as group:
+                    await group.start(self._drive, adopt)
+                    try:
+                        yield
+                    finally:
+                        group.cancel_scope.cancel()
+            finally:
+                self._serving = False
+                self._leaving = True
+                self._fail_waiters(ClientClosedError("the client was closed while waiting for a running-task slot"))
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
+                    try:
+                        await self._step(adopt)
+                    except _Unreachable as error:
+                        _log.warning(
+                            "closing: Redis at %s unreachable (%s): this client's lease lapses by itself, and "
+                            "another client adopts its running tasks then",
+                            _shown(self.url),
+                            error,
+                        )
+        finally:
+            redis_client, self._redis = self._redis, None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
+                await redis_client.aclose()
+
+    async def _drive(self, adopt: AdoptTask, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as group:
+            await group.start(self._listen)
+            task_status.started()
+            failures = 0
+            while True:
+                now = self._clock.now()
+                if self._should_step(now):
+                    try:
+                        await self._step(adopt)
+                    except _Unreachable as error:
+                        failures += 1
+                        self._on_unreachable(error)
+                        backoff = min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale
+                        await self._clock.sleep(backoff)
+                        continue
+                    if failures:
+                        _log.warning("Redis at %s is back: the shared budget goes on", _shown(self.url))
+                    failures = 0
+                    self._down_since = None
+                    continue
+                await self._sleep_until(min(self._renew_at, self._next_event))
+
+    def _should_step(self, now: float) -> bool:
+        if self._ops or now >= self._renew_at or now >= self._next_event:
+            return True
+        return self._dirty and any(waiter.slot is None for waiter in self._waiters)
+
+    async def _sleep_until(self, when: float) -> None:
+        with anyio.CancelScope() as scope:
+            self._sleeper = scope
+            try:
+                if self._ops or self._dirty:  # poked since the step was decided against
+                    return
+                await self._clock.sleep(when - self._clock.now())
+            finally:
+                self._sleeper = None
+
+    def _poke(self) -> None:
+        self._dirty = True
+        if self._sleeper is not None:
+            self._sleeper.cancel()
+
+    async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Wake this budget when another client frees a slot (while some wait) or hands its tasks over."""
+        started = False
+        failures = 0
+        while True:
+            assert self._redis is not None
+            pubsub = self._redis.pubsub()
+            try:
+                try:
+                    with anyio.fail_after(CALL_TIMEOUT):
+                        await pubsub.subscribe(self._key("changed"))
+                    failures = 0
+                    if not started:
+                        started = True
+                        task_status.started()
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CALL_TIMEOUT)
+                        if message is None:
+                            continue
+                        if message.get("data") == "lapse" or self._waiters:
+                            self._next_event = -math.inf if message.get("data") == "lapse" else self._next_event
+                            self._poke()
+                except (OSError, TimeoutError, self._redis_module.RedisError):
+                    if not started:
+                        started = True
+                        task_status.started()
+                    failures += 1
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._clock.sleep(min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale)
+
+    def _key(self, part: str) -> str:
+        return f"{self.prefix}:{{{self.name}}}:{part}"
+
+    def _on_unreachable(self, error: _Unreachable) -> None:
+        now = self._clock.now()
+        if self._down_since is None:
+            self._down_since = now
+            _log.warning(
+                "Redis at %s unreachable (%s): no submissions until it is back (they fail after %g s)",
+                _shown(self.url),
+                error,
+                self.give_up_after,
+            )
+        if now - self._down_since >= self.give_up_after:
+            self._fail_waiters(
+                BudgetUnavailableError(
+                    f"Redis at {_shown(self.url)} has been unreachable for {now - self._down_since:.0f} s "
+                    f"({error}): no submission without a running-task slot"
+                )
+            )
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.slot is None:
+                waiter.error = error
+            waiter.granted.set()
+
+    async def _step(self, adopt: AdoptTask) -> None:
+        """One round trip: send the queued reports, renew the lease, take slots for the waiters."""
+        settings = self._settings
+        assert settings is not None
+        assert self._script is not None
+        ops, self._ops = self._ops, []
+        self._dirty = False
+        if self._restoring:
+            ops = [("S", token, slot.task_id or "") for token, slot in self._slots.items()] + ops
+        want = 0 if self._leaving else sum(1 for waiter in self._waiters if waiter.slot is None)
+        renew = self.lease / 3
+        arguments: list[str | float | int] = [
+            self._client_id,
+            self._epoch,
+            self.lease * self._scale,
+            settings.max_concurrency,
+            "" if settings.limits.max_running is None else settings.limits.max_running,
+            want,
+            LOST_ANSWER_HOLD * self._scale,
+            1.5 * renew * self._scale,
+            "1" if self._leaving else "0",
+            "1" if self._restoring else "0",
+            CAP_EVIDENCE,
+            CAP_STRIKES,
+        ]
+        for op in ops:
+            arguments.extend(op)
+        keys = [self._key(part) for part in ("state", "owners", "tasks", "since", "leases", "held", "changed")]
+        redis_module = self._redis_module
+        try:
+            with anyio.CancelScope(shield=True), anyio.fail_after(CALL_TIMEOUT):
+                reply = await self._script(keys=keys, args=arguments)
+        except (OSError, TimeoutError, redis_module.ConnectionError, redis_module.TimeoutError) as error:
+            if not self._restoring:
+                self._ops = ops + self._ops
+            raise _Unreachable(error) from None
+        except redis_module.ResponseError as error:
+            if "LOADING" in str(error) or "BUSY" in str(error):  # a restarted server loading its data
+                self._ops = ops + self._ops
+                raise _Unreachable(error) from None
+            raise
+        self.round_trips += 1
+        status, epoch, granted, adopted, snapshot = reply
+        now = self._clock.now()
+        self._renew_at = now + renew
+        if status == "restore":
+            # Redis lost what it knew (restarted empty): tell it this client's slots before anything else.
+            _log.warning(
+                "Redis at %s came back empty: restoring this client's %d running-task slots",
+                _shown(self.url),
+                len(self._slots),
+            )
+            self._epoch = epoch
+            self._restoring = True
+            self._dirty = True
+            self._next_event = -math.inf
+            return
+        self._epoch = epoch
+        self._restoring = False
+        if status == "lapsed":
+            _log.warning(
+                "this client's lease in Redis lapsed (it could not renew it for %g s): its %d running tasks "
+                "were adopted by other clients, whose slots they now hold",
+                self.lease,
+                len(self._slots),
+            )
+            self._slots.clear()
+        # Pauses from before this client's first round trip are history, not news.
+        own_pauses = [token for op, token, _ in ops if op == "P"]
+        self._take_snapshot(snapshot, now, own_pauses, heard_before=self.round_trips > 1)
+        for token in granted:
+            slot = Slot(self, token)
+            self._slots[token] = slot
+            while self._waiters and self._waiters[0].gone:
+                self._waiters.popleft()
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.slot = slot
+                waiter.granted.set()
+            else:
+                slot.release()
+        for index in range(0, len(adopted), 2):
+            token, task_id = adopted[index], adopted[index + 1]
+            slot = adopted_slot(self, token, task_id)
+            self._slots[token] = slot
+            self.adopted_tasks += 1
+            _log.info("adopted task %s from a client of this account whose lease lapsed", task_id)
+            adopt(task_id, slot)
+
+    def _take_snapshot(self, snapshot: list[str], now: float, own_pauses: list[str], *, heard_before: bool) -> None:
+        in_use, running, proven, cap, floor, limit, next_event = snapshot[:7]
+        self.in_use, self._running, self._proven = int(float(in_use)), int(float(running)), float(proven)
+        self._cap = int(float(cap)) if cap else None
+        self._floor = int(float(floor)) if floor else None
+        self.limit = int(float(limit))
+        self._next_event = now + float(next_event) / self._scale if next_event else math.inf
+        endpoints: tuple[tuple[Endpoint, list[str]], ...] = (("submit", snapshot[7:9]), ("task-result", snapshot[9:11]))
+        for endpoint, (pause, pauses) in endpoints:
+            count = int(float(pauses))
+            foreign = count - self._pauses_seen[endpoint] - own_pauses.count(endpoint)
+            self._pauses_seen[endpoint] = count
+            if foreign > 0 and heard_before:
+                # Another client's evidence of a rate limit: pause what is left of its pause, cut the pace.
+                self._pacers[endpoint].follow_pause(now, max(0.0, float(pause)) / self._scale)
