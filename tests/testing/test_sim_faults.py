@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -116,7 +117,7 @@ async def test_submit_truncated_json_creates_the_task() -> None:
         assert reply.status == 200
         assert reply.headers["Content-Type"].startswith("application/json")
         assert reply.body.startswith(b'{"task_id":')
-        with pytest.raises(ValueError, match=r"Unterminated|Expecting"):
+        with pytest.raises(json.JSONDecodeError):  # the type, not CPython's wording of the message
             reply.json()
         assert h.sim.counters.tasks_created == 1
 
@@ -169,7 +170,7 @@ async def test_poll_faults() -> None:
         h.sim.inject(Fault("poll", "truncated_json"))
         reply = await h.poll(task_id)
         assert reply.status == 200
-        with pytest.raises(ValueError, match=r"Unterminated|Expecting"):
+        with pytest.raises(json.JSONDecodeError):  # the type, not CPython's wording of the message
             reply.json()
 
         assert h.sim.counters.poll_requests == 9
