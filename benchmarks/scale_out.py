@@ -15,7 +15,7 @@ Redis round trips per job. One more line runs 8 workers with `max_concurrency=20
 cap: the peak of running tasks in all must stay at 20.
 
 Then a killed worker: worker A takes every slot (20 tasks), worker B waits with jobs of its own; A is
-SIGKILLed. With tasks of 3 s (shorter than the default 30 s lease), B's first submission must come within
+SIGKILLed. With tasks of 3 s (shorter than the default 20 s lease), B's first submission must come within
 the lease of the kill (plus the round trips of adopting and one poll); with tasks of 60 s (longer), when A's
 tasks end (B adopts and polls them). A is killed once Redis has all its task ids.
 
