@@ -395,7 +395,9 @@ class Pacer:
         """
         if not self._accepted_bins:
             return  # nothing to measure a pace by: the pause alone
-        since = max(2.0, now - (self._first_accepted_at or now))
+        first = self._first_accepted_at
+        # `is None`, not falsiness: a clock that starts at 0 (the simulator's, a test's) has a first call at 0.0.
+        since = max(2.0, now - (first if first is not None else now))
         rate = 0.0
         for span in RATE_SPANS:
             span = min(span, since)

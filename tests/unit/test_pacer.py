@@ -81,24 +81,24 @@ def test_429s_with_an_accepted_call_between_are_not_a_rate_limit() -> None:
 
 def test_a_run_of_429s_pauses_every_call_and_cuts_the_pace_below_what_got_through() -> None:
     paced = pacer()
-    # 10 calls a second get through for 10 seconds, then 3 in a row are refused. (The fake clock starts at
-    # 1000, not 0: see the report of issue 13 on `_first_accepted_at or now`.)
+    # 10 calls a second get through for 10 seconds, then 3 in a row are refused. The fake clock starts at 0,
+    # as the simulator's does: a first call at 0.0 is a first call (it once read as none).
     for tick in range(100):
-        assert paced.delay(1000 + tick / 10) == 0.0
+        assert paced.delay(tick / 10) == 0.0
         paced.accepted()
     for _ in range(RATE_EVIDENCE):
-        assert paced.delay(1010.0) == 0.0
-        wait = paced.refused(1010.0, None)
+        assert paced.delay(10.0) == 0.0
+        wait = paced.refused(10.0, None)
     assert wait == 1.0  # the first pause's backoff
-    assert paced.delay(1010.5) == 0.5  # every call waits out the pause
+    assert paced.delay(10.5) == 0.5  # every call waits out the pause
     rate = paced.learnt_rate
     assert rate is not None
     # The refused calls were let through but not accepted: 90 accepted over the 10 seconds before this one.
     assert abs(rate - RATE_CUT * 9.0) < 1e-9
     # Then calls go at the learnt pace, and grow it a little with each one accepted after waiting for it.
-    assert paced.delay(1011.0) == 0.0
-    assert paced.delay(1011.0) > 0
-    assert paced.delay(1011.0 + 1 / rate + 1e-9) == 0.0
+    assert paced.delay(11.0) == 0.0
+    assert paced.delay(11.0) > 0
+    assert paced.delay(11.0 + 1 / rate + 1e-9) == 0.0
     paced.accepted()
     assert paced.learnt_rate is not None
     assert abs(paced.learnt_rate - rate * (1 + RATE_GROWTH * (1 + 1 / RATE_GROWTH_CALLS))) < 1e-9
