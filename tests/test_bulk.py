@@ -186,12 +186,15 @@ async def test_leaving_early_stops_everything_and_keeps_the_paid_task_ids(how: s
             finally:
                 gc.enable()
         await _settle(client, stream)
+        # Once everything has run as far as it can, no task of the run is left that could send anything later
+        # (the proof: no real sleep needed), and nothing more is sent however far the simulator's time moves.
+        await anyio.wait_all_tasks_blocked()
+        assert live_tasks() == before
+        assert client.pending_tasks == 0
         requests_after_exit = sim.counters.poll_requests + sim.counters.submit_requests
         sim.advance(1000)
-        await anyio.sleep(0.05)  # real time in which a leftover poller or submitter would show up
+        await anyio.wait_all_tasks_blocked()
         assert sim.counters.poll_requests + sim.counters.submit_requests == requests_after_exit
-        assert client.pending_tasks == 0
-        assert live_tasks() == before
         if how != "plain-async-for-break":
             unfinished = {task.task_id for task in stream.unfinished}
             created = set(sim.tasks)
