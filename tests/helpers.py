@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -44,3 +45,15 @@ async def eventually(condition: Callable[[], bool]) -> None:
     with anyio.fail_after(5):
         while not condition():
             await anyio.sleep(0.001)
+
+
+def live_tasks(*, but_polls: bool = False) -> set[asyncio.Task[object]]:
+    """Live asyncio tasks, but the simulator's keep-alive connection handlers (and, with `but_polls`, the
+    poller's polls of tasks already running, which come and go)."""
+    return {
+        task
+        for task in asyncio.all_tasks()
+        if not task.done()
+        and not task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
+        and not (but_polls and task.get_name().startswith("pixverse_async._poller.Poller._poll"))
+    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import weakref
 from collections import Counter
@@ -31,7 +30,7 @@ from pixverse_async import (
     Timeouts,
 )
 from pixverse_async.testing import Fault, ScaledClock, Simulator, TaskPlan
-from tests.helpers import KEY, SCALE, client_for, eventually, tiny_server
+from tests.helpers import KEY, SCALE, client_for, eventually, live_tasks, tiny_server
 from tests.images import png
 
 pytestmark = pytest.mark.anyio
@@ -145,15 +144,6 @@ async def test_resuming_by_task_and_task_id() -> None:
     assert sorted(r.task_id or "" for r in results) == sorted(t.task_id for t in tasks)
     assert all(r.ok for r in results)
     assert sim.counters.tasks_created == 3
-
-
-def live_tasks() -> set[asyncio.Task[object]]:
-    """Live asyncio tasks, but the simulator's own keep-alive connection handlers."""
-    return {
-        task
-        for task in asyncio.all_tasks()
-        if not task.done() and not task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
-    }
 
 
 @pytest.mark.parametrize("how", ["break", "exception", "cancel", "plain-async-for-break"])

@@ -35,7 +35,7 @@ from pixverse_async import (
     VideoExpiredError,
 )
 from pixverse_async.testing import Fault, InstantClock, Simulator, TaskPlan
-from tests.helpers import KEY, SCALE, client_for, eventually
+from tests.helpers import KEY, SCALE, client_for, eventually, live_tasks
 from tests.images import jpeg, png
 
 pytestmark = pytest.mark.anyio
@@ -209,18 +209,6 @@ async def test_a_request_cancelled_from_outside_is_cancelled_not_timed_out(sim: 
     assert sim.counters.faults_applied[f"{request_kind}:slow"] == 1
 
 
-def _live_tasks() -> set[asyncio.Task[object]]:
-    """Live asyncio tasks that could send a submission: not the simulator's keep-alive connection handlers,
-    nor the poller's polls of tasks already running (they come and go)."""
-    return {
-        task
-        for task in asyncio.all_tasks()
-        if not task.done()
-        and not task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
-        and not task.get_name().startswith("pixverse_async._poller.Poller._poll")
-    }
-
-
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -305,7 +293,7 @@ async def test_a_submission_left_before_it_was_sent_sends_nothing(sim: Simulator
             running = await client.submit(ImageToVideo("run 100", URL_IMAGE))
         else:
             sim.inject(Fault("submit", "rate_limit", retry_after=200))  # 0.2 s of real time
-        background = _live_tasks()
+        background = live_tasks(but_polls=True)
         submitted = sim.counters.submit_requests
         with anyio.move_on_after(0.05) as scope:
             await client.submit(ImageToVideo("left", URL_IMAGE))
@@ -313,7 +301,7 @@ async def test_a_submission_left_before_it_was_sent_sends_nothing(sim: Simulator
         # Once everything has run as far as it can, nothing of the left call lives on to send it later (no
         # real sleep past the backoff needed).
         await anyio.wait_all_tasks_blocked()
-        assert _live_tasks() == background
+        assert live_tasks(but_polls=True) == background
         assert sim.counters.submit_requests == submitted + (left_while == "backing off after a 429")
         assert client.abandoned_tasks == []
         if left_while == "waiting for a slot":
