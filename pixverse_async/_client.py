@@ -35,20 +35,23 @@ from ._exceptions import (
     InvalidRequestError,
     PixVerseError,
     RateLimitError,
+    ServerError,
     TaskFailedError,
 )
 from ._forecast import kind_of
 from ._models import (
+    REQUEST_TYPES,
     ImageToVideo,
     Task,
     TaskResult,
     TaskStatus,
+    TextToVideo,
     Video,
     check_timeout,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._protocol import TASK_RESULT_PATH, parse_task_result
-from ._retry import RetryPolicy, call_with_retries
+from ._retry import RetryPolicy, call_with_retries, is_surge
 from ._submission import Submitter, WireShield
 from ._transport import (
     USER_AGENT,
@@ -67,6 +70,7 @@ DEFAULT_MAX_CONCURRENCY = 64
 # raw loop's requests in flight, and each turn of the event loop served half as many of them.
 DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
 _DOWNLOAD_CONNECTIONS = 32
+_TASK_FAILED = "TASK_FAILED"
 
 T = TypeVar("T")
 _log = logging.getLogger("pixverse_async")
@@ -78,7 +82,7 @@ class _Submission:
     """One `submit()` call: what its request task reports back, and the scope that stops it from sending
     once the caller is gone."""
 
-    request: ImageToVideo
+    request: ImageToVideo | TextToVideo
     answered: anyio.Event = attrs.field(factory=anyio.Event)
     stop: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     task: Task | None = None
@@ -300,14 +304,17 @@ class PixVerseClient:
 
     # -- submit ---------------------------------------------------------------------------------------------
 
-    async def submit(self, request: ImageToVideo) -> Task:
+    async def submit(self, request: ImageToVideo | TextToVideo) -> Task:
         """Submit one job (billed once accepted) and return its task; waits while `max_concurrency` run.
+        A `TextToVideo` goes to the text-to-video endpoint; its result comes from the same task-result call.
 
         Raises `SubmissionUncertainError` when the request was sent but the answer was lost: it is not
         retried, because the task may exist and be billed.
         """
-        if not isinstance(request, ImageToVideo):
-            raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
+        if not isinstance(request, REQUEST_TYPES):
+            raise InvalidRequestError(
+                "request", f"must be an ImageToVideo or a TextToVideo, not {type(request).__name__}"
+            )
         state = self._state()
         body = await state.submitter.request_body(request)
         slot = await state.submitter.take_slot()
@@ -400,8 +407,9 @@ class PixVerseClient:
             await pacer.wait(clock)
             try:
                 result = await _fetch_task_once(transport, task_id)
-            except RateLimitError as error:
-                pacer.refused(clock.now(), error.retry_after)
+            except (RateLimitError, ServerError) as error:
+                if isinstance(error, RateLimitError) or is_surge(error):
+                    pacer.refused(clock.now(), error.retry_after)
                 raise
             pacer.accepted()
             return result
@@ -531,6 +539,9 @@ async def _fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
     if response.status != 200:
         error = transport.status_error(response)
         del response  # its body may echo the key: not a local of a frame in the traceback
+        if error.status_code == 500 and error.reason == _TASK_FAILED:
+            # The router's documented answer about a failed task: the task's end, not a server failure to retry.
+            return TaskResult(task_id, TaskStatus.FAILED, reason=error.message or _TASK_FAILED, raw_status=_TASK_FAILED)
         raise error
     result = parse_task_result(response.json())
     if not result.task_id:

@@ -32,6 +32,7 @@ from ._budget import Pacer, Slot
 from ._clock import Clock
 from ._exceptions import (
     APIError,
+    APIStatusError,
     ClientClosedError,
     NotFoundError,
     PixVerseError,
@@ -40,7 +41,7 @@ from ._exceptions import (
 )
 from ._forecast import Evidence, Forecaster, Kind
 from ._models import TaskResult
-from ._retry import CallKind, RetryPolicy, Verdict, decide
+from ._retry import CallKind, RetryPolicy, Verdict, decide, is_surge
 from ._validation import count, number
 
 Outcome = TaskResult | PixVerseError
@@ -436,7 +437,7 @@ class Poller:
         except APIError as error:
             if decide(error, CallKind.IDEMPOTENT) is not Verdict.RETRY:
                 self._finish(pending, error)
-            elif isinstance(error, RateLimitError):
+            elif isinstance(error, APIStatusError) and (isinstance(error, RateLimitError) or is_surge(error)):
                 self._on_poll_rate_limited(pending, error)
             else:
                 self._on_poll_transient_error(pending, error)
@@ -468,8 +469,9 @@ class Poller:
             capped = self._capped_by_deadlines(pending, due)
             self._schedule(pending, capped, planned=capped == due)
 
-    def _on_poll_rate_limited(self, pending: PendingTask, error: RateLimitError) -> None:
-        # The pacer tells a busy router's lone 429 (this task waits) from a rate limit (every poll pauses).
+    def _on_poll_rate_limited(self, pending: PendingTask, error: APIStatusError) -> None:
+        # The pacer tells a busy router's lone 429 or 503/504 (this task waits) from a rate limit or a surge
+        # (every poll pauses).
         now = self._clock.now()
         self._schedule(pending, now + self._pacer.refused(now, error.retry_after))
 

@@ -27,6 +27,7 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
+    ContentPolicyError,
     InsufficientBalanceError,
     NotFoundError,
     PermissionDeniedError,
@@ -39,6 +40,7 @@ from ._version import __version__
 
 _AUTH_REASONS = frozenset({"MISSING_API_KEY", "INVALID_API_KEY", "BILLING_AUTH_FAILED"})
 _BALANCE_REASONS = frozenset({"BILLING_BALANCE_NOT_ENOUGH"})
+_CONTENT_POLICY_REASONS = frozenset({"ILLEGAL_PROMPT", "ILLEGAL_IMAGE_CONTENT"})
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -303,6 +305,8 @@ class ApiTransport:
             return AuthenticationError
         if reason in _BALANCE_REASONS:
             return InsufficientBalanceError
+        if status == 400 and reason in _CONTENT_POLICY_REASONS:
+            return ContentPolicyError
         if status >= 500:
             return ServerError
         return _STATUS_ERRORS.get(status, APIStatusError)
