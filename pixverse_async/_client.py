@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,7 @@ from ._budget import Budget, BudgetSettings, LocalBudget, RateLimits, SharedBudg
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
 from ._download import Downloader
+from ._environment import Proxy, ProxyRoutes, proxy_routes_from_environment, ssl_context_from_environment
 from ._exceptions import (
     ClientClosedError,
     ConfigurationError,
@@ -117,6 +119,11 @@ class PixVerseClient:
     scale while a test using it runs). The network timeouts of `timeouts` are real seconds whatever the clock:
     they bound real sockets. `budget` shares the key's running-task slots and what is learnt of its limits
     with other clients (`pixverse_async.redis.RedisBudget`); by default they are this client's.
+
+    `trust_env=True` (the default) makes the session the client builds honour the environment, like requests
+    and httpx: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (the API calls and the video downloads
+    both), and `SSL_CERT_FILE`/`SSL_CERT_DIR` for the CA certificates; `trust_env=False` ignores them. A session
+    you pass keeps its own settings.
     """
 
     def __init__(
@@ -136,6 +143,7 @@ class PixVerseClient:
         allow_private_video_hosts: bool = True,
         clock: Clock | None = None,
         budget: SharedBudget | None = None,
+        trust_env: bool = True,
     ) -> None:
         checked = _wrap_api_key(api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY"))
         # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
@@ -153,6 +161,7 @@ class PixVerseClient:
         check_instance("polling", polling, PollPolicy, error=ConfigurationError)
         check_bool("image_as_data_uri", image_as_data_uri, error=ConfigurationError)
         check_bool("allow_private_video_hosts", allow_private_video_hosts, error=ConfigurationError)
+        check_bool("trust_env", trust_env, error=ConfigurationError)
         if clock is not None and not all(callable(getattr(clock, method, None)) for method in ("now", "sleep")):
             raise ConfigurationError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
         if session is not None:
@@ -174,6 +183,9 @@ class PixVerseClient:
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
         self.allow_private_video_hosts = allow_private_video_hosts
+        self.trust_env = trust_env
+        # Read from the environment when the client opens its own session (see `_environment`).
+        self._proxy_routes = ProxyRoutes()
         self.clock: Clock = clock if clock is not None else default_clock()
         self._given_session = session
         self._rng = random.Random()
@@ -208,6 +220,7 @@ class PixVerseClient:
             allow_private_video_hosts=allow_private_video_hosts,
             session=self._download_session,
             retrying=self._retrying,
+            proxy_for=self._proxy_for,
         )
         self._open: _OpenState | None = None
         self._abandoned: list[Task] = []
@@ -224,15 +237,26 @@ class PixVerseClient:
             # Checked again: a session's default headers can be changed after the client was built.
             if session is not None and (problem := _session_problem(session, self._api_key)) is not None:
                 raise ConfigurationError("session", problem)
+            self._proxy_routes = ProxyRoutes()
             if session is None:
+                ssl_context = None
+                if self.trust_env:
+                    # A user-given session keeps its own settings: only the client's own reads the environment.
+                    self._proxy_routes = proxy_routes_from_environment()
+                    ssl_context = await anyio.to_thread.run_sync(ssl_context_from_environment)
                 # Connections are needed only for requests in flight, not one per running task: enough for
                 # every submission and poll the caps allow, plus some for downloads.
                 pool_size = self.max_submissions_in_flight + self.polling.max_polls_in_flight + _DOWNLOAD_CONNECTIONS
+                # True: aiohttp's own verifying context.
+                verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
                 session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=pool_size), headers={"User-Agent": USER_AGENT}
+                    connector=aiohttp.TCPConnector(limit=pool_size, ssl=verify),
+                    headers={"User-Agent": USER_AGENT},
                 )
                 stack.push_async_callback(session.close)
-            transport = ApiTransport(session, self.base_url, self._api_key, self.timeouts)
+            transport = ApiTransport(
+                session, self.base_url, self._api_key, self.timeouts, proxy=self._proxy_for(self.base_url)
+            )
             poller = Poller(
                 functools.partial(_fetch_task_once, transport),
                 clock=self.clock,
@@ -495,6 +519,9 @@ class PixVerseClient:
         `VideoHostError` (429, 5xx) and `DownloadConnectionError` once retries are spent.
         """
         return await self._downloader.download(video, path)
+
+    def _proxy_for(self, url: str) -> Proxy | None:
+        return self._proxy_routes.proxy_for(url)
 
     def _download_session(self) -> aiohttp.ClientSession:
         state = self._state()

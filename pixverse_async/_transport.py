@@ -19,6 +19,7 @@ import anyio
 import attrs
 from multidict import CIMultiDictProxy
 
+from ._environment import Proxy
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -209,8 +210,18 @@ class Response:
 class ApiTransport:
     """Sends requests to the API with the key, and turns every failure into this library's errors."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: Secret, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: Secret,
+        timeouts: Timeouts,
+        *,
+        proxy: Proxy | None = None,
+    ) -> None:
         self._session = session
+        self._proxy = None if proxy is None else proxy.url
+        self._proxy_auth = None if proxy is None else proxy.auth
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeouts.for_api()
@@ -235,7 +246,15 @@ class ApiTransport:
         try:
             # No redirects: following one could carry the key to another host.
             async with self._session.request(
-                method, url, params=params, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
             ) as response:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import ssl
 import types
 import typing
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -115,6 +116,7 @@ class Simulator:
     _running: contextlib.AsyncExitStack | None
     _started_by: int | None
     _base_url: str | None
+    _ssl_context: ssl.SSLContext | None
 
     def __init__(
         self,
@@ -151,6 +153,7 @@ class Simulator:
         progress_step: int = 25,
         max_processing_per_key: int | None = None,
         accept_fields: Collection[str] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """Configure the simulator; nothing listens until `start()` or `async with`.
 
@@ -191,6 +194,8 @@ class Simulator:
         - `max_processing_per_key`: at most this many tasks of a key PROCESSING at once; later ones queue.
         - `accept_fields`: top-level body fields to accept beyond the documented ones (by default an unknown
           field answers 400 `INVALID_REQUEST_BODY`); they are kept in `SimTask.request`.
+        - `ssl_context`: a server-side SSL context: both sites then speak https (for tests of TLS and of
+          proxies reached by CONNECT).
         """
         if isinstance(api_keys, str):
             raise TypeError("api_keys must be a collection of keys, not one string")
@@ -278,6 +283,7 @@ class Simulator:
             running=None,
             started_by=None,
             base_url=None,
+            ssl_context=ssl_context,
         )
 
     def __repr__(self) -> str:
@@ -419,11 +425,12 @@ class Simulator:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await runner.setup()
         stack.push_async_callback(_shielded, runner.cleanup)
-        site = web.TCPSite(runner, self.host, port)
+        site = web.TCPSite(runner, self.host, port, ssl_context=self._ssl_context)
         await site.start()
         bound_port = runner.addresses[0][1]
         url_host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{url_host}:{bound_port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{url_host}:{bound_port}"
 
     async def close(self) -> None:
         """Stop the webhook dispatcher and both sites, and close open connections (a no-op if not running).
