@@ -47,6 +47,8 @@ FIELDS = (
     "seed",
     "extra",
 )
+#: What starts the fingerprint of a text-to-video row (see `row_kind`).
+TEXT_FINGERPRINT_PREFIX = "text:"
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DIGITS = re.compile(r"[0-9]+")
 # The largest cell a valid row can need: a data URI of the largest image the API takes, with room to spare.
@@ -74,6 +76,11 @@ class ManifestRow:
     @property
     def file_name(self) -> str:
         return f"{self.key}.mp4"
+
+
+def row_kind(fingerprint: str) -> str:
+    """`text` or `image`: the kind of job of the row whose fingerprint (in a manifest or a journal) this is."""
+    return "text" if fingerprint.startswith(TEXT_FINGERPRINT_PREFIX) else "image"
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:
@@ -241,6 +248,10 @@ def _check_row(line: int, number: int, fields: Mapping[str, Any], base: Path, *,
             values["image"] = base / image
         request = (_CSV_REQUESTS if from_csv else _JSON_REQUESTS).read(values)
     fingerprint = hashlib.sha256(json.dumps(dict(fields), sort_keys=True, default=str).encode()).hexdigest()
+    if isinstance(request, TextToVideo):
+        # The kind travels with the row through every journal (SQLite or Redis) without a column of its own;
+        # image rows keep the fingerprints earlier journals hold.
+        fingerprint = TEXT_FINGERPRINT_PREFIX + fingerprint
     return ManifestRow(line=line, key=key, request=request, fingerprint=fingerprint)
 
 
