@@ -83,9 +83,10 @@ class EventKind(enum.Enum):
 class JobEvent:
     """Something that happened to one job, for progress bars and metrics (`as_completed(on_event=...)`).
 
-    `progress_percent`/`eta` are set on PROGRESS; `error` on FAILED (any failure: task failed, timed out,
-    rejected, uncertain) and on RETRIED (what was retried; `attempt` is the try that failed). `key` is the
-    job's key, as on its `JobResult`.
+    `progress_percent`/`eta` are set on PROGRESS, with `status` and `raw_status` (the server's word: a status
+    this library does not know is `TaskStatus.UNKNOWN`, and keeps being polled); `error` on FAILED (any
+    failure: task failed, timed out, rejected, uncertain) and on RETRIED (what was retried; `attempt` is the
+    try that failed). `key` is the job's key, as on its `JobResult`.
     """
 
     kind: EventKind
@@ -96,6 +97,8 @@ class JobEvent:
     error: PixVerseError | None = None
     attempt: int | None = None
     key: Hashable = None
+    status: TaskStatus | None = None
+    raw_status: str = ""
 
 
 EventCallback = Callable[[JobEvent], None]
@@ -423,11 +426,13 @@ class AsCompleted:
         error: PixVerseError | None = None,
         attempt: int | None = None,
         key: Hashable = None,
+        result: TaskResult | None = None,
     ) -> None:
         if self._on_event is None:  # checked before building the event: this runs several times per job
             return
+        status, raw_status = (None, "") if result is None else (result.status, result.raw_status)
         try:
-            self._on_event(JobEvent(kind, job, task_id, progress_percent, eta, error, attempt, key))
+            self._on_event(JobEvent(kind, job, task_id, progress_percent, eta, error, attempt, key, status, raw_status))
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
@@ -489,6 +494,7 @@ class _JobWaiter(Waiter):
             progress_percent=result.progress_percent,
             eta=result.eta,
             key=self.key,
+            result=result,
         )
 
 

@@ -13,7 +13,9 @@ from aiohttp import web
 from pixverse_async import (
     BadRequestError,
     ContentPolicyError,
+    EventKind,
     ImageToVideo,
+    JobEvent,
     PixVerseClient,
     PollPolicy,
     RetryPolicy,
@@ -147,3 +149,24 @@ async def test_an_unknown_status_keeps_the_task_polled_with_backoff_and_visible(
     assert [result.raw_status for result in seen[:5]] == [unknown] * 5
     gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
     assert all(gap >= 1.0 for gap in gaps), gaps  # never faster than the floor: no hot loop
+
+
+async def test_an_unknown_status_shows_in_the_progress_events_of_a_run_and_never_ends_it() -> None:
+    polls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal polls
+        polls += 1
+        status = "TASK_STATUS_EXPIRED" if polls <= 3 else "TASK_STATUS_SUCCEED"
+        return web.json_response({"task": {"task_id": "t", "status": status}})
+
+    events: list[JobEvent] = []
+    async with (
+        tiny_server(handler) as url,
+        PixVerseClient(KEY, base_url=url, clock=InstantClock(), polling=PollPolicy(min_interval=1.0)) as client,
+        client.as_completed(["t"], on_event=events.append) as results,
+    ):
+        outcomes = [result async for result in results]
+    progress = [event for event in events if event.kind is EventKind.PROGRESS]
+    assert [(event.status, event.raw_status) for event in progress] == [(TaskStatus.UNKNOWN, "TASK_STATUS_EXPIRED")] * 3
+    assert [result.status for result in outcomes] == [TaskStatus.SUCCEED] and polls == 4
