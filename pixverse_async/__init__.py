@@ -21,6 +21,7 @@ from ._exceptions import (
     BudgetUnavailableError,
     ClientClosedError,
     ConfigurationError,
+    ContentPolicyError,
     DownloadConnectionError,
     DownloadError,
     DownloadTimeoutError,
@@ -37,7 +38,18 @@ from ._exceptions import (
     VideoExpiredError,
     VideoHostError,
 )
-from ._models import ImageToVideo, Resolution, Style, Task, TaskResult, TaskStatus, Video
+from ._models import (
+    AspectRatio,
+    ImageToVideo,
+    Resolution,
+    Style,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TextToVideo,
+    Video,
+    VideoRequest,
+)
 from ._poller import PollPolicy
 from ._retry import RetryPolicy
 from ._transport import Timeouts
@@ -52,6 +64,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AsCompleted",
+    "AspectRatio",
     "AuthenticationError",
     "BadRequestError",
     "BatchCounts",
@@ -59,6 +72,7 @@ __all__ = [
     "ClientClosedError",
     "Clock",
     "ConfigurationError",
+    "ContentPolicyError",
     "DownloadConnectionError",
     "DownloadError",
     "DownloadTimeoutError",
@@ -86,9 +100,11 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskTimeoutError",
+    "TextToVideo",
     "Timeouts",
     "Video",
     "VideoExpiredError",
     "VideoHostError",
+    "VideoRequest",
     "__version__",
 ]

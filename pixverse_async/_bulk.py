@@ -27,17 +27,18 @@ from ._budget import Slot
 from ._clock import Clock
 from ._exceptions import (
     AuthenticationError,
+    ContentPolicyError,
     InsufficientBalanceError,
     InvalidRequestError,
     PixVerseError,
     TaskFailedError,
 )
 from ._forecast import kind_of
-from ._models import ImageToVideo, Task, TaskResult, TaskStatus, Video, check_timeout
+from ._models import REQUEST_TYPES, ImageToVideo, Task, TaskResult, TaskStatus, TextToVideo, Video, check_timeout
 from ._poller import Outcome, Poller, Waiter
 from ._submission import Submitter, WireShield
 
-Job = ImageToVideo | Task | str
+Job = ImageToVideo | TextToVideo | Task | str
 # A job with a key of the caller's (a row id, a database key), given back on its result and events.
 KeyedJob = tuple[Hashable, Job]
 _log = logging.getLogger("pixverse_async")
@@ -82,9 +83,10 @@ class EventKind(enum.Enum):
 class JobEvent:
     """Something that happened to one job, for progress bars and metrics (`as_completed(on_event=...)`).
 
-    `progress_percent`/`eta` are set on PROGRESS; `error` on FAILED (any failure: task failed, timed out,
-    rejected, uncertain) and on RETRIED (what was retried; `attempt` is the try that failed). `key` is the
-    job's key, as on its `JobResult`.
+    `progress_percent`/`eta` are set on PROGRESS, with `status` and `raw_status` (the server's word: a status
+    this library does not know is `TaskStatus.UNKNOWN`, and keeps being polled); `error` on FAILED (any
+    failure: task failed, timed out, rejected, uncertain) and on RETRIED (what was retried; `attempt` is the
+    try that failed). `key` is the job's key, as on its `JobResult`.
     """
 
     kind: EventKind
@@ -95,6 +97,8 @@ class JobEvent:
     error: PixVerseError | None = None
     attempt: int | None = None
     key: Hashable = None
+    status: TaskStatus | None = None
+    raw_status: str = ""
 
 
 EventCallback = Callable[[JobEvent], None]
@@ -102,16 +106,19 @@ EventCallback = Callable[[JobEvent], None]
 
 @attrs.define
 class BatchCounts:
-    """Running totals of one `as_completed` run, kept up to date as events happen."""
+    """Running totals of one `as_completed` run, kept up to date as events happen. `content_refused` counts
+    the jobs refused by moderation at submission (`ContentPolicyError`, nothing billed), apart from `failed`
+    (every other failure)."""
 
     submitting: int = 0
     running: int = 0
     succeeded: int = 0
     failed: int = 0
+    content_refused: int = 0
 
     @property
     def done(self) -> int:
-        return self.succeeded + self.failed
+        return self.succeeded + self.failed + self.content_refused
 
 
 @final
@@ -329,7 +336,7 @@ class AsCompleted:
         deadline = None if self._timeout is None else self._clock.now() + self._timeout
         waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id, key=key)
         self._running[task_id] = waiter
-        if isinstance(job, ImageToVideo):
+        if isinstance(job, REQUEST_TYPES):
             await self._poller.follow(task_id, waiter, slot=slot, kind=kind_of(job))
         else:  # resumed: submitted earlier, so its age here says nothing about how long tasks take
             await self._poller.follow(task_id, waiter, slot=slot, learns=False)
@@ -344,10 +351,11 @@ class AsCompleted:
             slot.adopted(task_id)
             return task_id, slot
         try:
-            if not isinstance(job, ImageToVideo):
+            if not isinstance(job, REQUEST_TYPES):
                 raise InvalidRequestError(
                     "job",
-                    f"must be an ImageToVideo, a Task, a task id or a (key, job) pair, not {type(job).__name__}",
+                    "must be an ImageToVideo, a TextToVideo, a Task, a task id or a (key, job) pair, not "
+                    f"{type(job).__name__}",
                 )
             body = await self._submissions.request_body(job)
             if self._on_event is not None:
@@ -399,7 +407,10 @@ class AsCompleted:
             self.counts.succeeded += 1
             self._emit(EventKind.SUCCEEDED, job, task_id, progress_percent=100.0, key=key)
         else:
-            self.counts.failed += 1
+            if isinstance(error, ContentPolicyError):
+                self.counts.content_refused += 1
+            else:
+                self.counts.failed += 1
             self._emit(EventKind.FAILED, job, task_id, error=error, key=key)
         self._ready.append(job_result)
         self._notify()
@@ -415,11 +426,13 @@ class AsCompleted:
         error: PixVerseError | None = None,
         attempt: int | None = None,
         key: Hashable = None,
+        result: TaskResult | None = None,
     ) -> None:
         if self._on_event is None:  # checked before building the event: this runs several times per job
             return
+        status, raw_status = (None, "") if result is None else (result.status, result.raw_status)
         try:
-            self._on_event(JobEvent(kind, job, task_id, progress_percent, eta, error, attempt, key))
+            self._on_event(JobEvent(kind, job, task_id, progress_percent, eta, error, attempt, key, status, raw_status))
         except Exception:
             # A broken progress bar must not lose paid results: log it and go on.
             _log.exception("the on_event callback of as_completed() raised; the batch goes on")
@@ -481,6 +494,7 @@ class _JobWaiter(Waiter):
             progress_percent=result.progress_percent,
             eta=result.eta,
             key=self.key,
+            result=result,
         )
 
 
@@ -491,9 +505,10 @@ def _parts(item: tuple[str, _JobWaiter | tuple[Hashable, Job]]) -> tuple[str, tu
 
 def _split_keyed(pair: tuple[Any, ...]) -> tuple[Hashable, Job]:
     """`(key, job)` into its parts, or `InvalidRequestError` for a tuple that is not such a pair."""
-    if len(pair) != 2 or not isinstance(pair[1], ImageToVideo | Task | str):
+    if len(pair) != 2 or not isinstance(pair[1], ImageToVideo | TextToVideo | Task | str):
         raise InvalidRequestError(
-            "job", "a tuple must be a (key, job) pair whose job is an ImageToVideo, a Task or a task id"
+            "job",
+            "a tuple must be a (key, job) pair whose job is an ImageToVideo, a TextToVideo, a Task or a task id",
         )
     key, job = pair[0], pair[1]
     try:
@@ -513,8 +528,8 @@ class _SubmissionRefused(Exception):
         self.cause = cause
 
 
-def _request_of(job: Job) -> ImageToVideo | None:
-    if isinstance(job, ImageToVideo):
+def _request_of(job: Job) -> ImageToVideo | TextToVideo | None:
+    if isinstance(job, REQUEST_TYPES):
         return job
     return job.request if isinstance(job, Task) else None
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -29,26 +30,30 @@ from ._budget import Budget, BudgetSettings, LocalBudget, RateLimits, SharedBudg
 from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
 from ._clock import Clock, default_clock
 from ._download import Downloader
+from ._environment import Proxy, ProxyRoutes, proxy_routes_from_environment, ssl_context_from_environment
 from ._exceptions import (
     ClientClosedError,
     ConfigurationError,
     InvalidRequestError,
     PixVerseError,
     RateLimitError,
+    ServerError,
     TaskFailedError,
 )
 from ._forecast import kind_of
 from ._models import (
+    REQUEST_TYPES,
     ImageToVideo,
     Task,
     TaskResult,
     TaskStatus,
+    TextToVideo,
     Video,
     check_timeout,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
 from ._protocol import TASK_RESULT_PATH, parse_task_result
-from ._retry import RetryPolicy, call_with_retries
+from ._retry import RetryPolicy, call_with_retries, is_surge
 from ._submission import Submitter, WireShield
 from ._transport import (
     USER_AGENT,
@@ -67,6 +72,7 @@ DEFAULT_MAX_CONCURRENCY = 64
 # raw loop's requests in flight, and each turn of the event loop served half as many of them.
 DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
 _DOWNLOAD_CONNECTIONS = 32
+_TASK_FAILED = "TASK_FAILED"
 
 T = TypeVar("T")
 _log = logging.getLogger("pixverse_async")
@@ -78,7 +84,7 @@ class _Submission:
     """One `submit()` call: what its request task reports back, and the scope that stops it from sending
     once the caller is gone."""
 
-    request: ImageToVideo
+    request: ImageToVideo | TextToVideo
     answered: anyio.Event = attrs.field(factory=anyio.Event)
     stop: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     task: Task | None = None
@@ -113,6 +119,11 @@ class PixVerseClient:
     scale while a test using it runs). The network timeouts of `timeouts` are real seconds whatever the clock:
     they bound real sockets. `budget` shares the key's running-task slots and what is learnt of its limits
     with other clients (`pixverse_async.redis.RedisBudget`); by default they are this client's.
+
+    `trust_env=True` (the default) makes the session the client builds honour the environment, like requests
+    and httpx: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (the API calls and the video downloads
+    both), and `SSL_CERT_FILE`/`SSL_CERT_DIR` for the CA certificates; `trust_env=False` ignores them. A session
+    you pass keeps its own settings.
     """
 
     def __init__(
@@ -132,6 +143,7 @@ class PixVerseClient:
         allow_private_video_hosts: bool = True,
         clock: Clock | None = None,
         budget: SharedBudget | None = None,
+        trust_env: bool = True,
     ) -> None:
         checked = _wrap_api_key(api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY"))
         # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
@@ -149,6 +161,7 @@ class PixVerseClient:
         check_instance("polling", polling, PollPolicy, error=ConfigurationError)
         check_bool("image_as_data_uri", image_as_data_uri, error=ConfigurationError)
         check_bool("allow_private_video_hosts", allow_private_video_hosts, error=ConfigurationError)
+        check_bool("trust_env", trust_env, error=ConfigurationError)
         if clock is not None and not all(callable(getattr(clock, method, None)) for method in ("now", "sleep")):
             raise ConfigurationError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
         if session is not None:
@@ -170,6 +183,9 @@ class PixVerseClient:
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
         self.allow_private_video_hosts = allow_private_video_hosts
+        self.trust_env = trust_env
+        # Read from the environment when the client opens its own session (see `_environment`).
+        self._proxy_routes = ProxyRoutes()
         self.clock: Clock = clock if clock is not None else default_clock()
         self._given_session = session
         self._rng = random.Random()
@@ -204,6 +220,7 @@ class PixVerseClient:
             allow_private_video_hosts=allow_private_video_hosts,
             session=self._download_session,
             retrying=self._retrying,
+            proxy_for=self._proxy_for,
         )
         self._open: _OpenState | None = None
         self._abandoned: list[Task] = []
@@ -220,15 +237,26 @@ class PixVerseClient:
             # Checked again: a session's default headers can be changed after the client was built.
             if session is not None and (problem := _session_problem(session, self._api_key)) is not None:
                 raise ConfigurationError("session", problem)
+            self._proxy_routes = ProxyRoutes()
             if session is None:
+                ssl_context = None
+                if self.trust_env:
+                    # A user-given session keeps its own settings: only the client's own reads the environment.
+                    self._proxy_routes = proxy_routes_from_environment()
+                    ssl_context = await anyio.to_thread.run_sync(ssl_context_from_environment)
                 # Connections are needed only for requests in flight, not one per running task: enough for
                 # every submission and poll the caps allow, plus some for downloads.
                 pool_size = self.max_submissions_in_flight + self.polling.max_polls_in_flight + _DOWNLOAD_CONNECTIONS
+                # True: aiohttp's own verifying context.
+                verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
                 session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=pool_size), headers={"User-Agent": USER_AGENT}
+                    connector=aiohttp.TCPConnector(limit=pool_size, ssl=verify),
+                    headers={"User-Agent": USER_AGENT},
                 )
                 stack.push_async_callback(session.close)
-            transport = ApiTransport(session, self.base_url, self._api_key, self.timeouts)
+            transport = ApiTransport(
+                session, self.base_url, self._api_key, self.timeouts, proxy=self._proxy_for(self.base_url)
+            )
             poller = Poller(
                 functools.partial(_fetch_task_once, transport),
                 clock=self.clock,
@@ -300,14 +328,17 @@ class PixVerseClient:
 
     # -- submit ---------------------------------------------------------------------------------------------
 
-    async def submit(self, request: ImageToVideo) -> Task:
+    async def submit(self, request: ImageToVideo | TextToVideo) -> Task:
         """Submit one job (billed once accepted) and return its task; waits while `max_concurrency` run.
+        A `TextToVideo` goes to the text-to-video endpoint; its result comes from the same task-result call.
 
         Raises `SubmissionUncertainError` when the request was sent but the answer was lost: it is not
         retried, because the task may exist and be billed.
         """
-        if not isinstance(request, ImageToVideo):
-            raise InvalidRequestError("request", f"must be an ImageToVideo, not {type(request).__name__}")
+        if not isinstance(request, REQUEST_TYPES):
+            raise InvalidRequestError(
+                "request", f"must be an ImageToVideo or a TextToVideo, not {type(request).__name__}"
+            )
         state = self._state()
         body = await state.submitter.request_body(request)
         slot = await state.submitter.take_slot()
@@ -400,8 +431,9 @@ class PixVerseClient:
             await pacer.wait(clock)
             try:
                 result = await _fetch_task_once(transport, task_id)
-            except RateLimitError as error:
-                pacer.refused(clock.now(), error.retry_after)
+            except (RateLimitError, ServerError) as error:
+                if isinstance(error, RateLimitError) or is_surge(error):
+                    pacer.refused(clock.now(), error.retry_after)
                 raise
             pacer.accepted()
             return result
@@ -488,6 +520,9 @@ class PixVerseClient:
         """
         return await self._downloader.download(video, path)
 
+    def _proxy_for(self, url: str) -> Proxy | None:
+        return self._proxy_routes.proxy_for(url)
+
     def _download_session(self) -> aiohttp.ClientSession:
         state = self._state()
         if self._given_session is not None and (problem := _session_problem(state.session, self._api_key)):
@@ -531,6 +566,9 @@ async def _fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
     if response.status != 200:
         error = transport.status_error(response)
         del response  # its body may echo the key: not a local of a frame in the traceback
+        if error.status_code == 500 and error.reason == _TASK_FAILED:
+            # The router's documented answer about a failed task: the task's end, not a server failure to retry.
+            return TaskResult(task_id, TaskStatus.FAILED, reason=error.message or _TASK_FAILED, raw_status=_TASK_FAILED)
         raise error
     result = parse_task_result(response.json())
     if not result.task_id:

@@ -24,7 +24,16 @@ from cattrs.errors import ClassValidationError
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._exceptions import InvalidRequestError
-from ._models import REQUEST_FIELDS, ImageToVideo, TaskResult, TaskStatus, Video, check_request_field
+from ._models import (
+    REQUEST_FIELDS,
+    TEXT_REQUEST_FIELDS,
+    ImageToVideo,
+    TaskResult,
+    TaskStatus,
+    TextToVideo,
+    Video,
+    check_request_field,
+)
 from ._protocol import lenient_float, lenient_int, lenient_str
 
 WEBHOOK_TASK_RESULT = "ASYNC_TASK_RESULT"
@@ -146,36 +155,43 @@ Reader = Callable[[Any], Any]
 
 @final
 class RequestReader:
-    """Builds `ImageToVideo` from a row of fields (a manifest's), reading each value first with the row
-    format's own reader of that field (CSV cells are text), then checking it by the field's rule. Every field
-    is read and checked, so `read` raises an `ExceptionGroup` of every field's `InvalidRequestError`."""
+    """Builds an `ImageToVideo` (or, with `text=True`, a `TextToVideo`) from a row of fields (a manifest's),
+    reading each value first with the row format's own reader of that field (CSV cells are text), then
+    checking it by the field's rule. Every field is read and checked, so `read` raises an `ExceptionGroup` of
+    every field's `InvalidRequestError`."""
 
     def __init__(
-        self, readers: Mapping[str, Reader], *, required: Mapping[str, str], columns: Mapping[str, str]
+        self,
+        readers: Mapping[str, Reader],
+        *,
+        required: Mapping[str, str],
+        columns: Mapping[str, str],
+        text: bool = False,
     ) -> None:
         """`readers` by field name; `required`: what to say of a required field that is missing; `columns`:
         the row's name of a field that it names otherwise."""
         self._required = dict(required)
+        self._model: type[ImageToVideo | TextToVideo] = TextToVideo if text else ImageToVideo
         converter = cattrs.Converter(detailed_validation=True)
 
         def field_hook(name: str) -> Callable[[Any, Any], Any]:
             read = readers.get(name)
             if read is None:
-                return lambda value, _: check_request_field(name, value)
-            return lambda value, _: check_request_field(name, read(value))
+                return lambda value, _: check_request_field(name, value, text=text)
+            return lambda value, _: check_request_field(name, read(value), text=text)
 
         fields: dict[str, Any] = {
             name: override(struct_hook=field_hook(name), rename=columns.get(name))
-            for name in (*REQUEST_FIELDS, "extra_body")
+            for name in (*(TEXT_REQUEST_FIELDS if text else REQUEST_FIELDS), "extra_body")
         }
         converter.register_structure_hook(
-            ImageToVideo, make_dict_structure_fn(ImageToVideo, converter, _cattrs_forbid_extra_keys=False, **fields)
+            self._model, make_dict_structure_fn(self._model, converter, _cattrs_forbid_extra_keys=False, **fields)
         )
         self._converter = converter
 
-    def read(self, fields: Mapping[str, Any]) -> ImageToVideo:
+    def read(self, fields: Mapping[str, Any]) -> ImageToVideo | TextToVideo:
         try:
-            request: ImageToVideo = self._converter.structure(fields, ImageToVideo)
+            request: ImageToVideo | TextToVideo = self._converter.structure(fields, self._model)
         except ClassValidationError as group:
             raise ExceptionGroup("the row's fields", [self._problem(error) for error in group.exceptions]) from None
         except InvalidRequestError as error:  # a rule that joins two fields, checked as the request is built

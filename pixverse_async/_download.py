@@ -21,6 +21,7 @@ import anyio
 import yarl
 
 from ._bulk import JobResult
+from ._environment import Proxy
 from ._exceptions import (
     DownloadConnectionError,
     DownloadError,
@@ -54,12 +55,14 @@ class Downloader:
         allow_private_video_hosts: bool,
         session: Callable[[], aiohttp.ClientSession],
         retrying: Retrying,
+        proxy_for: Callable[[str], Proxy | None] = lambda url: None,
     ) -> None:
         self._api_key = api_key
         self._timeouts = timeouts
         self._allow_private_video_hosts = allow_private_video_hosts
         self._session = session
         self._retrying = retrying
+        self._proxy_for = proxy_for
 
     async def download(self, video: JobResult | TaskResult | Video, path: str | os.PathLike[str]) -> Path:
         """`PixVerseClient.download()`: the file's path, or a `DownloadError` saying why not."""
@@ -83,7 +86,14 @@ class Downloader:
                     await _refuse_private_host(url)
                 # No Authorization header: the video host is not the API and must never see the key. Redirects
                 # by hand, so that each target is checked before anything is sent to it.
-                async with session.get(url, timeout=self._timeouts.for_download(), allow_redirects=False) as response:
+                proxy = self._proxy_for(url)
+                async with session.get(
+                    url,
+                    timeout=self._timeouts.for_download(),
+                    allow_redirects=False,
+                    proxy=None if proxy is None else proxy.url,
+                    proxy_auth=None if proxy is None else proxy.auth,
+                ) as response:
                     if not self._allow_private_video_hosts:
                         _refuse_private_peer(response, url)
                     if response.status in _REDIRECT_STATUSES:

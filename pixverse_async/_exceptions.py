@@ -6,6 +6,7 @@
     ├── APIError                                  talking to the API went wrong
     │   ├── APIStatusError                        the API answered with an error status
     │   │   ├── BadRequestError                   400 (body, image or prompt refused)
+    │   │   │   └── ContentPolicyError            ILLEGAL_PROMPT, ILLEGAL_IMAGE_CONTENT (moderation; not billed)
     │   │   ├── AuthenticationError               MISSING_API_KEY, INVALID_API_KEY, BILLING_AUTH_FAILED
     │   │   ├── InsufficientBalanceError          BILLING_BALANCE_NOT_ENOUGH
     │   │   ├── PermissionDeniedError             403 (feature or API not allowed)
@@ -42,7 +43,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._models import ImageToVideo
+    from ._models import ImageToVideo, TextToVideo
 
 
 class PixVerseError(Exception):
@@ -93,6 +94,11 @@ class BadRequestError(APIStatusError):
     """400: the API refused the request body (a rule this library could not check locally, or content)."""
 
 
+class ContentPolicyError(BadRequestError):
+    """400 `ILLEGAL_PROMPT` or `ILLEGAL_IMAGE_CONTENT`: moderation refused the prompt or the image at
+    submission. Nothing was created or billed; retrying the same request will not help."""
+
+
 class AuthenticationError(APIStatusError):
     """The API key is missing, wrong, or not allowed to bill. Retrying will not help."""
 
@@ -137,7 +143,7 @@ class SubmissionUncertainError(APIError):
     better for you than paying for it twice.
     """
 
-    def __init__(self, request: ImageToVideo, cause: BaseException) -> None:
+    def __init__(self, request: ImageToVideo | TextToVideo, cause: BaseException) -> None:
         super().__init__(
             f"the submission was sent but its answer was lost ({type(cause).__name__}: {cause}); "
             "a task may have been created and billed, so it was not retried"
@@ -154,7 +160,8 @@ class BudgetUnavailableError(PixVerseError, ConnectionError):
 
 
 class TaskFailedError(PixVerseError):
-    """The task ended with TASK_STATUS_FAILED; `reason` is the server's explanation."""
+    """The task ended with TASK_STATUS_FAILED, or a poll of it answered 500 `TASK_FAILED`; `reason` is the
+    server's explanation."""
 
     def __init__(self, task_id: str, reason: str) -> None:
         super().__init__(f"task {task_id} failed: {reason or 'no reason given'}")

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Final, final
 import attrs
 
 if TYPE_CHECKING:
-    from ._models import ImageToVideo
+    from ._models import ImageToVideo, TextToVideo
 
 #: Age bins of the duration model: bin i holds ages in [BIN_BASE**i, BIN_BASE**(i + 1)) seconds.
 BIN_BASE: Final = 1.2
@@ -67,9 +67,10 @@ _PRECISE_END_SHARE: Final = 0.05
 Kind = Hashable
 
 
-def kind_of(request: ImageToVideo) -> Kind:
-    """What decides how long a job takes, as far as the API says: its resolution and fast mode."""
-    return (request.resolution, request.fast_mode)
+def kind_of(request: ImageToVideo | TextToVideo) -> Kind:
+    """What decides how long a job takes, as far as the API says: its endpoint (text or image), resolution
+    and fast mode."""
+    return (type(request).__name__, request.resolution, request.fast_mode)
 
 
 @attrs.define(slots=True)

@@ -1,7 +1,7 @@
 """The values the library passes around: a request, a submitted task, a poll's result and its videos.
 
-`ImageToVideo` checks every rule of the API when it is built, so a bad request fails here, before anything is
-sent or paid for.
+`ImageToVideo` and `TextToVideo` check every rule of the API when they are built, with the same validators
+for the fields they share, so a bad request fails here, before anything is sent or paid for.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from ._validation import check_number
 
 Resolution = Literal["360p", "540p", "720p", "1080p"]
 Style = Literal["anime", "3d_animation", "clay", "comic", "cyberpunk"]
+AspectRatio = Literal["16:9", "4:3", "1:1", "3:4", "9:16"]
 
 RESOLUTIONS: tuple[str, ...] = get_args(Resolution)
 STYLES: tuple[str, ...] = get_args(Style)
+ASPECT_RATIOS: tuple[str, ...] = get_args(AspectRatio)
 MAX_PROMPT_CHARS = 2048
 MAX_SEED = 2_147_483_647
 
@@ -82,7 +84,9 @@ def _check_resolution(instance: object, attribute: attrs.Attribute[str], value: 
         raise InvalidRequestError("resolution", f"{value!r} is not one of {', '.join(RESOLUTIONS)}")
 
 
-def _check_resolution_with_fast_mode(instance: ImageToVideo, attribute: attrs.Attribute[str], value: object) -> None:
+def _check_resolution_with_fast_mode(
+    instance: ImageToVideo | TextToVideo, attribute: attrs.Attribute[str], value: object
+) -> None:
     if value == "1080p" and instance.fast_mode:
         raise InvalidRequestError("resolution", "'1080p' is not available with fast_mode=True (use 360p to 720p)")
 
@@ -90,6 +94,11 @@ def _check_resolution_with_fast_mode(instance: ImageToVideo, attribute: attrs.At
 def _check_style(instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
     if value is not None and value not in STYLES:
         raise InvalidRequestError("style", f"{value!r} is not one of {', '.join(STYLES)} (or None)")
+
+
+def _check_aspect_ratio(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if value not in ASPECT_RATIOS:
+        raise InvalidRequestError("aspect_ratio", f"{value!r} is not one of {', '.join(ASPECT_RATIOS)}")
 
 
 def _check_seed(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
@@ -106,8 +115,10 @@ def check_timeout(timeout: object) -> None:
     check_number("timeout", timeout, at_least=0, none_means="no limit")
 
 
-# The fields `ImageToVideo` sends itself: `extra_body` may not set them (that would bypass their checks).
+# The fields `ImageToVideo` and `TextToVideo` send themselves: `extra_body` may not set them (that would bypass
+# their checks).
 REQUEST_FIELDS = ("prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed")
+TEXT_REQUEST_FIELDS = ("prompt", "aspect_ratio", "resolution", "negative_prompt", "fast_mode", "style", "seed")
 _MAX_JSON_DEPTH = 64
 
 
@@ -140,15 +151,23 @@ def _json_copy(value: object, path: str, depth: int = 0) -> Any:
 
 
 def _extra_body(value: object) -> dict[str, Any] | None:
+    return _extra_body_of(value, REQUEST_FIELDS, "ImageToVideo")
+
+
+def _text_extra_body(value: object) -> dict[str, Any] | None:
+    return _extra_body_of(value, TEXT_REQUEST_FIELDS, "TextToVideo")
+
+
+def _extra_body_of(value: object, fields: tuple[str, ...], model: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise InvalidRequestError("extra_body", f"must be a dict of extra request fields or None, not {value!r}")
-    known = [name for name in value if name in REQUEST_FIELDS]
+    known = [name for name in value if name in fields]
     if known:
         raise InvalidRequestError(
             "extra_body",
-            f"{', '.join(map(repr, known))} is a field of ImageToVideo: pass it as "
+            f"{', '.join(map(repr, known))} is a field of {model}: pass it as "
             f"{', '.join(f'{name}=...' for name in known)} so that it is checked",
         )
     copy: dict[str, Any] = _json_copy(value, "extra_body")
@@ -190,8 +209,32 @@ class ImageToVideo:
         object.__setattr__(self, "_image_file", check_image_input(self.image))
 
 
+@attrs.frozen
+class TextToVideo:
+    """One text-to-video job (`POST /v3/async/pixverse-v4.5-t2v`): no first frame, an `aspect_ratio` instead
+    (16:9 by default; 4:3, 1:1, 3:4 or 9:16). Building it checks every rule of the API, the same way as
+    `ImageToVideo` for the fields they share, and raises `InvalidRequestError`. `extra_body` as there."""
+
+    prompt: str = attrs.field(validator=_check_prompt)
+    aspect_ratio: AspectRatio = attrs.field(default="16:9", validator=_check_aspect_ratio)
+    resolution: Resolution = attrs.field(
+        default="540p", kw_only=True, validator=[_check_resolution, _check_resolution_with_fast_mode]
+    )
+    negative_prompt: str | None = attrs.field(default=None, kw_only=True, validator=_check_negative_prompt)
+    fast_mode: bool = attrs.field(default=False, kw_only=True, validator=_check_fast_mode)
+    style: Style | None = attrs.field(default=None, kw_only=True, validator=_check_style)
+    seed: int | None = attrs.field(default=None, kw_only=True, validator=_check_seed)
+    extra_body: dict[str, Any] | None = attrs.field(default=None, kw_only=True, converter=_text_extra_body, hash=False)
+
+
+#: Any request the client submits.
+VideoRequest = ImageToVideo | TextToVideo
+REQUEST_TYPES = (ImageToVideo, TextToVideo)
+
+
 _FIELD_RULES: dict[str, Callable[[object, Any, object], None]] = {
     "prompt": _check_prompt,
+    "aspect_ratio": _check_aspect_ratio,
     "resolution": _check_resolution,
     "negative_prompt": _check_negative_prompt,
     "fast_mode": _check_fast_mode,
@@ -200,12 +243,12 @@ _FIELD_RULES: dict[str, Callable[[object, Any, object], None]] = {
 }
 
 
-def check_request_field(name: str, value: object) -> Any:
-    """`value` checked by the rule of `ImageToVideo`'s field `name` alone, and returned as the field takes it
-    (`extra_body` copied), or `InvalidRequestError`. Rules that join two fields (1080p only without fast_mode)
-    run when the request is built."""
+def check_request_field(name: str, value: object, *, text: bool = False) -> Any:
+    """`value` checked by the rule of the field `name` alone (of `TextToVideo` when `text`, else of
+    `ImageToVideo`), and returned as the field takes it (`extra_body` copied), or `InvalidRequestError`. Rules
+    that join two fields (1080p only without fast_mode) run when the request is built."""
     if name == "extra_body":
-        return _extra_body(value)
+        return _text_extra_body(value) if text else _extra_body(value)
     if name == "image":
         check_image_input(value)
     else:
@@ -279,5 +322,5 @@ class Task:
     """
 
     task_id: str
-    request: ImageToVideo | None = None
+    request: ImageToVideo | TextToVideo | None = None
     key: Hashable = attrs.field(default=None, kw_only=True)

@@ -4,8 +4,9 @@ A pending task is a small slotted record in a heap ordered by next-poll time, no
 the tasks that are due, polls them (bounded in flight and in rate, across the whole client), and files each
 back with its next time, which comes from the server's hints (`eta`, else `progress_percent` and the task's
 age, else the age alone), with jitter, a floor and a cap. Polls are paced by the budget's task-result pacer
-(see `_budget.py`): a lone 429 delays its task's poll, `RATE_EVIDENCE` (3) in a row pause every poll and
-slow them down. Nobody is polled after it is known to be terminal.
+(see `_budget.py`): a lone 429 (or 503/504, the router's surge protection) delays its task's poll,
+`RATE_EVIDENCE` (3) in a row pause every poll and slow them down. Nobody is polled after it is known to be
+terminal.
 
 Whoever waits for a task (`wait()`, `watch()`, an `as_completed()` run) adds a `Waiter` to it, with an
 optional deadline, and is called back once with its outcome. A task nobody waits for is still polled until
@@ -32,6 +33,7 @@ from ._budget import Pacer, Slot
 from ._clock import Clock
 from ._exceptions import (
     APIError,
+    APIStatusError,
     ClientClosedError,
     NotFoundError,
     PixVerseError,
@@ -40,7 +42,7 @@ from ._exceptions import (
 )
 from ._forecast import Evidence, Forecaster, Kind
 from ._models import TaskResult
-from ._retry import CallKind, RetryPolicy, Verdict, decide
+from ._retry import CallKind, RetryPolicy, Verdict, decide, is_surge
 from ._validation import count, number
 
 Outcome = TaskResult | PixVerseError
@@ -436,7 +438,7 @@ class Poller:
         except APIError as error:
             if decide(error, CallKind.IDEMPOTENT) is not Verdict.RETRY:
                 self._finish(pending, error)
-            elif isinstance(error, RateLimitError):
+            elif isinstance(error, APIStatusError) and (isinstance(error, RateLimitError) or is_surge(error)):
                 self._on_poll_rate_limited(pending, error)
             else:
                 self._on_poll_transient_error(pending, error)
@@ -468,8 +470,9 @@ class Poller:
             capped = self._capped_by_deadlines(pending, due)
             self._schedule(pending, capped, planned=capped == due)
 
-    def _on_poll_rate_limited(self, pending: PendingTask, error: RateLimitError) -> None:
-        # The pacer tells a busy router's lone 429 (this task waits) from a rate limit (every poll pauses).
+    def _on_poll_rate_limited(self, pending: PendingTask, error: APIStatusError) -> None:
+        # The pacer tells a busy router's lone 429 or 503/504 (this task waits) from a rate limit or a surge
+        # (every poll pauses).
         now = self._clock.now()
         self._schedule(pending, now + self._pacer.refused(now, error.retry_after))
 

@@ -15,9 +15,10 @@ from typing import Any
 
 from ._exceptions import InvalidRequestError
 from ._images import image_field
-from ._models import ImageToVideo, TaskResult, TaskStatus, Video
+from ._models import ImageToVideo, TaskResult, TaskStatus, TextToVideo, Video
 
 SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
+TEXT_SUBMIT_PATH = "/v3/async/pixverse-v4.5-t2v"
 TASK_RESULT_PATH = "/v3/async/task-result"
 
 
@@ -115,24 +116,35 @@ def _structure_videos(raw_videos: object, received_at: datetime | None) -> tuple
     return tuple(videos)
 
 
+def submit_path(request: ImageToVideo | TextToVideo) -> str:
+    """Where a request is submitted: each kind of job has its endpoint."""
+    return TEXT_SUBMIT_PATH if isinstance(request, TextToVideo) else SUBMIT_PATH
+
+
 async def submission_body(
-    request: ImageToVideo, *, image_as_data_uri: bool, webhook_url: str | None = None
+    request: ImageToVideo | TextToVideo, *, image_as_data_uri: bool, webhook_url: str | None = None
 ) -> dict[str, Any]:
     """The JSON body of a submission, made when it is sent: a file image is read then, off the event loop, and
     refused (`InvalidRequestError`, before anything is sent) if it changed or vanished since the request was
     built."""
+    if isinstance(request, TextToVideo):
+        return request_body(request, None, webhook_url=webhook_url)
     image = await image_field(request.image, request._image_file, as_data_uri=image_as_data_uri)
     return request_body(request, image, webhook_url=webhook_url)
 
 
-def request_body(request: ImageToVideo, image: str, *, webhook_url: str | None = None) -> dict[str, Any]:
-    """The JSON body of a submission; optional fields are left out when unset, `extra_body` merged in."""
-    body: dict[str, Any] = {
-        "prompt": request.prompt,
-        "image": image,
-        "resolution": request.resolution,
-        "fast_mode": request.fast_mode,
-    }
+def request_body(
+    request: ImageToVideo | TextToVideo, image: str | None, *, webhook_url: str | None = None
+) -> dict[str, Any]:
+    """The JSON body of a submission (`image` for an image job; a text job sends its `aspect_ratio` instead);
+    optional fields are left out when unset, `extra_body` merged in."""
+    body: dict[str, Any] = {"prompt": request.prompt}
+    if isinstance(request, TextToVideo):
+        body["aspect_ratio"] = request.aspect_ratio
+    else:
+        body["image"] = image
+    body["resolution"] = request.resolution
+    body["fast_mode"] = request.fast_mode
     if request.negative_prompt is not None:
         body["negative_prompt"] = request.negative_prompt
     if request.style is not None:

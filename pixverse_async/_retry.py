@@ -82,6 +82,16 @@ def decide(error: PixVerseError, kind: CallKind, *, reached_server: bool = True)
     return Verdict.RETRY
 
 
+#: The router's traffic shaping ("surge protection"): answers that say "slow down", like a rate limit.
+OVERLOAD_STATUSES = frozenset({503, 504})
+
+
+def is_surge(error: PixVerseError) -> bool:
+    """A 503/504 of the router's traffic shaping: evidence of overload for the endpoint's pacer, like a 429
+    (still retried, or on a submission uncertain, as any 5xx)."""
+    return isinstance(error, ServerError) and error.status_code in OVERLOAD_STATUSES
+
+
 def retry_after_of(error: PixVerseError) -> float | None:
     """The seconds the server asked to wait (`Retry-After`) on the answer that failed, if it did."""
     return error.retry_after if isinstance(error, APIStatusError | VideoHostError) else None

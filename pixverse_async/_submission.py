@@ -24,9 +24,9 @@ from ._exceptions import (
     RateLimitError,
     SubmissionUncertainError,
 )
-from ._models import ImageToVideo
-from ._protocol import SUBMIT_PATH, submission_body
-from ._retry import CallKind, RetryPolicy, Verdict, decide, retry_after_of
+from ._models import ImageToVideo, TextToVideo
+from ._protocol import submission_body, submit_path
+from ._retry import CallKind, RetryPolicy, Verdict, decide, is_surge, retry_after_of
 from ._transport import AnswerLost, ApiTransport, RequestNotSent, Response
 
 RetryCallback = Callable[[int, PixVerseError], None]
@@ -75,12 +75,12 @@ class Submitter:
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
 
-    async def request_body(self, request: ImageToVideo) -> dict[str, Any]:
+    async def request_body(self, request: ImageToVideo | TextToVideo) -> dict[str, Any]:
         return await submission_body(request, image_as_data_uri=self.image_as_data_uri, webhook_url=self.webhook_url)
 
     async def send(
         self,
-        request: ImageToVideo,
+        request: ImageToVideo | TextToVideo,
         body: object,
         slot: Slot,
         *,
@@ -96,6 +96,7 @@ class Submitter:
         server created is not lost, and sends no new one. Submissions are paced by the budget.
         """
         budget = self._budget
+        path = submit_path(request)
         attempt = waits_at_the_cap = 0
         while True:
             attempt += 1
@@ -104,7 +105,7 @@ class Submitter:
                 await budget.submissions.wait(self._clock)
                 if shield is None:
                     on_wire = True
-                    response = await self._transport.send("POST", SUBMIT_PATH, body=body)
+                    response = await self._transport.send("POST", path, body=body)
                 else:
                     if shield.stop.cancel_called:
                         # Cancelled without an await since at which to hear it (woken in the very turn the
@@ -113,7 +114,7 @@ class Submitter:
                     shield.scope.shield = True
                     on_wire = True
                     try:
-                        response = await self._transport.send("POST", SUBMIT_PATH, body=body)
+                        response = await self._transport.send("POST", path, body=body)
                     finally:
                         shield.scope.shield = False
                 if response.status == 200:
@@ -137,6 +138,10 @@ class Submitter:
                     slot.release()
                 raise
             verdict = decide(error, CallKind.BILLED, reached_server=reached_server)
+            if is_surge(error):
+                # The router's traffic shaping: the next submissions slow down as after a 429. This one stays
+                # uncertain: a 5xx on a POST may have created a task.
+                budget.submissions.refused(self._clock.now(), retry_after_of(error))
             if verdict is Verdict.UNCERTAIN:
                 slot.release_when_ended()
                 raise SubmissionUncertainError(request, error) from error

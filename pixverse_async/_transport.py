@@ -19,6 +19,7 @@ import anyio
 import attrs
 from multidict import CIMultiDictProxy
 
+from ._environment import Proxy
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -27,6 +28,7 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
+    ContentPolicyError,
     InsufficientBalanceError,
     NotFoundError,
     PermissionDeniedError,
@@ -39,6 +41,7 @@ from ._version import __version__
 
 _AUTH_REASONS = frozenset({"MISSING_API_KEY", "INVALID_API_KEY", "BILLING_AUTH_FAILED"})
 _BALANCE_REASONS = frozenset({"BILLING_BALANCE_NOT_ENOUGH"})
+_CONTENT_POLICY_REASONS = frozenset({"ILLEGAL_PROMPT", "ILLEGAL_IMAGE_CONTENT"})
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -207,8 +210,18 @@ class Response:
 class ApiTransport:
     """Sends requests to the API with the key, and turns every failure into this library's errors."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: Secret, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: Secret,
+        timeouts: Timeouts,
+        *,
+        proxy: Proxy | None = None,
+    ) -> None:
         self._session = session
+        self._proxy = None if proxy is None else proxy.url
+        self._proxy_auth = None if proxy is None else proxy.auth
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeouts.for_api()
@@ -233,7 +246,15 @@ class ApiTransport:
         try:
             # No redirects: following one could carry the key to another host.
             async with self._session.request(
-                method, url, params=params, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
             ) as response:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)
@@ -303,6 +324,8 @@ class ApiTransport:
             return AuthenticationError
         if reason in _BALANCE_REASONS:
             return InsufficientBalanceError
+        if status == 400 and reason in _CONTENT_POLICY_REASONS:
+            return ContentPolicyError
         if status >= 500:
             return ServerError
         return _STATUS_ERRORS.get(status, APIStatusError)

@@ -17,6 +17,7 @@ from pixverse_async import (
     AuthenticationError,
     BadRequestError,
     ConfigurationError,
+    ContentPolicyError,
     ImageToVideo,
     InsufficientBalanceError,
     InvalidRequestError,
@@ -44,8 +45,8 @@ ERROR_TABLE = [
     (400, "INVALID_IMAGE_FORMAT", BadRequestError),
     (400, "IMAGE_EXCEEDS_MAX_RESOLUTION", BadRequestError),
     (400, "INVALID_IMAGE_SIZE", BadRequestError),
-    (400, "ILLEGAL_PROMPT", BadRequestError),
-    (400, "ILLEGAL_IMAGE_CONTENT", BadRequestError),
+    (400, "ILLEGAL_PROMPT", ContentPolicyError),
+    (400, "ILLEGAL_IMAGE_CONTENT", ContentPolicyError),
     (400, "BILLING_BALANCE_NOT_ENOUGH", InsufficientBalanceError),
     (400, "MISSING_API_KEY", AuthenticationError),
     (403, "INVALID_API_KEY", AuthenticationError),
@@ -58,7 +59,6 @@ ERROR_TABLE = [
     (500, "BILLING_FAILED", ServerError),
     (500, "CREATE_TASK_FAILED", ServerError),
     (500, "GET_RESULT_FAILED", ServerError),
-    (500, "TASK_FAILED", ServerError),
 ]
 
 

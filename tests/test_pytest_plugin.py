@@ -10,7 +10,7 @@ import pytest
 import urllib.request
 import json
 
-from pixverse_async import ImageToVideo, TaskFailedError, TaskStatus
+from pixverse_async import ImageToVideo, TaskFailedError, TaskStatus, TextToVideo
 from pixverse_async.testing import DEFAULT_FAIL_REASON, Fault
 
 
@@ -57,6 +57,19 @@ def test_a_marker_sets_simulator_options(pixverse_simulator):
     assert pixverse_simulator.tasks[task.task_id].fail_reason == DEFAULT_FAIL_REASON
 
 
+@pytest.mark.anyio
+@pytest.mark.pixverse_simulator(duration=40.0, text_duration=15.0)
+async def test_text_jobs_go_through_the_fixture_with_their_own_durations(pixverse_client, pixverse_simulator):
+    async with pixverse_client as client:
+        text = await client.wait(await client.submit(TextToVideo("a lighthouse", "1:1")))
+        image = await client.wait(await client.submit(ImageToVideo("p", "https://example.com/a.png")))
+    assert text.status is image.status is TaskStatus.SUCCEED
+    by_id = pixverse_simulator.tasks
+    assert by_id[text.task_id].is_text and not by_id[image.task_id].is_text
+    assert by_id[text.task_id].ends_at - by_id[text.task_id].submitted_at == 15.0
+    assert by_id[image.task_id].ends_at - by_id[image.task_id].submitted_at == 40.0
+
+
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
@@ -66,7 +79,7 @@ def anyio_backend():
 def test_users_get_working_fixtures_from_the_installed_plugin(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_user=USER_TESTS)
     outcome = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    outcome.assert_outcomes(passed=4)
+    outcome.assert_outcomes(passed=5)
 
 
 UNCHANGED_APP_TESTS = """

@@ -222,3 +222,23 @@ async def test_the_aiohttp_receiver_resolves_as_completed() -> None:
     assert all(result.ok for result in outcomes)
     assert sim.counters.webhooks_delivered == 6
     assert sim.counters.poll_requests == 6
+
+
+async def test_every_delivery_repeated_five_times_gives_one_confirmation_and_one_result() -> None:
+    async with (
+        Simulator(
+            api_keys=(KEY,),
+            time_scale=SCALE,
+            plan=plan,
+            webhook_timeout=ROOMY_WEBHOOK_TIMEOUT,
+            webhook_repeat_rate=1.0,
+            webhook_repeats=4,
+        ) as sim,
+        serve_example(sim, webhooks=True) as app_url,
+    ):
+        streams = await run_generations(app_url, 6)
+    assert all([kind for kind, _ in stream].count("result") == 1 for stream in streams)
+    assert all(stream[-1][1]["status"] == "SUCCEED" for stream in streams)
+    assert sim.counters.webhooks_delivered == 6 and sim.counters.webhooks_repeated == 24
+    assert max(sim.counters.polls_by_task.values()) == 1
+    assert sim.counters.poll_requests == 6

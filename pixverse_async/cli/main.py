@@ -332,7 +332,11 @@ def _status(path: Path | str, *, as_json: bool) -> int:
         finally:
             journal.close()
     if as_json:
-        print(json.dumps(unstructure(rows), indent=2))
+        from .manifest import row_kind
+        from .progress import row_outcome
+
+        shown = [{**unstructure(row), "kind": row_kind(row.fingerprint), "outcome": row_outcome(row)} for row in rows]
+        print(json.dumps(shown, indent=2))
         return 0
     from .progress import console_for, status_table
 

@@ -3,8 +3,10 @@
 Each row holds the fields of `ImageToVideo` plus an optional `id` that names the output file (`<id>.mp4`,
 else the row number), and an optional `extra`: a JSON object (in CSV, a cell holding one) of fields this
 library does not know, sent as `ImageToVideo(extra_body=...)`. `image` is an `http(s)://` URL or a path
-relative to the manifest. Every row is checked before anything is submitted, and all problems are reported
-at once, each with its line number.
+relative to the manifest. A row without an image (no key, null, an empty cell) is a text-to-video job
+(`TextToVideo`), which takes an `aspect_ratio` (16:9 by default); a row with both is refused, since an image
+job's frame sets its aspect ratio. Every row is checked before anything is submitted, and all problems are
+reported at once, each with its line number.
 
 Each format is read by its own rules: CSV by the `csv` module (a quoted cell may hold line breaks; a row's line
 is the line its record starts on), JSON Lines split on "\n" alone (a "\r" before it is dropped), so that a
@@ -31,9 +33,22 @@ import attrs
 from .._convert import RequestReader
 from .._exceptions import InvalidRequestError
 from .._images import MAX_IMAGE_BYTES, has_url_scheme
-from .._models import ImageToVideo
+from .._models import ImageToVideo, TextToVideo
 
-FIELDS = ("id", "prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra")
+FIELDS = (
+    "id",
+    "prompt",
+    "image",
+    "aspect_ratio",
+    "resolution",
+    "negative_prompt",
+    "fast_mode",
+    "style",
+    "seed",
+    "extra",
+)
+#: What starts the fingerprint of a text-to-video row (see `row_kind`).
+TEXT_FINGERPRINT_PREFIX = "text:"
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DIGITS = re.compile(r"[0-9]+")
 # The largest cell a valid row can need: a data URI of the largest image the API takes, with room to spare.
@@ -55,12 +70,17 @@ class ManifestRow:
 
     line: int
     key: str
-    request: ImageToVideo
+    request: ImageToVideo | TextToVideo
     fingerprint: str
 
     @property
     def file_name(self) -> str:
         return f"{self.key}.mp4"
+
+
+def row_kind(fingerprint: str) -> str:
+    """`text` or `image`: the kind of job of the row whose fingerprint (in a manifest or a journal) this is."""
+    return "text" if fingerprint.startswith(TEXT_FINGERPRINT_PREFIX) else "image"
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:
@@ -215,10 +235,23 @@ def _check_row(line: int, number: int, fields: Mapping[str, Any], base: Path, *,
     # A value with a URL scheme (ftp:, file:, HTTPS:...) goes to ImageToVideo as it is, which names what is
     # wrong with it; anything else is a path relative to the manifest.
     image = fields.get("image")
-    if isinstance(image, str) and image.strip() and not has_url_scheme(image):
-        values["image"] = base / image
-    request = (_CSV_REQUESTS if from_csv else _JSON_REQUESTS).read(values)
+    if image is None:
+        request = (_CSV_TEXT_REQUESTS if from_csv else _JSON_TEXT_REQUESTS).read(values)
+    else:
+        if "aspect_ratio" in fields:
+            raise InvalidRequestError(
+                "aspect_ratio",
+                "a row with an image is an image-to-video job, whose frame sets the aspect ratio: leave out one of"
+                " image (for a text-to-video job) and aspect_ratio",
+            )
+        if isinstance(image, str) and image.strip() and not has_url_scheme(image):
+            values["image"] = base / image
+        request = (_CSV_REQUESTS if from_csv else _JSON_REQUESTS).read(values)
     fingerprint = hashlib.sha256(json.dumps(dict(fields), sort_keys=True, default=str).encode()).hexdigest()
+    if isinstance(request, TextToVideo):
+        # The kind travels with the row through every journal (SQLite or Redis) without a column of its own;
+        # image rows keep the fingerprints earlier journals hold.
+        fingerprint = TEXT_FINGERPRINT_PREFIX + fingerprint
     return ManifestRow(line=line, key=key, request=request, fingerprint=fingerprint)
 
 
@@ -282,4 +315,11 @@ _CSV_REQUESTS = RequestReader(
     {"image": _image_cell, "fast_mode": _flag_cell, "seed": _seed_cell, "extra_body": _json_object},
     required=_REQUIRED,
     columns=_COLUMNS,
+)
+_JSON_TEXT_REQUESTS = RequestReader({"extra_body": _json_object}, required=_REQUIRED, columns=_COLUMNS, text=True)
+_CSV_TEXT_REQUESTS = RequestReader(
+    {"fast_mode": _flag_cell, "seed": _seed_cell, "extra_body": _json_object},
+    required=_REQUIRED,
+    columns=_COLUMNS,
+    text=True,
 )

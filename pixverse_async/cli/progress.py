@@ -23,6 +23,18 @@ from rich.text import Text
 
 from .._bulk import BatchCounts
 from .journal import STATES, JournalRow
+from .manifest import row_kind
+
+#: The reasons of a moderation refusal (`ContentPolicyError`), as a failed row's journal reason starts.
+_REFUSAL_PREFIXES = ("400 ILLEGAL_PROMPT", "400 ILLEGAL_IMAGE_CONTENT")
+_KINDS = ("image", "text")
+
+
+def row_outcome(row: JournalRow) -> str:
+    """The row's state, with `refused` for a failed row that moderation refused (nothing was billed)."""
+    if row.state == "failed" and (row.reason or "").startswith(_REFUSAL_PREFIXES):
+        return "refused"
+    return row.state
 
 
 @final
@@ -43,7 +55,12 @@ class RunProgress:
 
     @property
     def failed(self) -> int:
-        return self.left_alone + self.batch.failed + self.download_failed
+        """Every row that will not be done, moderation refusals included (`refused` tells those apart)."""
+        return self.left_alone + self.batch.failed + self.batch.content_refused + self.download_failed
+
+    @property
+    def refused(self) -> int:
+        return self.batch.content_refused
 
     @property
     def running(self) -> int:
@@ -65,7 +82,11 @@ class RunProgress:
 
     def describe(self) -> str:
         downloading = f" · {self.downloading} downloading" if self.downloading else ""
-        return f"{self.done} done · {self.failed} failed · {self.running} running{downloading} · {self.queued} queued"
+        refused = f" ({self.refused} refused by moderation)" if self.refused else ""
+        return (
+            f"{self.done} done · {self.failed} failed{refused} · {self.running} running{downloading} · "
+            f"{self.queued} queued"
+        )
 
 
 class Display(Protocol):
@@ -167,15 +188,19 @@ class LiveDisplay:
 
 
 def summary_table(entries: Sequence[JournalRow]) -> Table:
-    """The rows of a journal by state, then the rows that did not succeed and why."""
-    counts = Counter(entry.state for entry in entries)
+    """The rows of a journal by state (moderation refusals apart from other failures) and by kind of job."""
+    counts = Counter((row_outcome(entry), row_kind(entry.fingerprint)) for entry in entries)
+    kinds = Counter(row_kind(entry.fingerprint) for entry in entries)
     table = Table(title="rows by state", title_justify="left")
     table.add_column("state")
+    for kind in _KINDS:
+        table.add_column(kind, justify="right")
     table.add_column("rows", justify="right")
-    for state in STATES:
-        if counts[state]:
-            table.add_row(state, str(counts[state]))
-    table.add_row("total", str(len(entries)), style="bold")
+    for state in (*STATES[:4], "refused", *STATES[4:]):
+        per_kind = [counts[state, kind] for kind in _KINDS]
+        if any(per_kind):
+            table.add_row(state, *map(str, per_kind), str(sum(per_kind)))
+    table.add_row("total", *(str(kinds[kind]) for kind in _KINDS), str(len(entries)), style="bold")
     return table
 
 
@@ -198,10 +223,14 @@ def status_table(rows: Sequence[JournalRow]) -> Table:
     table = Table()
     table.add_column("row", overflow="fold")
     table.add_column("line", justify="right")
-    table.add_column("state")
+    # Short words, kept whole: the long identifiers around them fold instead.
+    table.add_column("kind", no_wrap=True)
+    table.add_column("state", no_wrap=True)
     table.add_column("task", overflow="fold")
     table.add_column("detail", overflow="fold", ratio=1)
     for row in rows:
         detail = row.reason or row.file  # why a row is not done (a submitted one may say), else its file
-        table.add_row(row.key, str(row.line), row.state, row.task_id or "", escape(detail or ""))
+        table.add_row(
+            row.key, str(row.line), row_kind(row.fingerprint), row_outcome(row), row.task_id or "", escape(detail or "")
+        )
     return table

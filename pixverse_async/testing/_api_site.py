@@ -1,4 +1,5 @@
-"""The API site: `POST /v3/async/pixverse-v4.5-i2v` creates tasks, `GET /v3/async/task-result` tells of them.
+"""The API site: `POST /v3/async/pixverse-v4.5-i2v` and `POST /v3/async/pixverse-v4.5-t2v` create tasks,
+`GET /v3/async/task-result` tells of them.
 
 ## Submit: `POST /v3/async/pixverse-v4.5-i2v`
 
@@ -13,9 +14,20 @@ Checked in this order, the first problem answering:
    `Retry-After` (`rate_limit_retry_after` rounded up to whole simulated seconds) only if set.
 6. Otherwise the task is created and billed: 200 `{"task_id": "<uuid4>"}`; it then runs as `_tasks` says.
 
+`POST /v3/async/pixverse-v4.5-t2v` (text-to-video) goes through the same steps, its body checked by
+`check_text_body` (no image, an `aspect_ratio`); its tasks have `task_type` `PIXVERSE_V4_5_T2V` and their
+own durations (`Simulator(text_duration=...)`).
+
+Surge protection: `Simulator(surge_rate=p)` answers each submit and poll 503 with chance `p`, before
+anything else (nothing is created); the faults `surge` (503) and `gateway_timeout` (504) do so on chosen
+calls. Moderation: the faults `illegal_prompt` and `illegal_image` answer a submission 400 `ILLEGAL_PROMPT` /
+`ILLEGAL_IMAGE_CONTENT` (nothing is created or billed).
+
 ## Poll: `GET /v3/async/task-result?task_id=<id>`
 
-Same authentication, then `poll_rate_limit` and `random_rate_limit`. No `task_id` -> 400
+Same authentication, then `poll_rate_limit` and `random_rate_limit`. A poll of a task that has ended
+FAILED answers 500 `TASK_FAILED` (its reason in `message`) with chance `Simulator(task_failed_rate=...)`, as
+the router documents for failed tasks. No `task_id` -> 400
 `INVALID_REQUEST_BODY`; an unknown task or one created with another key -> 404 `TASK_NOT_FOUND`. The answer
 has the real API's shape: `extra.seed` (the submitted seed, or a random one, as a string),
 `extra.debug_info` (times in simulated epoch milliseconds, as strings, empty until reached), `task.eta`,
@@ -30,6 +42,7 @@ Any other path or method on the API site -> 404 `API_NOT_FOUND`. Error bodies ar
 from __future__ import annotations
 
 import json
+import random
 import typing
 import uuid
 from collections.abc import Callable
@@ -44,10 +57,18 @@ from pixverse_async.testing._rate_limits import AccountGate
 from pixverse_async.testing._responses import api_error, count_sent, json_response
 from pixverse_async.testing._sim_clock import SimClock
 from pixverse_async.testing._tasks import FAILED, SUCCEED, SimTask, TaskBook
-from pixverse_async.testing._validation import BadRequest, bearer_key, check_body, check_image
+from pixverse_async.testing._validation import (
+    NO_IMAGE,
+    BadRequest,
+    bearer_key,
+    check_body,
+    check_image,
+    check_text_body,
+)
 from pixverse_async.testing._webhooks import WebhookSender
 
 SUBMIT_PATH: Final = "/v3/async/pixverse-v4.5-i2v"
+TEXT_SUBMIT_PATH: Final = "/v3/async/pixverse-v4.5-t2v"
 RESULT_PATH: Final = "/v3/async/task-result"
 
 # A 10 MB image is about 13.4 MB once base64-encoded; accept bodies well past that so that an oversized
@@ -71,10 +92,14 @@ class ApiSite:
     _counters: Callable[[], SimCounters]
     # The body of a task-result answer about a task at a simulated time (with a freshly signed link).
     _task_result: Callable[[SimTask, float], dict[str, Any]]
+    #: Chance that a poll of a task that ended FAILED answers 500 TASK_FAILED.
+    task_failed_rate: float = 0.0
+    _chaos_rng: random.Random = attrs.Factory(random.Random)
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=_MAX_BODY_BYTES)
         app.router.add_post(SUBMIT_PATH, self._handle_submit)
+        app.router.add_post(TEXT_SUBMIT_PATH, self._handle_submit)
         app.router.add_get(RESULT_PATH, self._handle_poll, allow_head=False)
         # Anything else, including a wrong method on a known path, is answered like the real router does.
         app.router.add_route("*", "/{tail:.*}", self._handle_api_not_found)
@@ -133,8 +158,12 @@ class ApiSite:
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
             return api_error(400, "INVALID_REQUEST_BODY", "request body is not valid JSON")
         try:
-            check_body(body, self.accept_fields)
-            image = check_image(body["image"])
+            if request.path == TEXT_SUBMIT_PATH:
+                check_text_body(body, self.accept_fields)
+                image = NO_IMAGE
+            else:
+                check_body(body, self.accept_fields)
+                image = check_image(body["image"])
         except BadRequest as problem:
             return api_error(400, problem.reason, problem.message)
         now = self._clock.now()
@@ -189,6 +218,9 @@ class ApiSite:
         if task is None or task.api_key != key:  # another key's task is as invisible as a missing one
             return api_error(404, "TASK_NOT_FOUND", f"task {task_id} not found")
         now = self._clock.now()
-        if settle and task.status_at(now) in (SUCCEED, FAILED):
+        status = task.status_at(now)
+        if settle and status in (SUCCEED, FAILED):
             task.terminal_seen = True
+        if status == FAILED and self.task_failed_rate > 0 and self._chaos_rng.random() < self.task_failed_rate:
+            return api_error(500, "TASK_FAILED", f"task failed: {task.fail_reason or 'no reason'}")
         return json_response(self._task_result(task, now))

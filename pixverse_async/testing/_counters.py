@@ -59,3 +59,5 @@ class SimCounters:
     webhooks_dropped: int = 0
     #: Webhook deliveries POSTed a second time by a `duplicate` fault.
     webhooks_duplicated: int = 0
+    #: Extra POSTs of delivered webhooks made by `webhook_repeat_rate` (each repeat counted).
+    webhooks_repeated: int = 0

@@ -35,8 +35,18 @@ FaultKind = Literal[
     "expired",
     "drop",
     "duplicate",
+    "surge",
+    "gateway_timeout",
+    "illegal_prompt",
+    "illegal_image",
 ]
 _WEBHOOK_FAULT_KINDS: Final = frozenset({"drop", "duplicate"})
+_ALONE_API_ERRORS: Final = {
+    "surge": (503, "SERVICE_UNAVAILABLE", "the service is busy, slow down (surge protection)"),
+    "gateway_timeout": (504, "GATEWAY_TIMEOUT", "the upstream did not answer in time"),
+    "illegal_prompt": (400, "ILLEGAL_PROMPT", "the prompt was refused by content moderation"),
+    "illegal_image": (400, "ILLEGAL_IMAGE_CONTENT", "the image was refused by content moderation"),
+}
 
 _NGINX_502_PAGE: Final = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -75,6 +85,10 @@ class Fault:
     - `truncated_json`: 200 `application/json` whose body is the first half of the normal answer (submit:
       *creates*). On video: headers announce the full `Content-Length`, half the file is sent, then the
       connection is aborted (a download cut short).
+    - `surge`, `gateway_timeout`: submit or poll: 503 / 504 JSON `SERVICE_UNAVAILABLE` / `GATEWAY_TIMEOUT`, the
+      router's traffic shaping; nothing is created.
+    - `illegal_prompt`, `illegal_image`: submit only: 400 `ILLEGAL_PROMPT` / `ILLEGAL_IMAGE_CONTENT`, a
+      moderation refusal; nothing is created or billed.
     - `expired`: video only: 403 "Request has expired", as if the signed link had run out (counted in
       `video_expired`); polling again gives a link that works.
     - `drop`: webhook only: the delivery is lost, never sent and never retried (counted in
@@ -92,6 +106,10 @@ class Fault:
     create_task: bool = True
 
     def __attrs_post_init__(self) -> None:
+        if self.kind in ("illegal_prompt", "illegal_image") and self.endpoint != "submit":
+            raise ValueError(f"the {self.kind!r} fault applies to the submit endpoint only")
+        if self.kind in ("surge", "gateway_timeout") and self.endpoint not in ("submit", "poll"):
+            raise ValueError(f"the {self.kind!r} fault applies to the submit and poll endpoints only")
         if self.kind == "expired" and self.endpoint != "video":
             raise ValueError("the 'expired' fault applies to the video endpoint only")
         if self.kind in _WEBHOOK_FAULT_KINDS and self.endpoint != "webhook":
@@ -164,6 +182,9 @@ def answer_alone(fault: Fault, server_error_reason: str) -> web.Response | None:
         return web.Response(text=_NGINX_502_PAGE, status=502, content_type="text/html")
     if fault.kind == "empty_error":
         return web.Response(status=503)
+    if fault.kind in _ALONE_API_ERRORS:
+        status, reason, message = _ALONE_API_ERRORS[fault.kind]
+        return api_error(status, reason, message)
     return None
 
 

@@ -1,8 +1,8 @@
 """A local simulator of the PixVerse V4.5 image-to-video async job API, for tests and benchmarks.
 
-It speaks the wire protocol of the real API (`POST /v3/async/pixverse-v4.5-i2v` and
-`GET /v3/async/task-result` of the v3 async job API that model routers serve) over real HTTP, on two local
-ports:
+It speaks the wire protocol of the real API (`POST /v3/async/pixverse-v4.5-i2v`,
+`POST /v3/async/pixverse-v4.5-t2v` and `GET /v3/async/task-result` of the v3 async job API that model routers
+serve) over real HTTP, on two local ports:
 
 ```python
 async with Simulator(api_keys=("sk-test",), time_scale=0.001) as sim:
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import ssl
 import types
 import typing
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -115,6 +116,7 @@ class Simulator:
     _running: contextlib.AsyncExitStack | None
     _started_by: int | None
     _base_url: str | None
+    _ssl_context: ssl.SSLContext | None
 
     def __init__(
         self,
@@ -125,6 +127,7 @@ class Simulator:
         video_port: int = 0,
         time_scale: float = 1.0,
         duration: float | Callable[[random.Random], float] = DEFAULT_DURATION,
+        text_duration: float | Callable[[random.Random], float] | None = None,
         queue_fraction: float = 0.1,
         failure_rate: float = 0.0,
         seed: int | None = None,
@@ -140,12 +143,17 @@ class Simulator:
         video_ttl: float = 3600.0,
         webhook_timeout: float = WEBHOOK_TIMEOUT,
         webhook_drop_rate: float = 0.0,
+        webhook_repeat_rate: float = 0.0,
+        webhook_repeats: int = 1,
+        task_failed_rate: float = 0.0,
+        surge_rate: float = 0.0,
         eta: EtaMode = "exact",
         eta_noise: float = 0.35,
         progress: ProgressMode = "linear",
         progress_step: int = 25,
         max_processing_per_key: int | None = None,
         accept_fields: Collection[str] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """Configure the simulator; nothing listens until `start()` or `async with`.
 
@@ -154,6 +162,7 @@ class Simulator:
           free one).
         - `time_scale`: real seconds per simulated second.
         - `duration`: simulated seconds from submit to terminal, or a function drawing it from the RNG.
+        - `text_duration`: the same for text-to-video tasks (None: as `duration`).
         - `queue_fraction`: share of the duration spent QUEUED before PROCESSING.
         - `failure_rate`: probability that a task ends FAILED.
         - `seed`: seeds the RNGs (durations, failures, seeds of tasks submitted without one, task ids, and
@@ -173,6 +182,11 @@ class Simulator:
           raise it to keep a loaded receiver from being retried at a small `time_scale`.
         - `webhook_drop_rate`: probability that a webhook delivery is lost (never sent, not retried); 1.0
           loses them all.
+        - `webhook_repeat_rate`: probability that a delivery, once answered 2xx, is POSTed again
+          `webhook_repeats` more times (same body), as a router that retries a delivered webhook does.
+        - `task_failed_rate`: probability that a poll of a task that ended FAILED answers 500 `TASK_FAILED`.
+        - `surge_rate`: probability that any submit or poll is answered 503 (surge protection; nothing is
+          created), drawn apart from `random_faults`' entries, after them.
         - `eta`: what `task.eta` says while a task runs: "exact", "noisy" or "absent"; `eta_noise`: with
           "noisy", the sigma of each task's log-normal eta factor (see the hints in `_tasks`).
         - `progress`: what `task.progress_percent` says: "linear", "steps" or "absent"; `progress_step`: with
@@ -180,6 +194,8 @@ class Simulator:
         - `max_processing_per_key`: at most this many tasks of a key PROCESSING at once; later ones queue.
         - `accept_fields`: top-level body fields to accept beyond the documented ones (by default an unknown
           field answers 400 `INVALID_REQUEST_BODY`); they are kept in `SimTask.request`.
+        - `ssl_context`: a server-side SSL context: both sites then speak https (for tests of TLS and of
+          proxies reached by CONNECT).
         """
         if isinstance(api_keys, str):
             raise TypeError("api_keys must be a collection of keys, not one string")
@@ -187,8 +203,17 @@ class Simulator:
             raise TypeError("accept_fields must be a collection of field names, not one string")
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        if not 0.0 <= surge_rate <= 1.0 or not 0.0 <= task_failed_rate <= 1.0:
+            raise ValueError(f"surge_rate and task_failed_rate must be in [0, 1], got {surge_rate}, {task_failed_rate}")
+        if surge_rate > 0:
+            random_faults = (
+                *random_faults,
+                (Fault("submit", "surge"), surge_rate),
+                (Fault("poll", "surge"), surge_rate),
+            )
         rules = TaskRules(
             duration=duration,
+            text_duration=text_duration,
             queue_fraction=queue_fraction,
             failure_rate=failure_rate,
             plan=plan,
@@ -207,7 +232,12 @@ class Simulator:
             random_rate_limit_retry_after=random_rate_limit_retry_after,
             balance=balance,
         )
-        webhook_rules = WebhookRules(timeout=webhook_timeout, drop_rate=webhook_drop_rate)
+        webhook_rules = WebhookRules(
+            timeout=webhook_timeout,
+            drop_rate=webhook_drop_rate,
+            repeat_rate=webhook_repeat_rate,
+            repeats=webhook_repeats,
+        )
         clock = SimClock(time_scale)
         book = TaskBook(rules, rng=random.Random(seed), hint_rng=_random(seed, "hints"))
         chaos_rng = _random(seed, "chaos")  # random 429s and random faults draw from one RNG, in turn
@@ -236,6 +266,8 @@ class Simulator:
             webhooks=webhooks,
             counters=counters,
             task_result=task_result,
+            task_failed_rate=task_failed_rate,
+            chaos_rng=_random(seed, "task_failed"),
         )
         self.__attrs_init__(
             host=host,
@@ -251,6 +283,7 @@ class Simulator:
             running=None,
             started_by=None,
             base_url=None,
+            ssl_context=ssl_context,
         )
 
     def __repr__(self) -> str:
@@ -259,6 +292,8 @@ class Simulator:
 
     # The configured values, read-only, under the names of the keyword arguments that set them.
     duration = _Setting(lambda sim: sim._book.rules.duration)
+    text_duration = _Setting(lambda sim: sim._book.rules.text_duration)
+    task_failed_rate = _Setting(lambda sim: sim._api.task_failed_rate)
     queue_fraction = _Setting(lambda sim: sim._book.rules.queue_fraction)
     failure_rate = _Setting(lambda sim: sim._book.rules.failure_rate)
     plan = _Setting(lambda sim: sim._book.rules.plan)
@@ -278,6 +313,8 @@ class Simulator:
     video_ttl = _Setting(lambda sim: sim._video_host.ttl)
     webhook_timeout = _Setting(lambda sim: sim._webhooks.rules.timeout)
     webhook_drop_rate = _Setting(lambda sim: sim._webhooks.rules.drop_rate)
+    webhook_repeat_rate = _Setting(lambda sim: sim._webhooks.rules.repeat_rate)
+    webhook_repeats = _Setting(lambda sim: sim._webhooks.rules.repeats)
 
     # ----------------------------------------------------------------------------------------------------
     # Public helpers
@@ -388,11 +425,12 @@ class Simulator:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await runner.setup()
         stack.push_async_callback(_shielded, runner.cleanup)
-        site = web.TCPSite(runner, self.host, port)
+        site = web.TCPSite(runner, self.host, port, ssl_context=self._ssl_context)
         await site.start()
         bound_port = runner.addresses[0][1]
         url_host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{url_host}:{bound_port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{url_host}:{bound_port}"
 
     async def close(self) -> None:
         """Stop the webhook dispatcher and both sites, and close open connections (a no-op if not running).

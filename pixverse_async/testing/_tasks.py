@@ -42,9 +42,10 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from pixverse_async.testing._validation import MAX_SEED, SubmittedImage, webhook_url
+from pixverse_async.testing._validation import MAX_SEED, NO_IMAGE, SubmittedImage, webhook_url
 
 TASK_TYPE: Final = "PIXVERSE_V4_5_I2V"
+TEXT_TASK_TYPE: Final = "PIXVERSE_V4_5_T2V"
 
 QUEUED: Final = "TASK_STATUS_QUEUED"
 PROCESSING: Final = "TASK_STATUS_PROCESSING"
@@ -97,7 +98,7 @@ class SimTask:
     task_id: str
     api_key: str
     request: Mapping[str, Any]  # the submitted JSON body without `image` (see `image`)
-    image: SubmittedImage
+    image: SubmittedImage  # `NO_IMAGE` for a text-to-video task
     seed: int
     submitted_at: float
     processing_at: float  # QUEUED before this, PROCESSING from it
@@ -109,6 +110,11 @@ class SimTask:
     webhook_url: str | None = None
     # `eta="noisy"`: what this task's eta is multiplied by (1.0: exact).
     eta_factor: float = 1.0
+
+    @property
+    def is_text(self) -> bool:
+        """A text-to-video task (submitted to `/v3/async/pixverse-v4.5-t2v`)."""
+        return self.image is NO_IMAGE
 
     @property
     def prompt(self) -> str:
@@ -147,6 +153,8 @@ class TaskRules:
     progress: ProgressMode
     progress_step: int
     max_processing_per_key: int | None
+    #: The duration of text-to-video tasks; None: as `duration`.
+    text_duration: float | Callable[[random.Random], float] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not 0.0 <= self.queue_fraction <= 1.0:
@@ -181,13 +189,15 @@ class TaskBook:
     _processing_free_at: dict[str, list[float]] = attrs.Factory(dict)
 
     def create(self, key: str, body: dict[str, Any], image: SubmittedImage, now: float) -> SimTask:
-        """A new task of `key` for a checked submission `body`, submitted at `now`."""
+        """A new task of `key` for a checked submission `body` (a text-to-video one when `image` is
+        `NO_IMAGE`), submitted at `now`."""
         rules = self.rules
         planned = rules.plan(body) if rules.plan is not None else None
         if planned is not None:
             duration, fail_reason = planned.duration, planned.fail_reason
         else:
-            duration = rules.duration(self._rng) if callable(rules.duration) else rules.duration
+            drawn = rules.text_duration if image is NO_IMAGE and rules.text_duration is not None else rules.duration
+            duration = drawn(self._rng) if callable(drawn) else drawn
             duration = max(0.0, duration)
             fail_reason = DEFAULT_FAIL_REASON if self._rng.random() < rules.failure_rate else None
         seed = body["seed"] if "seed" in body else self._rng.randint(0, MAX_SEED)
@@ -255,7 +265,7 @@ class TaskBook:
                 "task_id": task.task_id,
                 "status": status,
                 "reason": task.fail_reason if status == FAILED and task.fail_reason is not None else "",
-                "task_type": TASK_TYPE,
+                "task_type": TEXT_TASK_TYPE if task.is_text else TASK_TYPE,
                 "eta": self.eta_at(task, now),
                 "progress_percent": self.progress_at(task, now),
             },

@@ -22,6 +22,10 @@ In this order, the first problem answering (the router's call limits come betwee
    `INVALID_REQUEST_BODY`. The decoded bytes are checked by `pixverse_async._images.probe_image`, the same
    checker the client uses, and its verdict is answered as 400 with its reason (`INVALID_IMAGE_FORMAT`,
    `IMAGE_FILE_EXCEEDS_MAX_SIZE`, `INVALID_IMAGE_SIZE`, `IMAGE_EXCEEDS_MAX_RESOLUTION`).
+
+A text-to-video submission (`POST /v3/async/pixverse-v4.5-t2v`, `check_text_body`) is checked the same way,
+except that it has no `image` (an `image` field is an unknown field there) and takes `aspect_ratio`: one of
+16:9, 4:3, 1:1, 3:4, 9:16 (default 16:9).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ STYLES: Final = frozenset({"anime", "3d_animation", "clay", "comic", "cyberpunk"
 _KNOWN_FIELDS: Final = frozenset(
     {"prompt", "image", "resolution", "negative_prompt", "fast_mode", "style", "seed", "extra"}
 )
+_KNOWN_TEXT_FIELDS: Final = (_KNOWN_FIELDS - {"image"}) | {"aspect_ratio"}
+ASPECT_RATIOS: Final = frozenset({"16:9", "4:3", "1:1", "3:4", "9:16"})
 _DATA_URI_PREFIXES: Final = tuple(f"data:image/{kind};base64," for kind in ("png", "jpeg", "jpg"))
 
 
@@ -52,12 +58,16 @@ _DATA_URI_PREFIXES: Final = tuple(f"data:image/{kind};base64," for kind in ("png
 class SubmittedImage:
     """What a task's `image` field held, kept instead of the (possibly megabytes of) base64 text."""
 
-    encoding: Literal["url", "base64", "data_uri"]
+    encoding: Literal["url", "base64", "data_uri", "none"]  # "none": a text-to-video task (`NO_IMAGE`)
     url: str | None = None  # only for `encoding="url"`
     format: str | None = None  # 'jpeg' | 'png', from the image checker; None for URLs
     width: int | None = None
     height: int | None = None
     byte_size: int | None = None  # decoded size
+
+
+#: The `image` of a text-to-video task, which has none.
+NO_IMAGE: Final = SubmittedImage(encoding="none")
 
 
 class BadRequest(Exception):
@@ -83,17 +93,35 @@ def _check_string(body: Mapping[str, Any], field: str, *, max_chars: int | None 
 def check_body(body: Any, accepted: frozenset[str] = frozenset()) -> None:
     """Raise `BadRequest` if the JSON body breaks a documented rule (the image bytes are checked later);
     top-level fields in `accepted` are let through unchecked."""
+    _check_fields(body, _KNOWN_FIELDS | accepted)
+    image = _check_string(body, "image")
+    if not image:
+        raise BadRequest("INVALID_REQUEST_BODY", "image is required")
+    _check_shared_fields(body)
+
+
+def check_text_body(body: Any, accepted: frozenset[str] = frozenset()) -> None:
+    """`check_body` for a text-to-video submission: no `image`, an `aspect_ratio`."""
+    _check_fields(body, _KNOWN_TEXT_FIELDS | accepted)
+    aspect_ratio = _check_string(body, "aspect_ratio")
+    if aspect_ratio is not None and aspect_ratio not in ASPECT_RATIOS:
+        raise BadRequest("INVALID_REQUEST_BODY", f"aspect_ratio must be one of {', '.join(sorted(ASPECT_RATIOS))}")
+    _check_shared_fields(body)
+
+
+def _check_fields(body: Any, known: frozenset[str]) -> None:
     if not isinstance(body, dict):
         raise BadRequest("INVALID_REQUEST_BODY", "request body must be a JSON object")
-    unknown = sorted(set(body) - _KNOWN_FIELDS - accepted)
+    unknown = sorted(set(body) - known)
     if unknown:
         raise BadRequest("INVALID_REQUEST_BODY", f"unknown field(s): {', '.join(unknown)}")
     prompt = _check_string(body, "prompt", max_chars=MAX_PROMPT_CHARS)
     if prompt is None or not prompt.strip():
         raise BadRequest("INVALID_REQUEST_BODY", "prompt is required")
-    image = _check_string(body, "image")
-    if not image:
-        raise BadRequest("INVALID_REQUEST_BODY", "image is required")
+
+
+def _check_shared_fields(body: dict[str, Any]) -> None:
+    """The fields both endpoints take, past the prompt."""
     _check_string(body, "negative_prompt", max_chars=MAX_PROMPT_CHARS)
     fast_mode = body.get("fast_mode", False)
     if not isinstance(fast_mode, bool):

@@ -34,7 +34,9 @@ same event again) or even given up. Use `time_scale=0.01` or more when counts ma
 `webhook_drop_rate` loses each delivery with that probability (a separate RNG derived from `seed`, so it does
 not shift task ids or durations); the `drop` and `duplicate` faults of endpoint `"webhook"` act on chosen
 deliveries (see `Fault`). An injected fault takes precedence over the drop rate, which applies to the
-deliveries no fault was taken for.
+deliveries no fault was taken for. `webhook_repeat_rate` makes a delivered delivery (answered 2xx) be POSTed
+`webhook_repeats` more times right after, with the same body (each counted in `webhooks_repeated` and
+`webhooks_sent`), as the router may deliver one event more than once.
 """
 
 from __future__ import annotations
@@ -80,8 +82,14 @@ class WebhookRules:
 
     timeout: float
     drop_rate: float
+    repeat_rate: float = 0.0
+    repeats: int = 1
 
     def __attrs_post_init__(self) -> None:
+        if not 0.0 <= self.repeat_rate <= 1.0:
+            raise ValueError(f"webhook_repeat_rate must be in [0, 1], got {self.repeat_rate}")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"webhook_repeats must be an int >= 1, got {self.repeats!r}")
         if self.timeout <= 0:
             raise ValueError(f"webhook_timeout must be > 0, got {self.timeout}")
         if not 0.0 <= self.drop_rate <= 1.0:
@@ -194,6 +202,11 @@ class WebhookSender:
                 if delivery.duplicate:
                     self._counters().webhooks_duplicated += 1
                     await self._post(delivery.url, body)
+                rules = self.rules
+                if rules.repeat_rate > 0 and self._rng.random() < rules.repeat_rate:
+                    for _ in range(rules.repeats):
+                        self._counters().webhooks_repeated += 1
+                        await self._post(delivery.url, body)
         if delivered:
             return
         if delivery.attempts > len(WEBHOOK_RETRY_DELAYS):

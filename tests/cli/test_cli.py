@@ -329,3 +329,33 @@ def test_every_option_is_checked_at_parse_time_in_one_line_of_the_users_words(
     command = f"pixverse-async {args[0]}"
     assert error.startswith(f"{command}: {expected}") and error.endswith(f"(see {command} --help)\n"), error
     assert len(error.splitlines()) == 1 and "invalid" not in error and "Traceback" not in error
+
+
+async def test_text_and_image_rows_run_together_and_status_tells_kinds_and_refusals_apart(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    (tmp_path / "a.png").write_bytes(png(400, 300))
+    manifest = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [
+            {"id": "t1", "prompt": "a lighthouse", "aspect_ratio": "9:16"},
+            {"id": "t2", "prompt": "a harbour"},
+            {"id": "i1", "prompt": "a cat", "image": "a.png"},
+            {"id": "i2", "prompt": "a dog", "image": "a.png"},
+        ],
+    )
+    out = tmp_path / "out"
+    sim.inject(Fault("submit", "illegal_prompt"))  # the first submission, whichever row it is
+    done = await cli("run", str(manifest), "--out", str(out), "--concurrency", "1", sim=sim)
+    assert done.returncode == 1, done.stderr
+    assert "refused" in done.stdout and "text" in done.stdout and "image" in done.stdout
+    assert sim.counters.tasks_created == 3
+    status = await cli("status", "--journal", str(out / "pixverse-journal.sqlite"), "--json")
+    rows = {row["key"]: row for row in json.loads(status.stdout)}
+    assert {key: row["kind"] for key, row in rows.items()} == {"t1": "text", "t2": "text", "i1": "image", "i2": "image"}
+    outcomes = sorted(row["outcome"] for row in rows.values())
+    assert outcomes == ["refused", "succeeded", "succeeded", "succeeded"]
+    refused = next(row for row in rows.values() if row["outcome"] == "refused")
+    assert refused["state"] == "failed" and refused["task_id"] is None  # nothing was created or billed
+    table = await cli("status", "--journal", str(out / "pixverse-journal.sqlite"))
+    assert "refused" in table.stdout and "text" in table.stdout

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pixverse_async import ImageToVideo, TextToVideo
 from pixverse_async.cli.manifest import MAX_CELL_CHARS, ManifestError, ManifestRow, read_manifest
 from pixverse_async.testing import Simulator
 from tests.cli.test_cli import SCALE, cli, plan
@@ -315,3 +316,36 @@ async def test_an_image_with_another_url_scheme_is_named_as_such_not_as_a_missin
     result = await cli("run", str(manifest), "--out", str(tmp_path / "out"), sim=sim)
     assert result.returncode == 2 and f"unsupported URL scheme {named}" in result.stderr, result.stderr
     assert "no such file" not in result.stderr.lower() and sim.counters.submit_requests == 0
+
+
+def test_rows_without_an_image_are_text_jobs_and_a_row_with_both_is_refused_by_line(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(png(400, 300))
+    rows = [
+        {"id": "t", "prompt": "a lighthouse", "aspect_ratio": "9:16", "seed": 3},
+        {"id": "d", "prompt": "a lighthouse", "image": None},
+        {"id": "i", "prompt": "a cat", "image": "a.png"},
+    ]
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    text, default, image = (row.request for row in read_manifest(manifest))
+    assert text == TextToVideo("a lighthouse", "9:16", seed=3)
+    assert default == TextToVideo("a lighthouse")
+    assert isinstance(image, ImageToVideo)
+
+    csv_manifest = write_csv(
+        tmp_path / "jobs.csv",
+        [
+            ["prompt", "image", "aspect_ratio"],
+            ["a lighthouse", "", "1:1"],
+            ["a cat", "a.png", ""],
+            ["x", "a.png", "4:3"],
+        ],
+    )
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(csv_manifest)
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith("line 4: aspect_ratio: a row with an image is an image-to-video job")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "aspect_ratio": "2:1"}) + "\n")
+    with pytest.raises(ManifestError, match=r"line 1: aspect_ratio: '2:1' is not one of 16:9"):
+        read_manifest(bad)
