@@ -467,7 +467,7 @@ class RedisBudget:
                     failures += 1
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2 on
             await self._clock.sleep(min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale)
 
     def _key(self, part: str) -> str:
