@@ -53,17 +53,8 @@ import anyio.abc
 import attrs
 import yarl
 
-from ._budget import (
-    CAP_EVIDENCE,
-    CAP_STRIKES,
-    LOST_ANSWER_HOLD,
-    AdoptTask,
-    BudgetSettings,
-    Endpoint,
-    Pacer,
-    Slot,
-    adopted_slot,
-)
+from ._budget import AdoptTask, BudgetSettings, Endpoint, Pacer, Slot, adopted_slot
+from ._cap_state import CAP_EVIDENCE, CAP_STRIKES, LOST_ANSWER_HOLD
 from ._clock import Clock, ScaledClock, SystemClock
 from ._exceptions import BudgetUnavailableError, ClientClosedError, InvalidRequestError
 from ._redis_script import STEP
@@ -467,7 +458,7 @@ class RedisBudget:
                     failures += 1
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await self._clock.sleep(min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale)
 
     def _key(self, part: str) -> str:

@@ -19,7 +19,8 @@ from pixverse_async import (
     RetryPolicy,
     SubmissionUncertainError,
 )
-from pixverse_async._budget import LOST_ANSWER_HOLD, LocalBudget, Slot
+from pixverse_async._budget import LocalBudget, Slot
+from pixverse_async._cap_state import LOST_ANSWER_HOLD
 from pixverse_async.testing import CallRateLimit, Fault, InstantClock, Simulator, TaskPlan
 from tests.helpers import KEY, client_for
 
