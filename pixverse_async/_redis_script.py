@@ -267,7 +267,7 @@ if status == 'ok' and now >= tonumber(S.recover_until) then
   for _ = 1, want do
     if not take() then break end
     seq = seq + 1
-    local slot = client .. '#' .. seq
+    local slot = client .. '#' .. S.epoch .. '#' .. seq  -- the epoch: names restored slots keep are not given again
     redis.call('HSET', K_OWNERS, slot, client)
     granted[#granted + 1] = slot
   end
