@@ -7,7 +7,7 @@ async with PixVerseClient() as client:
 """
 
 from ._budget import RateLimits
-from ._bulk import AsCompleted, BatchCounts, EventKind, JobEvent, JobResult
+from ._bulk import AsCompleted, BatchCounts, EventKind, JobEvent
 from ._client import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, PixVerseClient
 from ._clock import Clock, SystemClock
 from ._exceptions import (
@@ -37,7 +37,7 @@ from ._exceptions import (
     VideoExpiredError,
     VideoHostError,
 )
-from ._models import ImageToVideo, Resolution, Style, Task, TaskResult, TaskStatus, Video
+from ._models import ImageToVideo, JobResult, Resolution, Style, Task, TaskResult, TaskStatus, Video
 from ._poller import PollPolicy
 from ._retry import RetryPolicy
 from ._transport import Timeouts

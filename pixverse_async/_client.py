@@ -26,7 +26,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._budget import Budget, BudgetSettings, LocalBudget, RateLimits, SharedBudget, Slot
-from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
+from ._bulk import AsCompleted, EventCallback, KeyedJob
 from ._clock import Clock, default_clock
 from ._download import Downloader
 from ._exceptions import (
@@ -40,6 +40,8 @@ from ._exceptions import (
 from ._forecast import kind_of
 from ._models import (
     ImageToVideo,
+    Job,
+    JobResult,
     Task,
     TaskResult,
     TaskStatus,
