@@ -15,10 +15,10 @@ Slots
 
     At most `max_concurrency` slots are out at once, lost answers included: a slot given back with
     `release_when_ended()` stays taken for as long as its task could be running: the longest task seen so
-    far (from acceptance to the poll that saw it end; while none has ended, `_cap_state.LOST_ANSWER_HOLD`, 600 API
-    seconds), counted from its acceptance (from the loss, for a lost answer). The hold follows what is
-    learnt: the first task to end shortens a fallback hold, a longer task lengthens every hold. The slot is
-    then freed on the client's clock.
+    far (from acceptance to the poll that saw it end; while none has ended, `_cap_state.LOST_ANSWER_HOLD`,
+    600 API seconds), counted from its acceptance (a resumed task's: its adoption; from the loss, for a lost
+    answer). The hold follows what is learnt: the first task to end shortens a fallback hold, a longer task
+    lengthens every hold. The slot is then freed on the client's clock.
 
 The running-task cap, learnt from evidence only
     - Slow start: until the cap is known, slots out stay at most one more than the submissions accepted so
@@ -140,7 +140,7 @@ class SlotOwner(Protocol):
 
     def _on_accepted(self, slot: Slot) -> float: ...
 
-    def _on_adopted(self, slot: Slot) -> None: ...
+    def _on_adopted(self, slot: Slot) -> float: ...
 
     def _on_refused(self, slot: Slot, retry_after: float | None) -> bool: ...
 
@@ -153,7 +153,7 @@ class SlotOwner(Protocol):
 class Slot:
     """One running-task slot of the budget: taken once, given back exactly once (see the module docstring)."""
 
-    __slots__ = ("_budget", "_gone_by", "_state", "accepted_at", "task_id", "token")
+    __slots__ = ("_budget", "_gone_by", "_state", "accepted_at", "running_since", "task_id", "token")
 
     def __init__(self, budget: SlotOwner, token: str | None = None) -> None:
         self._budget = budget
@@ -161,6 +161,9 @@ class Slot:
         self._gone_by = ""
         #: When the submission was accepted (client clock), for slots that stand for a task it created.
         self.accepted_at: float | None = None
+        #: When it began to stand for a task (client clock): accepted, or adopted. A slot given back while its
+        #: task may run is held from then.
+        self.running_since: float | None = None
         #: The task the slot stands for, once known (a shared budget records it, for adoption).
         self.task_id: str | None = None
         #: The shared budget's name for this slot (None for a local budget's).
@@ -179,14 +182,14 @@ class Slot:
         self._expect(_SlotState.TAKEN, "accepted")
         self._state = _SlotState.RUNNING
         self.task_id = task_id
-        self.accepted_at = self._budget._on_accepted(self)
+        self.accepted_at = self.running_since = self._budget._on_accepted(self)
 
     def adopted(self, task_id: str | None = None) -> None:
         """The slot stands for a task submitted earlier (resumed): it runs, but proves nothing about the cap."""
         self._expect(_SlotState.TAKEN, "adopted")
         self._state = _SlotState.RUNNING
         self.task_id = task_id
-        self._budget._on_adopted(self)
+        self.running_since = self._budget._on_adopted(self)
 
     def refused(self, retry_after: float | None) -> bool:
         """The submission was answered 429 (nothing was created): give the slot back, and tell the budget.
@@ -561,8 +564,9 @@ class LocalBudget:
         self.submissions.accepted()
         return now
 
-    def _on_adopted(self, slot: Slot) -> None:
+    def _on_adopted(self, slot: Slot) -> float:
         self.state.adopted()
+        return self._clock.now()
 
     def _on_refused(self, slot: Slot, retry_after: float | None) -> bool:
         refusal = self.state.refused(retry_after)
@@ -581,6 +585,7 @@ class LocalBudget:
 
     def _on_abandoned(self, slot: Slot, *, running: bool) -> None:
         now = self._clock.now()
-        self.state.abandoned(slot.accepted_at if slot.accepted_at is not None else now, running=running)
+        # Held from when it began to stand for its task (a resumed one's: its adoption), or from the loss.
+        self.state.abandoned(slot.running_since if slot.running_since is not None else now, running=running)
         self._free_held(now)
         self._notify()  # waiters sleep until the earliest held slot is freed

@@ -293,10 +293,11 @@ class RedisBudget:
         self.submissions.accepted()
         return now
 
-    def _on_adopted(self, slot: Slot) -> None:
+    def _on_adopted(self, slot: Slot) -> float:
         if slot.token in self._slots:
             self._running += 1
             self._queue({"op": "adopted", "slot": slot.token, "task": slot.task_id or ""})
+        return self._clock.now()
 
     def _on_refused(self, slot: Slot, retry_after: float | None) -> bool:
         if self._slots.pop(slot.token or "", None) is None:
