@@ -2,7 +2,8 @@
 
 A router answers 429 for two reasons its body does not tell apart: too many calls per minute (per key and
 model) or too many tasks running at once. The budget keeps them apart from evidence, and is the only thing
-that counts slots.
+that counts slots. The rules of the slots and of the cap below are one pure model, `CapState`
+(`_cap_state.py`): `LocalBudget` applies it in memory, `RedisBudget`'s Lua step is its port.
 
 Slots
     `await budget.acquire()` returns a `Slot`, taken once; whoever holds it gives it back exactly once, by one

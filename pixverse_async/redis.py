@@ -9,10 +9,10 @@ the same account `name` (default: a hash of the API key, never the key) shares:
 - the running-task slots: `max_concurrency` bounds all of them together (each client keeps to its own
   `max_concurrency` against the shared count), lost answers held as in one process;
 - what is learnt of the account's limits: the running-task cap (from 429s, with the same rules as
-  `LocalBudget`, see `_budget.py`), the slow start of the first burst (submissions not yet answered at
-  most one more than those accepted, for all clients together, until the cap is known), the longest task
-  seen (how long a lost answer's slot is held), and each pause of an endpoint on evidence of a rate limit
-  (every client pauses and cuts its pace);
+  `LocalBudget`: the step's Lua ports `_cap_state.CapState`), the slow start of the first burst
+  (submissions not yet answered at most one more than those accepted, for all clients together, until the
+  cap is known), the longest task seen (how long a lost answer's slot is held), and each pause of an
+  endpoint on evidence of a rate limit (every client pauses and cuts its pace);
 - leases: each client renews its lease (`lease` API seconds, 20 by default) every third of it while open.
   A client whose lease lapses (killed, hung, cut off) is dead to the others: its running tasks (recorded by
   task id) are adopted by the next client that talks to Redis, which polls them to their end and frees
