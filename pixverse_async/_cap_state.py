@@ -92,12 +92,12 @@ class CapState:
     longest: float | None = None
     #: When the tasks of held slots started (a heap): each is freed `hold()` later.
     held: list[float] = attrs.field(factory=list)
+    #: The most slots that may ever be out: `max_concurrency`, or the given cap if lower.
+    ceiling: int = attrs.field(init=False)
 
-    @property
-    def ceiling(self) -> int:
-        """The most slots that may ever be out: `max_concurrency`, or the given cap if lower."""
+    def __attrs_post_init__(self) -> None:
         given = self.given_cap
-        return self.max_concurrency if given is None or given >= self.max_concurrency else given
+        self.ceiling = self.max_concurrency if given is None or given >= self.max_concurrency else given
 
     @property
     def limit(self) -> int:
