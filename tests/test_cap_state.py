@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from pixverse_async._cap_state import CAP_EVIDENCE, CAP_STRIKES, LOST_ANSWER_HOLD, CapState, Refusal
-from pixverse_async._redis_script import STEP
+from pixverse_async._redis_script import STEP, STEP_INPUTS, STEP_OPS, STEP_REPLY
 from pixverse_async.testing import RedisServer
 
 KEYS = [f"parity:{part}" for part in ("state", "owners", "tasks", "since", "leases", "held", "changed")]
@@ -78,7 +78,9 @@ class Parity:
         }
         if self.model.given_cap is not None:
             inputs["given_cap"] = self.model.given_cap
+        assert inputs.keys() <= STEP_INPUTS.keys() and {op["op"] for op in ops} <= STEP_OPS.keys()
         reply: dict[str, Any] = json.loads(self.script(keys=KEYS, args=[json.dumps(inputs)]))
+        assert reply.keys() <= STEP_REPLY.keys()
         self.epochs[client] = reply["epoch"]
         assert reply["status"] in ("ok", "restore"), reply
         self.limit = reply["limit"]
