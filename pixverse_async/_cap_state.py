@@ -61,7 +61,7 @@ def looks_like_cap(running: int, proven: float, floor: int | None) -> bool:
 
 
 @final
-@attrs.define
+@attrs.define(on_setattr=attrs.setters.NO_OP)  # validated when built: a __setattr__ hook would slow every count
 class CapState:
     """The counts of one key's slots and what is known of its running-task cap (see the module docstring)."""
 
