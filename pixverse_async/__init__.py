@@ -7,7 +7,7 @@ async with PixVerseClient() as client:
 """
 
 from ._budget import RateLimits
-from ._bulk import AsCompleted, BatchCounts, EventKind, JobEvent, JobResult
+from ._bulk import AsCompleted, BatchCounts, EventKind, JobEvent
 from ._client import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, PixVerseClient
 from ._clock import Clock, SystemClock
 from ._exceptions import (
@@ -41,6 +41,7 @@ from ._exceptions import (
 from ._models import (
     AspectRatio,
     ImageToVideo,
+    JobResult,
     Resolution,
     Style,
     Task,

@@ -2,7 +2,8 @@
 
 A router answers 429 for two reasons its body does not tell apart: too many calls per minute (per key and
 model) or too many tasks running at once. The budget keeps them apart from evidence, and is the only thing
-that counts slots.
+that counts slots. The rules of the slots and of the cap below are one pure model, `CapState`
+(`_cap_state.py`): `LocalBudget` applies it in memory, `RedisBudget`'s Lua step is its port.
 
 Slots
     `await budget.acquire()` returns a `Slot`, taken once; whoever holds it gives it back exactly once, by one
@@ -15,10 +16,10 @@ Slots
 
     At most `max_concurrency` slots are out at once, lost answers included: a slot given back with
     `release_when_ended()` stays taken for as long as its task could be running: the longest task seen so
-    far (from acceptance to the poll that saw it end; while none has ended, `LOST_ANSWER_HOLD`, 600 API
-    seconds), counted from its acceptance (from the loss, for a lost answer). The hold follows what is
-    learnt: the first task to end shortens a fallback hold, a longer task lengthens every hold. The slot is
-    then freed on the client's clock.
+    far (from acceptance to the poll that saw it end; while none has ended, `_cap_state.LOST_ANSWER_HOLD`,
+    600 API seconds), counted from its acceptance (a resumed task's: its adoption; from the loss, for a lost
+    answer). The hold follows what is learnt: the first task to end shortens a fallback hold, a longer task
+    lengthens every hold. The slot is then freed on the client's clock.
 
 The running-task cap, learnt from evidence only
     - Slow start: until the cap is known, slots out stay at most one more than the submissions accepted so
@@ -75,7 +76,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
-import heapq
 import math
 import random
 from collections.abc import Callable
@@ -84,6 +84,7 @@ from typing import Any, Literal, Protocol, final
 import anyio
 import attrs
 
+from ._cap_state import CapState, Refusal
 from ._clock import Clock
 from ._exceptions import ConfigurationError
 from ._retry import RetryPolicy
@@ -91,12 +92,6 @@ from ._validation import check_count, number
 
 Endpoint = Literal["submit", "task-result"]
 
-#: How long a slot whose task may run stays taken before any task has ended (API seconds).
-LOST_ANSWER_HOLD = 600.0
-#: A submission's 429 looks like the cap while at least this share of the proven running count runs.
-CAP_EVIDENCE = 0.75
-#: How many such 429s in a row (no acceptance between) teach a cap below the last one learnt (or a first).
-CAP_STRIKES = 3
 #: How many 429s in a row (no call accepted between) show a rate limit: a busy router's random 429s rarely
 #: come three in a row (0.25% of them at a 5% rate), a rate limit's do.
 RATE_EVIDENCE = 3
@@ -146,7 +141,7 @@ class SlotOwner(Protocol):
 
     def _on_accepted(self, slot: Slot) -> float: ...
 
-    def _on_adopted(self, slot: Slot) -> None: ...
+    def _on_adopted(self, slot: Slot) -> float: ...
 
     def _on_refused(self, slot: Slot, retry_after: float | None) -> bool: ...
 
@@ -159,7 +154,7 @@ class SlotOwner(Protocol):
 class Slot:
     """One running-task slot of the budget: taken once, given back exactly once (see the module docstring)."""
 
-    __slots__ = ("_budget", "_gone_by", "_state", "accepted_at", "task_id", "token")
+    __slots__ = ("_budget", "_gone_by", "_state", "accepted_at", "running_since", "task_id", "token")
 
     def __init__(self, budget: SlotOwner, token: str | None = None) -> None:
         self._budget = budget
@@ -167,6 +162,9 @@ class Slot:
         self._gone_by = ""
         #: When the submission was accepted (client clock), for slots that stand for a task it created.
         self.accepted_at: float | None = None
+        #: When it began to stand for a task (client clock): accepted, or adopted. A slot given back while its
+        #: task may run is held from then.
+        self.running_since: float | None = None
         #: The task the slot stands for, once known (a shared budget records it, for adoption).
         self.task_id: str | None = None
         #: The shared budget's name for this slot (None for a local budget's).
@@ -185,20 +183,22 @@ class Slot:
         self._expect(_SlotState.TAKEN, "accepted")
         self._state = _SlotState.RUNNING
         self.task_id = task_id
-        self.accepted_at = self._budget._on_accepted(self)
+        self.accepted_at = self.running_since = self._budget._on_accepted(self)
 
     def adopted(self, task_id: str | None = None) -> None:
         """The slot stands for a task submitted earlier (resumed): it runs, but proves nothing about the cap."""
         self._expect(_SlotState.TAKEN, "adopted")
         self._state = _SlotState.RUNNING
         self.task_id = task_id
-        self._budget._on_adopted(self)
+        self.running_since = self._budget._on_adopted(self)
 
     def refused(self, retry_after: float | None) -> bool:
         """The submission was answered 429 (nothing was created): give the slot back, and tell the budget.
 
         True when the 429 looks like the running-task cap and no slot is free: waiting for one is the backoff.
         """
+        if self._state is _SlotState.RUNNING:  # its submission was accepted: a 429 cannot follow
+            raise RuntimeError("a running-task slot cannot be refused once running")
         self._give_back("refused")
         return self._budget._on_refused(self, retry_after)
 
@@ -467,7 +467,7 @@ class SharedBudget(Budget, Protocol):
 
 @final
 class LocalBudget:
-    """The budget of one client in one process."""
+    """The budget of one client in one process: `CapState` applied in memory, on the client's clock."""
 
     def __init__(
         self,
@@ -481,23 +481,7 @@ class LocalBudget:
     ) -> None:
         self.max_concurrency = max_concurrency
         self._clock = clock
-        self._given_cap = limits.max_running
-        self._ceiling = min(max_concurrency, limits.max_running or max_concurrency)
-        #: The running-task cap: given, or learnt, or being probed above; None while unknown (slow start).
-        self.cap: int | None = limits.max_running
-        #: The running count last shown to be the cap (a refusal there): a probe refused at or above it is
-        #: the cap at once, a refusal below it lowers it only after CAP_STRIKES in a row.
-        self.cap_floor: int | None = limits.max_running
-        self.in_use = 0  # slots out, held ones included
-        self.running = 0  # slots that stand for a task that may run (accepted, adopted, held)
-        self.proven = 0.0  # the most tasks seen running right after an acceptance
-        self._window = 1  # slow start: slots that may be out while the cap is unknown
-        self.longest_task: float | None = None  # client-clock seconds from acceptance to the end seen
-        self._cap_strikes = 0
-        self._ends_since_cap = 0
-        self._probe_step = 1
-        # When the tasks of slots held while they may run started (a heap): each is freed `_hold()` later.
-        self._held: list[float] = []
+        self.state = CapState(max_concurrency, limits.max_running)
         self._changed = anyio.Event()
         self._sleepers: set[anyio.CancelScope] = set()
         self.submissions = Pacer(
@@ -512,23 +496,37 @@ class LocalBudget:
         )
 
     @property
+    def cap(self) -> int | None:
+        """The running-task cap: given, or learnt, or being probed above; None while unknown (slow start)."""
+        return self.state.cap
+
+    @property
+    def running(self) -> int:
+        """Slots that stand for a task that may run (accepted, adopted, held)."""
+        return self.state.running
+
+    @property
+    def in_use(self) -> int:
+        """Slots out, held ones included."""
+        return self.state.in_use
+
+    @property
     def limit(self) -> int:
         """How many slots may be out now: up to the cap if known, else the slow start's window."""
-        if self.cap is not None:
-            return max(1, min(self._ceiling, self.cap))
-        return min(self._ceiling, self._window)
+        return self.state.limit
 
     @property
     def saturated(self) -> bool:
-        return self.in_use >= self.limit
+        state = self.state
+        return state.in_use >= state.limit
 
     async def acquire(self) -> Slot:
         """Wait for a slot (held ones are freed on the client's clock meanwhile) and take it."""
+        state = self.state
         while True:
-            if self._held:
+            if state.held:
                 self._free_held(self._clock.now())
-            if self.in_use < self.limit:
-                self.in_use += 1
+            if state.take():
                 return Slot(self)
             await self._wait_changed()
 
@@ -536,13 +534,14 @@ class LocalBudget:
         # Checked just above with nothing running in between: a set event is stale, so renew it.
         if self._changed.is_set():
             self._changed = anyio.Event()
-        if not self._held:
+        free_at = self.state.next_free_at()
+        if free_at is None:
             await self._changed.wait()
             return
         with anyio.CancelScope() as scope:
             self._sleepers.add(scope)
             try:
-                await self._clock.sleep(self._held[0] + self._hold() - self._clock.now())
+                await self._clock.sleep(free_at - self._clock.now())
             finally:
                 self._sleepers.discard(scope)
 
@@ -554,101 +553,40 @@ class LocalBudget:
                 scope.cancel()
             self._sleepers.clear()
 
-    def _hold(self) -> float:
-        """How long a task may run, as far as we know: the longest seen, or LOST_ANSWER_HOLD before any."""
-        return LOST_ANSWER_HOLD if self.longest_task is None else self.longest_task
-
     def _free_held(self, now: float) -> None:
-        # Every held slot waits the same `_hold()` (it grows as longer tasks are seen), so the heap of start
-        # times is also the order in which they are freed.
-        latest_start = now - self._hold()
-        freed = False
-        while self._held and self._held[0] <= latest_start:
-            heapq.heappop(self._held)
-            self.in_use -= 1
-            self.running -= 1
-            freed = True
-        if freed:
+        if self.state.free_due(now):
             self._notify()
 
     # -- what slots report -------------------------------------------------------------------------------
 
     def _on_accepted(self, slot: Slot) -> float:
-        self.running += 1
-        running = self.running
-        if running > self.proven:
-            self.proven = running
-        self._window += 1
-        if self.cap_floor is not None and running > self.cap_floor:
-            self.cap_floor = running  # the cap is at least this
-            if self.cap is not None and running > self.cap:
-                self.cap = running
-        self._cap_strikes = 0
+        self.state.accepted()
         now = self._clock.now()
         self.submissions.accepted()
         return now
 
-    def _on_adopted(self, slot: Slot) -> None:
-        self.running += 1
-        self._window += 1
+    def _on_adopted(self, slot: Slot) -> float:
+        self.state.adopted()
+        return self._clock.now()
 
     def _on_refused(self, slot: Slot, retry_after: float | None) -> bool:
-        self.in_use -= 1
+        refusal = self.state.refused(retry_after)
         self._notify()
-        now = self._clock.now()
-        if retry_after is not None and retry_after <= 0:
-            return False
-        running = self.running
-        if self.cap_floor is not None and running >= self.cap_floor:
-            self._learn_cap(running)  # a probe above the cap was refused: back to what runs
+        if refusal is Refusal.CAP:
             return self.saturated
-        if running >= 1 and running >= CAP_EVIDENCE * self.proven:
-            self._cap_strikes += 1
-            if self._cap_strikes >= CAP_STRIKES:
-                self._learn_cap(running)
-            return self.saturated
-        # Clearly fewer run than were accepted before: a rate limit, not the cap.
-        self.submissions.refused(now, retry_after)
+        if refusal is Refusal.RATE:
+            self.submissions.refused(self._clock.now(), retry_after)
         return False
 
-    def _learn_cap(self, running: int) -> None:
-        self.cap = self.cap_floor = max(1, min(running, self._ceiling))
-        self._cap_strikes = 0
-        self._ends_since_cap = 0
-        self._probe_step = 1
-
     def _on_released(self, slot: Slot, *, running: bool) -> None:
-        self.in_use -= 1
-        if running:
-            self.running -= 1
-            if slot.accepted_at is not None:
-                took = self._clock.now() - slot.accepted_at
-                if self.longest_task is None or took > self.longest_task:
-                    self.longest_task = took
-                self._probe_cap()
+        accepted_at = slot.accepted_at
+        took = None if accepted_at is None else self._clock.now() - accepted_at
+        self.state.released(running=running, took=took)
         self._notify()
 
     def _on_abandoned(self, slot: Slot, *, running: bool) -> None:
         now = self._clock.now()
-        if not running:
-            self.running += 1  # a lost answer: its task may well run
-            self._window += 1
-        heapq.heappush(self._held, slot.accepted_at if slot.accepted_at is not None else now)
+        # Held from when it began to stand for its task (a resumed one's: its adoption), or from the loss.
+        self.state.abandoned(slot.running_since if slot.running_since is not None else now, running=running)
         self._free_held(now)
         self._notify()  # waiters sleep until the earliest held slot is freed
-
-    def _probe_cap(self) -> None:
-        cap = self.cap
-        if cap is None or cap >= self._ceiling:
-            return
-        self._ends_since_cap += 1
-        if self._ends_since_cap < cap:
-            return
-        self._ends_since_cap = 0
-        raised = cap + self._probe_step
-        self._probe_step *= 2
-        if raised >= self.max_concurrency and self._given_cap is None:
-            self.cap = self.cap_floor = None  # probed back to max_concurrency: nothing is known to be lower
-            self._window = max(self._window, self.max_concurrency)
-        else:
-            self.cap = min(raised, self._ceiling)

@@ -34,33 +34,23 @@ from ._exceptions import (
     TaskFailedError,
 )
 from ._forecast import kind_of
-from ._models import REQUEST_TYPES, ImageToVideo, Task, TaskResult, TaskStatus, TextToVideo, Video, check_timeout
+from ._models import (
+    REQUEST_TYPES,
+    ImageToVideo,
+    Job,
+    JobResult,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TextToVideo,
+    check_timeout,
+)
 from ._poller import Outcome, Poller, Waiter
 from ._submission import Submitter, WireShield
 
-Job = ImageToVideo | TextToVideo | Task | str
 # A job with a key of the caller's (a row id, a database key), given back on its result and events.
 KeyedJob = tuple[Hashable, Job]
 _log = logging.getLogger("pixverse_async")
-
-
-@attrs.frozen
-class JobResult:
-    """How one job of `as_completed` ended. `request` is the very object you passed in (the job of a
-    `(key, job)` pair); `key` is that pair's key, or a `Task`'s own `key`, else None."""
-
-    request: Job
-    task_id: str | None
-    status: TaskStatus | None
-    videos: tuple[Video, ...] = ()
-    error: PixVerseError | None = None
-    result: TaskResult | None = None
-    key: Hashable = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the task succeeded and its videos are here."""
-        return self.error is None and self.status is TaskStatus.SUCCEED
 
 
 class EventKind(enum.Enum):

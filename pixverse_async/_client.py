@@ -27,7 +27,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._budget import Budget, BudgetSettings, LocalBudget, RateLimits, SharedBudget, Slot
-from ._bulk import AsCompleted, EventCallback, Job, JobResult, KeyedJob
+from ._bulk import AsCompleted, EventCallback, KeyedJob
 from ._clock import Clock, default_clock
 from ._download import Downloader
 from ._environment import Proxy, ProxyRoutes, proxy_routes_from_environment, ssl_context_from_environment
@@ -44,6 +44,8 @@ from ._forecast import kind_of
 from ._models import (
     REQUEST_TYPES,
     ImageToVideo,
+    Job,
+    JobResult,
     Task,
     TaskResult,
     TaskStatus,

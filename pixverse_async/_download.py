@@ -20,7 +20,6 @@ import aiohttp
 import anyio
 import yarl
 
-from ._bulk import JobResult
 from ._environment import Proxy
 from ._exceptions import (
     DownloadConnectionError,
@@ -31,7 +30,7 @@ from ._exceptions import (
     VideoExpiredError,
     VideoHostError,
 )
-from ._models import TaskResult, Video
+from ._models import JobResult, TaskResult, Video
 from ._retry import parse_retry_after
 from ._transport import Secret, Timeouts, redact, shorten
 

@@ -40,10 +40,7 @@ text and builds an error, and does not chain aiohttp's errors (their frames hold
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ._models import ImageToVideo, TextToVideo
+from typing import Any
 
 
 class PixVerseError(Exception):
@@ -139,11 +136,12 @@ class SubmissionUncertainError(APIError):
     """A submission reached the API but its answer was lost, so a task may or may not exist (and be billed).
 
     The client never retries such a submission by itself: retrying could pay twice. `request` is the very
-    request that was sent; `__cause__` is what went wrong. Resubmit it only if losing the possible task is
+    request that was sent (the `ImageToVideo`; typed `object` so that the errors import no model: they sit
+    below every module); `__cause__` is what went wrong. Resubmit it only if losing the possible task is
     better for you than paying for it twice.
     """
 
-    def __init__(self, request: ImageToVideo | TextToVideo, cause: BaseException) -> None:
+    def __init__(self, request: object, cause: BaseException) -> None:
         super().__init__(
             f"the submission was sent but its answer was lost ({type(cause).__name__}: {cause}); "
             "a task may have been created and billed, so it was not retried"

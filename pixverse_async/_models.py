@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 import attrs
 
-from ._exceptions import InvalidRequestError
+from ._exceptions import InvalidRequestError, PixVerseError
 from ._images import ImageFile, ImageInput, check_image_input, image_repr
 from ._validation import check_number
 
@@ -324,3 +324,25 @@ class Task:
     task_id: str
     request: ImageToVideo | TextToVideo | None = None
     key: Hashable = attrs.field(default=None, kw_only=True)
+
+
+Job = ImageToVideo | TextToVideo | Task | str
+
+
+@attrs.frozen
+class JobResult:
+    """How one job of `as_completed` ended. `request` is the very object you passed in (the job of a
+    `(key, job)` pair); `key` is that pair's key, or a `Task`'s own `key`, else None."""
+
+    request: Job
+    task_id: str | None
+    status: TaskStatus | None
+    videos: tuple[Video, ...] = ()
+    error: PixVerseError | None = None
+    result: TaskResult | None = None
+    key: Hashable = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the task succeeded and its videos are here."""
+        return self.error is None and self.status is TaskStatus.SUCCEED

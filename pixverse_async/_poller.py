@@ -2,11 +2,11 @@
 
 A pending task is a small slotted record in a heap ordered by next-poll time, not a coroutine: one loop pops
 the tasks that are due, polls them (bounded in flight and in rate, across the whole client), and files each
-back with its next time, which comes from the server's hints (`eta`, else `progress_percent` and the task's
-age, else the age alone), with jitter, a floor and a cap. Polls are paced by the budget's task-result pacer
-(see `_budget.py`): a lone 429 (or 503/504, the router's surge protection) delays its task's poll,
-`RATE_EVIDENCE` (3) in a row pause every poll and slow them down. Nobody is polled after it is known to be
-terminal.
+back with its next time, which the client's `Forecaster` plans (`_forecast.py`: the task's hints checked
+against what the tasks that ended taught it), with jitter, a floor and a cap. Polls are paced by the
+budget's task-result pacer (see `_budget.py`): a lone 429 (or 503/504, the router's surge protection) delays
+its task's poll, `RATE_EVIDENCE` (3) in a row pause every poll and slow them down. Nobody is polled after it
+is known to be terminal.
 
 Whoever waits for a task (`wait()`, `watch()`, an `as_completed()` run) adds a `Waiter` to it, with an
 optional deadline, and is called back once with its outcome. A task nobody waits for is still polled until

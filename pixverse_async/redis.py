@@ -9,10 +9,10 @@ the same account `name` (default: a hash of the API key, never the key) shares:
 - the running-task slots: `max_concurrency` bounds all of them together (each client keeps to its own
   `max_concurrency` against the shared count), lost answers held as in one process;
 - what is learnt of the account's limits: the running-task cap (from 429s, with the same rules as
-  `LocalBudget`, see `_budget.py`), the slow start of the first burst (submissions not yet answered at
-  most one more than those accepted, for all clients together, until the cap is known), the longest task
-  seen (how long a lost answer's slot is held), and each pause of an endpoint on evidence of a rate limit
-  (every client pauses and cuts its pace);
+  `LocalBudget`: the step's Lua ports `_cap_state.CapState`), the slow start of the first burst
+  (submissions not yet answered at most one more than those accepted, for all clients together, until the
+  cap is known), the longest task seen (how long a lost answer's slot is held), and each pause of an
+  endpoint on evidence of a rate limit (every client pauses and cuts its pace);
 - leases: each client renews its lease (`lease` API seconds, 20 by default) every third of it while open.
   A client whose lease lapses (killed, hung, cut off) is dead to the others: its running tasks (recorded by
   task id) are adopted by the next client that talks to Redis, which polls them to their end and frees
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import math
 import os
@@ -53,17 +54,8 @@ import anyio.abc
 import attrs
 import yarl
 
-from ._budget import (
-    CAP_EVIDENCE,
-    CAP_STRIKES,
-    LOST_ANSWER_HOLD,
-    AdoptTask,
-    BudgetSettings,
-    Endpoint,
-    Pacer,
-    Slot,
-    adopted_slot,
-)
+from ._budget import AdoptTask, BudgetSettings, Endpoint, Pacer, Slot, adopted_slot
+from ._cap_state import CAP_EVIDENCE, CAP_STRIKES, LOST_ANSWER_HOLD, looks_like_cap
 from ._clock import Clock, ScaledClock, SystemClock
 from ._exceptions import BudgetUnavailableError, ClientClosedError, InvalidRequestError
 from ._redis_script import STEP
@@ -180,7 +172,7 @@ class RedisBudget:
         self._scale = 1.0
         self._pacers: dict[Endpoint, Pacer] = {}
         self._pauses_seen: dict[Endpoint, int] = {"submit": 0, "task-result": 0}
-        self._ops: list[tuple[str, str, str]] = []
+        self._ops: list[dict[str, Any]] = []  # reports not sent yet (`_redis_script.STEP_OPS`)
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._slots: dict[str, Slot] = {}
         self._epoch = ""
@@ -260,7 +252,9 @@ class RedisBudget:
             ),
         }
         for endpoint, pacer in self._pacers.items():
-            pacer.on_pause = lambda seconds, endpoint=endpoint: self._queue("P", endpoint, repr(seconds * self._scale))
+            pacer.on_pause = lambda seconds, endpoint=endpoint: self._queue(
+                {"op": "paused", "endpoint": endpoint, "seconds": seconds * self._scale}
+            )
         self.limit = min(settings.max_concurrency, limits.max_running or settings.max_concurrency)
 
     async def acquire(self) -> Slot:
@@ -286,8 +280,8 @@ class RedisBudget:
 
     # -- what slots report (synchronously: queued for the budget's task) ------------------------------------
 
-    def _queue(self, op: str, token: str, argument: str) -> None:
-        self._ops.append((op, token, argument))
+    def _queue(self, report: dict[str, Any]) -> None:
+        self._ops.append(report)
         self._poke()
 
     def _on_accepted(self, slot: Slot) -> float:
@@ -295,26 +289,24 @@ class RedisBudget:
         if slot.token in self._slots:
             self._running += 1
             self._proven = max(self._proven, self._running)
-            self._queue("A", slot.token or "", slot.task_id or "")
+            self._queue({"op": "accepted", "slot": slot.token, "task": slot.task_id or ""})
         self.submissions.accepted()
         return now
 
-    def _on_adopted(self, slot: Slot) -> None:
+    def _on_adopted(self, slot: Slot) -> float:
         if slot.token in self._slots:
             self._running += 1
-            self._queue("D", slot.token or "", slot.task_id or "")
+            self._queue({"op": "adopted", "slot": slot.token, "task": slot.task_id or ""})
+        return self._clock.now()
 
     def _on_refused(self, slot: Slot, retry_after: float | None) -> bool:
         if self._slots.pop(slot.token or "", None) is None:
             return False
-        self._queue("R", slot.token or "", "" if retry_after is None else repr(retry_after))
+        self._queue({"op": "refused", "slot": slot.token, "retry_after": retry_after})
         self.in_use -= 1
         if retry_after is not None and retry_after <= 0:
             return False
-        running = self._running
-        if (self._floor is not None and running >= self._floor) or (
-            running >= 1 and running >= CAP_EVIDENCE * self._proven
-        ):
+        if looks_like_cap(self._running, self._proven, self._floor):
             # The cap's 429, as far as this client heard (Redis counts the strikes, all clients' in a row):
             # wait for a slot if none is free, as LocalBudget does.
             return self.in_use >= self.limit
@@ -324,20 +316,20 @@ class RedisBudget:
     def _on_released(self, slot: Slot, *, running: bool) -> None:
         if self._slots.pop(slot.token or "", None) is None:
             return
-        took = ""
+        took = None
         if running:
             self._running -= 1
             if slot.accepted_at is not None:
-                took = repr((self._clock.now() - slot.accepted_at) * self._scale)
+                took = (self._clock.now() - slot.accepted_at) * self._scale
         self.in_use -= 1
-        self._queue("F", slot.token or "", took)
+        self._queue({"op": "released", "slot": slot.token, "took": took})
 
     def _on_abandoned(self, slot: Slot, *, running: bool) -> None:
         if self._slots.pop(slot.token or "", None) is None:
             return
         if not running:
             self._running += 1
-        self._queue("H", slot.token or "", "")
+        self._queue({"op": "abandoned", "slot": slot.token})
 
     # -- the budget's own task -----------------------------------------------------------------------------
 
@@ -506,30 +498,31 @@ class RedisBudget:
         ops, self._ops = self._ops, []
         self._dirty = False
         if self._restoring:
-            ops = [("S", token, slot.task_id or "") for token, slot in self._slots.items()] + ops
+            slots = self._slots.items()
+            ops = [{"op": "restored", "slot": token, "task": slot.task_id or ""} for token, slot in slots] + ops
         want = 0 if self._leaving else sum(1 for waiter in self._waiters if waiter.slot is None)
         renew = self.lease / 3
-        arguments: list[str | float | int] = [
-            self._client_id,
-            self._epoch,
-            self.lease * self._scale,
-            settings.max_concurrency,
-            "" if settings.limits.max_running is None else settings.limits.max_running,
-            want,
-            LOST_ANSWER_HOLD * self._scale,
-            1.5 * renew * self._scale,
-            "1" if self._leaving else "0",
-            "1" if self._restoring else "0",
-            CAP_EVIDENCE,
-            CAP_STRIKES,
-        ]
-        for op in ops:
-            arguments.extend(op)
+        inputs: dict[str, Any] = {  # `_redis_script.STEP_INPUTS`
+            "client": self._client_id,
+            "epoch": self._epoch,
+            "lease": self.lease * self._scale,
+            "max_concurrency": settings.max_concurrency,
+            "want": want,
+            "fallback_hold": LOST_ANSWER_HOLD * self._scale,
+            "grace": 1.5 * renew * self._scale,
+            "leaving": self._leaving,
+            "restoring": self._restoring,
+            "cap_evidence": CAP_EVIDENCE,
+            "cap_strikes": CAP_STRIKES,
+            "ops": ops,
+        }
+        if settings.limits.max_running is not None:
+            inputs["given_cap"] = settings.limits.max_running
         keys = [self._key(part) for part in ("state", "owners", "tasks", "since", "leases", "held", "changed")]
         redis_module = self._redis_module
         try:
             with anyio.CancelScope(shield=True), anyio.fail_after(CALL_TIMEOUT):
-                reply = await self._script(keys=keys, args=arguments)
+                reply = json.loads(await self._script(keys=keys, args=[json.dumps(inputs)]))
         except (OSError, TimeoutError, redis_module.ConnectionError, redis_module.TimeoutError) as error:
             if not self._restoring:
                 self._ops = ops + self._ops
@@ -540,7 +533,7 @@ class RedisBudget:
                 raise _Unreachable(error) from None
             raise
         self.round_trips += 1
-        status, epoch, granted, adopted, snapshot = reply
+        status, epoch = reply["status"], reply["epoch"]
         now = self._clock.now()
         self._renew_at = now + renew
         if status == "restore":
@@ -566,9 +559,9 @@ class RedisBudget:
             )
             self._slots.clear()
         # Pauses from before this client's first round trip are history, not news.
-        own_pauses = [token for op, token, _ in ops if op == "P"]
-        self._take_snapshot(snapshot, now, own_pauses, heard_before=self.round_trips > 1)
-        for token in granted:
+        own_pauses = [report["endpoint"] for report in ops if report["op"] == "paused"]
+        self._take_snapshot(reply, now, own_pauses, heard_before=self.round_trips > 1)
+        for token in reply["granted"]:
             slot = Slot(self, token)
             self._slots[token] = slot
             while self._waiters and self._waiters[0].gone:
@@ -579,24 +572,21 @@ class RedisBudget:
                 waiter.granted.set()
             else:
                 slot.release()
-        for index in range(0, len(adopted), 2):
-            token, task_id = adopted[index], adopted[index + 1]
+        for token, task_id in reply["adopted"].items():
             slot = adopted_slot(self, token, task_id)
             self._slots[token] = slot
             self.adopted_tasks += 1
             _log.info("adopted task %s from a client of this account whose lease lapsed", task_id)
             adopt(task_id, slot)
 
-    def _take_snapshot(self, snapshot: list[str], now: float, own_pauses: list[str], *, heard_before: bool) -> None:
-        in_use, running, proven, cap, floor, limit, next_event = snapshot[:7]
-        self.in_use, self._running, self._proven = int(float(in_use)), int(float(running)), float(proven)
-        self._cap = int(float(cap)) if cap else None
-        self._floor = int(float(floor)) if floor else None
-        self.limit = int(float(limit))
-        self._next_event = now + float(next_event) / self._scale if next_event else math.inf
-        endpoints: tuple[tuple[Endpoint, list[str]], ...] = (("submit", snapshot[7:9]), ("task-result", snapshot[9:11]))
-        for endpoint, (pause, pauses) in endpoints:
-            count = int(float(pauses))
+    def _take_snapshot(self, reply: dict[str, Any], now: float, own_pauses: list[str], *, heard_before: bool) -> None:
+        self.in_use, self._running, self._proven = reply["in_use"], reply["running"], reply["proven"]
+        self._cap, self._floor, self.limit = reply.get("cap"), reply.get("floor"), reply["limit"]
+        next_event = reply.get("next_event")
+        self._next_event = math.inf if next_event is None else now + next_event / self._scale
+        endpoints: tuple[Endpoint, ...] = ("submit", "task-result")
+        for endpoint in endpoints:
+            pause, count = reply["pauses"][endpoint]["left"], reply["pauses"][endpoint]["count"]
             foreign = count - self._pauses_seen[endpoint] - own_pauses.count(endpoint)
             self._pauses_seen[endpoint] = count
             if foreign > 0 and heard_before:

@@ -19,7 +19,8 @@ from pixverse_async import (
     RetryPolicy,
     SubmissionUncertainError,
 )
-from pixverse_async._budget import LOST_ANSWER_HOLD, LocalBudget, Slot
+from pixverse_async._budget import LocalBudget, Slot
+from pixverse_async._cap_state import LOST_ANSWER_HOLD
 from pixverse_async.testing import CallRateLimit, Fault, InstantClock, Simulator, TaskPlan
 from tests.helpers import KEY, client_for
 
@@ -100,6 +101,17 @@ async def test_a_slot_whose_task_may_run_is_held_for_the_longest_task_seen() -> 
     clock.current += 10.0
     await owner.acquire()
     assert clock.now() == LOST_ANSWER_HOLD + 40.0 + 40.0, "held for 40 s from the loss"
+
+
+async def test_a_resumed_task_nobody_follows_is_held_from_its_adoption_as_redis_holds_it() -> None:
+    clock = InstantClock()
+    owner = budget(1, clock, RateLimits(max_running=1))
+    slot = await owner.acquire()
+    slot.adopted("task-1")  # submitted before, resumed here
+    clock.current += 100.0
+    slot.release_when_ended()  # its waiter left; no task ended yet: the fallback hold
+    await owner.acquire()
+    assert clock.now() == LOST_ANSWER_HOLD, "held from the adoption, not from the leaving"
 
 
 async def test_a_longer_task_seen_later_lengthens_every_hold() -> None:

@@ -293,9 +293,6 @@ def _run(args: argparse.Namespace) -> int:
     return _unwrapped(lambda: anyio.run(go))
 
 
-_USER_FACING = (RunAborted, JournalError, PixVerseError, OSError, sqlite3.Error, KeyboardInterrupt)
-
-
 def _unwrapped(call: Callable[[], int]) -> int:
     """Run `call`, turning an exception group of one user-facing error into that error."""
     try:

@@ -31,7 +31,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .._bulk import EventKind, JobEvent, JobResult, KeyedJob
+from .._bulk import EventKind, JobEvent, KeyedJob
 from .._client import PixVerseClient
 from .._exceptions import (
     APIConnectionError,
@@ -45,6 +45,7 @@ from .._exceptions import (
     SubmissionUncertainError,
     VideoExpiredError,
 )
+from .._models import JobResult
 from .journal import (
     Journal,
     JournalError,

@@ -135,10 +135,6 @@ class SimTask:
         processing_time = self.ends_at - self.processing_at
         return min(99, int(100 * (now - self.processing_at) / processing_time))
 
-    def remaining_at(self, now: float) -> float:
-        """Simulated seconds until the task ends (0 once it has)."""
-        return max(0.0, self.ends_at - now)
-
 
 @attrs.frozen
 class TaskRules:

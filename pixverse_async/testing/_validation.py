@@ -19,9 +19,10 @@ In this order, the first problem answering (the router's call limits come betwee
 3. `image`: an `http://` or `https://` URL is accepted without fetching it. Anything else is raw base64 or a
    `data:image/(png|jpeg|jpg);base64,` URI (another `data:image/...` type answers `INVALID_IMAGE_FORMAT`);
    base64 that does not decode strictly (standard alphabet, padded, no line breaks) -> 400
-   `INVALID_REQUEST_BODY`. The decoded bytes are checked by `pixverse_async._images.probe_image`, the same
-   checker the client uses, and its verdict is answered as 400 with its reason (`INVALID_IMAGE_FORMAT`,
-   `IMAGE_FILE_EXCEEDS_MAX_SIZE`, `INVALID_IMAGE_SIZE`, `IMAGE_EXCEEDS_MAX_RESOLUTION`).
+   `INVALID_REQUEST_BODY`. The decoded bytes: over 10 MiB -> `IMAGE_FILE_EXCEEDS_MAX_SIZE`; no PNG or JPEG
+   whose size can be read -> `INVALID_IMAGE_FORMAT` (read by the simulator's own reader, `_image_check`, not
+   the client's, so that a bug in the client's is not shared); a side under 300 px -> `INVALID_IMAGE_SIZE`;
+   an aspect ratio beyond 1:2.5 or 2.5:1 -> `IMAGE_EXCEEDS_MAX_RESOLUTION`.
 
 A text-to-video submission (`POST /v3/async/pixverse-v4.5-t2v`, `check_text_body`) is checked the same way,
 except that it has no `image` (an `image` field is an unknown field there) and takes `aspect_ratio`: one of
@@ -39,9 +40,11 @@ from urllib.parse import urlsplit
 import attrs
 from aiohttp import web
 
-from pixverse_async._images import ImageError, probe_image
+from ._image_check import NotAnImage, read_image_size
 
 MAX_PROMPT_CHARS: Final = 2048
+MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
+MIN_IMAGE_SIDE: Final = 300
 MAX_SEED: Final = 2_147_483_647
 RESOLUTIONS: Final = frozenset({"360p", "540p", "720p", "1080p"})
 FAST_MODE_RESOLUTIONS: Final = frozenset({"360p", "540p", "720p"})
@@ -188,13 +191,18 @@ def check_image(image: str) -> SubmittedImage:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequest("INVALID_REQUEST_BODY", "image is neither a URL nor valid base64") from exc
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadRequest("IMAGE_FILE_EXCEEDS_MAX_SIZE", f"image is {len(data)} bytes; at most 10 MB")
     try:
-        info = probe_image(data)
-    except ImageError as exc:
-        raise BadRequest(exc.api_reason, str(exc)) from exc
-    return SubmittedImage(
-        encoding=encoding, format=info.format, width=info.width, height=info.height, byte_size=len(data)
-    )
+        size = read_image_size(data)
+    except NotAnImage as exc:
+        raise BadRequest("INVALID_IMAGE_FORMAT", f"image must be a JPEG or PNG: {exc}") from exc
+    width, height = size.width, size.height
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise BadRequest("INVALID_IMAGE_SIZE", f"image is {width}x{height} px; both sides must be at least 300 px")
+    if 2 * max(width, height) > 5 * min(width, height):  # whole numbers: exactly 2.5:1 passes
+        raise BadRequest("IMAGE_EXCEEDS_MAX_RESOLUTION", f"image is {width}x{height} px; aspect ratio 1:2.5 to 2.5:1")
+    return SubmittedImage(encoding=encoding, format=size.format, width=width, height=height, byte_size=len(data))
 
 
 def bearer_key(request: web.Request) -> str | None:

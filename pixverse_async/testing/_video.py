@@ -51,10 +51,6 @@ class _Bits:
     def align_with_zeros(self) -> None:
         self._bits.extend([0] * (-len(self._bits) % 8))
 
-    def byte_string(self, data: bytes) -> None:
-        for byte in data:
-            self.u(8, byte)
-
     def aligned_bytes(self) -> bytes:
         """The bits written so far, a whole number of bytes."""
         bits = self._bits
