@@ -586,11 +586,18 @@ class LocalBudget:
         self._cap_strikes = 0
         now = self._clock.now()
         self.submissions.accepted()
+        self._widened()
         return now
 
     def _on_adopted(self, slot: Slot) -> None:
         self.running += 1
         self._window += 1
+        self._widened()
+
+    def _widened(self) -> None:
+        # The slow start's window grew: a submitter waiting for a slot may take one now, not at the next release.
+        if self.cap is None and self._window <= self._ceiling:
+            self._notify()
 
     def _on_refused(self, slot: Slot, retry_after: float | None) -> bool:
         self.in_use -= 1
