@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -11,17 +12,20 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
 
 from .._convert import unstructure
-from .._exceptions import PixVerseError
+from .._exceptions import BudgetUnavailableError, PixVerseError
 from .journal import Journal, JournalError
 from .manifest import ManifestError
-from .redis_journal import DEFAULT_LEASE, is_redis_url, redis_module
+from .redis_journal import DEFAULT_LEASE, OUTAGE_LEASES, is_redis_url, redis_module, shown_url
 from .run import DEFAULT_JOURNAL_NAME, RunAborted, RunOptions
+
+if TYPE_CHECKING:
+    from .._budget import SharedBudget
 
 _EXAMPLES = {
     "run": """examples:
@@ -82,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_number,
         default=DEFAULT_LEASE,
         help="with a redis:// journal: seconds after which a dead worker's rows are taken over (default 30)",
+    )
+    run.add_argument(
+        "--local-budget",
+        action="store_true",
+        help="with a redis:// journal: each worker learns the account's limits alone, instead of one budget of"
+        " the key shared through the same Redis (the run's rows stay bounded by --concurrency)",
     )
     run.add_argument(
         "--base-url", type=_base_url, help="API base URL (default: $PIXVERSE_BASE_URL, else https://api.myrouter.ai)"
@@ -284,13 +294,31 @@ def _run(args: argparse.Namespace) -> int:
             None if has_key else "dry-run", base_url=args.base_url, max_concurrency=options.concurrency, clock=clock
         )
         return dry_run(options, base_url=checked.base_url, has_key=has_key)
-    client = PixVerseClient(base_url=args.base_url, max_concurrency=options.concurrency, clock=clock)
+    budget = None
+    if shared and not args.local_budget:
+        budget = _shared_budget(args.journal, lease=args.lease, time_scale=args.time_scale or 1.0)
+    client = PixVerseClient(base_url=args.base_url, max_concurrency=options.concurrency, clock=clock, budget=budget)
 
     async def go() -> int:
-        async with client:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(client)
+            except BudgetUnavailableError as error:
+                raise RunAborted(
+                    f"cannot reach the Redis journal {shown_url(args.journal)} ({error}); nothing was sent"
+                ) from None
             return await run_manifest(options, client, live=not args.no_progress)
 
     return _unwrapped(lambda: anyio.run(go))
+
+
+def _shared_budget(url: str, *, lease: float, time_scale: float) -> SharedBudget:
+    """The key's budget for the workers of a shared run: a `RedisBudget` on the journal's Redis. Its leases and
+    its patience with an unreachable Redis are the journal's (`--lease` real seconds, `OUTAGE_LEASES` of them),
+    in the API seconds it counts in."""
+    from ..redis import RedisBudget
+
+    return RedisBudget(url, lease=lease / time_scale, give_up_after=OUTAGE_LEASES * lease / time_scale)
 
 
 _USER_FACING = (RunAborted, JournalError, PixVerseError, OSError, sqlite3.Error, KeyboardInterrupt)

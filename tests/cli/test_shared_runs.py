@@ -81,10 +81,17 @@ class Worker:
 
 
 async def start_worker(
-    group: TaskGroup, manifest: Path, out: Path, url: str, sim: Simulator, lease: str = LEASE, concurrency: int = 4
+    group: TaskGroup,
+    manifest: Path,
+    out: Path,
+    url: str,
+    sim: Simulator,
+    lease: str = LEASE,
+    concurrency: int = 4,
+    *options: str,
 ) -> Worker:
     args = [*COMMAND, "run", str(manifest), "--out", str(out), "--journal", url, "--concurrency", str(concurrency)]
-    args += ["--lease", lease, "--base-url", sim.base_url, "--time-scale", str(SCALE), "--no-progress"]
+    args += ["--lease", lease, "--base-url", sim.base_url, "--time-scale", str(SCALE), "--no-progress", *options]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXVERSE_")}
     env.update(PIXVERSE_API_KEY=KEY, COLUMNS="500")  # a line per event, not folded at 80 columns
     worker = Worker(await anyio.open_process(args, env=env, stderr=subprocess.STDOUT))
@@ -126,10 +133,12 @@ async def test_workers_share_one_run_two_killed_and_one_rerun_pay_each_row_once(
     sim: Simulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     manifest, out = manifest_of(tmp_path, 16), tmp_path / "out"
-    # The first submission of the run hangs on the wire (the task is created, and billed, at once).
+    # The first submission of the run hangs on the wire (the task is created, and billed, at once). Its worker
+    # keeps a budget of its own (`--local-budget`): the others' shared one would wait, as one client does, for
+    # that first answer before it widens its slow start.
     sim.inject(Fault("submit", "slow", delay=30_000))
     async with anyio.create_task_group() as group:
-        first = await start_worker(group, manifest, out, redis_server.url, sim)
+        first = await start_worker(group, manifest, out, redis_server.url, sim, LEASE, 4, "--local-budget")
         await eventually(lambda: sim.counters.faults_applied["submit:slow"] == 1)
         second = await start_worker(group, manifest, out, redis_server.url, sim)
         await second.wait_for("submitted row")
