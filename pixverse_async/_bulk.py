@@ -288,6 +288,8 @@ class AsCompleted:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
                 async with jobs.turn:
+                    if jobs.exhausted:  # found so by the submitter whose turn it was
+                        return
                     slot = await self._slot_for_a_new_job()
                     if len(self._ready) >= backlog_limit or jobs.exhausted:
                         # Results landed while this submitter waited for the slot: nobody is reading them.
