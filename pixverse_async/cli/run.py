@@ -56,7 +56,7 @@ from .journal import (
 )
 from .manifest import ManifestRow, read_manifest
 from .progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
-from .redis_journal import DEFAULT_LEASE
+from .redis_journal import DEFAULT_CLAIM_LEASE_REAL_SECONDS, default_run_name
 
 if TYPE_CHECKING:
     from .redis_journal import RedisJournal
@@ -90,11 +90,17 @@ class RunOptions:
     retry_failed: bool = False
     # A run shared through Redis (`--journal redis://...`) instead of a journal file, and its workers' lease.
     journal_url: str | None = None
-    lease: float = DEFAULT_LEASE
+    lease: float = DEFAULT_CLAIM_LEASE_REAL_SECONDS
+    # The run's name in Redis (None: the manifest's file name).
+    run_name: str | None = None
 
     @property
     def journal_path(self) -> Path:
         return self.journal or self.out / DEFAULT_JOURNAL_NAME
+
+    @property
+    def shared_run_name(self) -> str:
+        return self.run_name or default_run_name(self.manifest)
 
 
 Action = Literal["submit", "poll", "fetch_again", "done", "uncertain", "failed"]
@@ -194,6 +200,7 @@ class ManifestRun:
             self.options.journal_url,
             out=self.options.out,
             concurrency=self.options.concurrency,
+            run_name=self.options.shared_run_name,
             lease=self.options.lease,
             say=lambda line: self.display.log(line),
         )
@@ -412,10 +419,11 @@ def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO
     manifest_path, manifest_rows = manifest_identity(options.manifest, rows)
     entries: list[JournalRow] = []
     if options.journal_url is not None:
-        from .redis_journal import read_run, shown_url
+        from .._redis_common import shown_url
+        from .redis_journal import read_run
 
-        where = shown_url(options.journal_url)
-        entries, meta = anyio.run(read_run, options.journal_url)
+        where = f"{shown_url(options.journal_url)} (run {options.shared_run_name})"
+        entries, meta = anyio.run(read_run, options.journal_url, options.shared_run_name)
         known_path = meta.get("manifest_path")
         if known_path is not None and known_path != manifest_path and meta.get("manifest_rows") != manifest_rows:
             raise RunAborted(f"the journal {where} belongs to another manifest ({known_path}); nothing was sent")
