@@ -40,7 +40,8 @@ import attrs
 from .._clock import Clock, SystemClock
 from .._redis_common import namespace, outage_wait, process_id, redis_asyncio, register_scripts, shown_url
 from . import redis_scripts
-from .journal import JournalError, JournalRow, State, Work
+from .journal import JournalError, JournalRow, Work
+from .transitions import FIELDS, TRANSITIONS, Record, State, another_manifest, changes
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -55,7 +56,7 @@ OUTAGE_LEASES: Final = 20
 _KEY_PREFIX = "pixverse-async"
 _KEY_PARTS = ("meta", "rows", "claims", "leases", "queue")
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-_ROW_FIELDS = ("task_id", "file", "size", "sha256", "reason")
+_ROW_FIELDS = tuple(name for name in FIELDS if name != "fingerprint")
 _LOG_FOLDER = ".pixverse-workers"
 
 
@@ -285,8 +286,11 @@ class RedisJournal:
         answer = json.loads(joined)
         if "other" in answer:
             raise RedisJournalError(
-                f"the journal {self.where} belongs to another manifest ({answer['other']}); nothing was sent"
-                " (name this manifest's run with --run-name, or use another Redis database)"
+                another_manifest(
+                    self.where,
+                    answer["other"],
+                    hint="name this manifest's run with --run-name, or use another database",
+                )
             )
         self._run_id = str(answer["ok"])
         if self._held:  # a run made again: this worker holds its rows again (they were in its log)
@@ -370,8 +374,13 @@ class RedisJournal:
     def add(self, key: str, line: int, fingerprint: str) -> None:
         pass  # `join` added every row of the manifest
 
+    def _apply(self, key: str, record: Record, **given: Any) -> None:
+        # What the record sets and clears is the table's (`transitions`), as for the SQLite journal.
+        state, fields = changes(record, **given)
+        self._record(key, state, fields, ends=TRANSITIONS[record].ends)
+
     def reset(self, key: str, fingerprint: str) -> None:
-        self._record(key, "todo", {"fingerprint": fingerprint, "task_id": None, "reason": None}, ends=True)
+        self._apply(key, "reset", fingerprint=fingerprint)
 
     def submitting(self, key: str) -> None:
         # Redis marked the row `submitting` when this worker claimed it; the log says the request goes out.
@@ -388,22 +397,22 @@ class RedisJournal:
         self._held[key] = True
 
     def submitted(self, key: str, task_id: str) -> None:
-        self._record(key, "submitted", {"task_id": task_id})
+        self._apply(key, "submitted", task_id=task_id)
 
     def succeeded(self, key: str, file: str, size: int, sha256: str) -> None:
-        self._record(key, "succeeded", {"file": file, "size": size, "sha256": sha256, "reason": None}, ends=True)
+        self._apply(key, "succeeded", file=file, size=size, sha256=sha256)
 
     def refetch(self, key: str, reason: str) -> None:
-        self._record(key, "submitted", {"file": None, "size": None, "sha256": None, "reason": reason})
+        self._apply(key, "refetch", reason=reason)
 
     def not_downloaded(self, key: str, reason: str) -> None:
-        self._record(key, "submitted", {"reason": reason}, ends=True)
+        self._apply(key, "not_downloaded", reason=reason)
 
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
-        self._record(key, "failed", {"reason": reason, **({"task_id": task_id} if task_id else {})}, ends=True)
+        self._apply(key, "failed", reason=reason, task_id=task_id or None)
 
     def uncertain(self, key: str, reason: str) -> None:
-        self._record(key, "uncertain", {"reason": reason}, ends=True)
+        self._apply(key, "uncertain", reason=reason)
 
     def release(self, key: str) -> None:
         if self._held.get(key) is False:  # claimed to submit, never sent: to do again, by anyone

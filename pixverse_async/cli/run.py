@@ -57,6 +57,7 @@ from .journal import (
 from .manifest import ManifestRow, read_manifest
 from .progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
 from .redis_journal import DEFAULT_CLAIM_LEASE_REAL_SECONDS, default_run_name
+from .transitions import another_manifest, same_manifest
 
 if TYPE_CHECKING:
     from .redis_journal import RedisJournal
@@ -416,7 +417,7 @@ def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO
 
     The journal is read, never written (nor created); `out` is not created either."""
     rows = read_manifest(options.manifest)
-    manifest_path, manifest_rows = manifest_identity(options.manifest, rows)
+    identity = manifest_path, manifest_rows = manifest_identity(options.manifest, rows)
     entries: list[JournalRow] = []
     if options.journal_url is not None:
         from .._redis_common import shown_url
@@ -425,8 +426,9 @@ def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO
         where = f"{shown_url(options.journal_url)} (run {options.shared_run_name})"
         entries, meta = anyio.run(read_run, options.journal_url, options.shared_run_name)
         known_path = meta.get("manifest_path")
-        if known_path is not None and known_path != manifest_path and meta.get("manifest_rows") != manifest_rows:
-            raise RunAborted(f"the journal {where} belongs to another manifest ({known_path}); nothing was sent")
+        if known_path is not None and not same_manifest(known_path, meta.get("manifest_rows"), *identity):
+            hint = "name this manifest's run with --run-name, or use another database"
+            raise RunAborted(another_manifest(where, known_path, hint=hint))
         exists = bool(meta)
     else:
         where, exists = str(options.journal_path), options.journal_path.is_file()
