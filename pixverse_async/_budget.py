@@ -563,11 +563,19 @@ class LocalBudget:
         self.state.accepted()
         now = self._clock.now()
         self.submissions.accepted()
+        self._widened()
         return now
 
     def _on_adopted(self, slot: Slot) -> float:
         self.state.adopted()
+        self._widened()
         return self._clock.now()
+
+    def _widened(self) -> None:
+        # The slow start's window grew: a submitter waiting for a slot may take one now, not at the next release.
+        state = self.state
+        if state.cap is None and state.window <= state.ceiling:
+            self._notify()
 
     def _on_refused(self, slot: Slot, retry_after: float | None) -> bool:
         refusal = self.state.refused(retry_after)

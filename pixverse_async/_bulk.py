@@ -7,6 +7,12 @@ Input is pulled lazily: the next job is taken only once a running-task slot is f
 Leaving early (break, exception, cancellation) cancels the feeding and the waiting at once; submissions
 already on the wire are allowed to get their answer, so every task that was paid for is listed in
 `unfinished` (still running) or `unread` (ended, with its outcome).
+
+The submitters take turns at the input, and only the one whose turn it is holds a slot while it waits for the
+next job; a job already taken (a submission retried after a 429) goes first: no new slot is taken while it
+waits for one, and it may take the slot of the turn's holder. An input may wait a long time, even on this
+run's own jobs (a shared run's queue waits for the rows other workers hold): slots kept idle by submitters
+waiting for it would starve the retries, and the run would never end.
 """
 
 from __future__ import annotations
@@ -165,6 +171,10 @@ class AsCompleted:
         # Submitted tasks not yet yielded: their waiter, or just (key, job) when its answer came after the run
         # closed.
         self._running: dict[str, _JobWaiter | tuple[Hashable, Job]] = {}
+        # The slot held by the submitter whose turn it is at the input, while it waits for the next job: a job
+        # already taken that needs a slot may take it (None: taken, or no one waits for the input).
+        self._slot_at_the_input: Slot | None = None
+        self._taken_jobs_waiting_for_a_slot = 0
 
     @property
     def unfinished(self) -> list[Task]:
@@ -271,23 +281,53 @@ class AsCompleted:
         backlog_limit = self._max_concurrency
         with anyio.CancelScope() as scope:
             shield = WireShield(scope=scope, stop=self._scope)
-            while self._stop_error is None and not self._closed:
+            while self._stop_error is None and not self._closed and not jobs.exhausted:
                 while len(self._ready) >= backlog_limit:
                     await self._wait_changed()
-                slot = await self._submissions.take_slot()
-                if len(self._ready) >= backlog_limit:
-                    # Results landed while this submitter waited for the slot: nobody is reading them.
-                    slot.release()
-                    continue
-                try:
-                    job = await jobs.next()
-                except BaseException:
-                    slot.release()
-                    raise
+                async with jobs.turn:
+                    if jobs.exhausted:  # found so by the submitter whose turn it was
+                        return
+                    slot = await self._slot_for_a_new_job()
+                    if len(self._ready) >= backlog_limit or jobs.exhausted:
+                        # Results landed while this submitter waited for the slot: nobody is reading them.
+                        slot.release()
+                        continue
+                    self._slot_at_the_input = slot
+                    job: Any = _EXHAUSTED  # if the input raises: the slot is given back
+                    try:
+                        job = await jobs.next()
+                    finally:
+                        kept, self._slot_at_the_input = self._slot_at_the_input, None
+                        if kept is not None and (job is _EXHAUSTED or self._stop_error is not None):
+                            kept.release()
                 if job is _EXHAUSTED or self._stop_error is not None:
-                    slot.release()
                     return
-                await self._start_job(job, slot, shield)
+                # A retry took the slot while this submitter waited for the job: the job waits for one as a
+                # retry does.
+                await self._start_job(job, kept or await self._slot_for_a_taken_job(), shield)
+
+    async def _slot_for_a_new_job(self) -> Slot:
+        """A slot to take the next job from the input with, once no job already taken waits for one."""
+        while True:
+            while self._taken_jobs_waiting_for_a_slot:
+                await self._wait_changed()
+            slot = await self._submissions.take_slot()
+            if not self._taken_jobs_waiting_for_a_slot:
+                return slot
+            slot.release()  # a job taken before waits for a slot since: it goes first
+
+    async def _slot_for_a_taken_job(self) -> Slot:
+        """A slot for a job already taken from the input (a retry): the one held at the input if any, else
+        the budget's next, before any new job's."""
+        slot, self._slot_at_the_input = self._slot_at_the_input, None
+        if slot is not None:
+            return slot
+        self._taken_jobs_waiting_for_a_slot += 1
+        try:
+            return await self._submissions.take_slot()
+        finally:
+            self._taken_jobs_waiting_for_a_slot -= 1
+            self._notify()
 
     async def _start_job(self, job: Job | KeyedJob, slot: Slot, shield: WireShield) -> None:
         """Submit (or adopt) one job holding a running-task slot, then hand both to the poller."""
@@ -361,7 +401,9 @@ class AsCompleted:
         def on_retry(attempt: int, error: PixVerseError) -> None:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt, key=key)
 
-        return await self._submissions.send(job, body, slot, on_retry=on_retry, shield=shield)
+        return await self._submissions.send(
+            job, body, slot, on_retry=on_retry, shield=shield, take_slot=self._slot_for_a_taken_job
+        )
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
         task_id, job = waiter.task_id, waiter.job
@@ -529,18 +571,22 @@ _EXHAUSTED = object()
 
 @final
 class _JobSource:
-    """The input, shared by the submitters: a plain iterator is read directly, an async one under a lock
-    (an async generator may not be advanced by two tasks at once)."""
+    """The input, shared by the submitters, which read it in turns (`turn`, a lock: an async generator may not
+    be advanced by two tasks at once)."""
 
     def __init__(self, jobs: Iterable[Job | KeyedJob] | AsyncIterable[Job | KeyedJob]) -> None:
         self._sync = iter(jobs) if not isinstance(jobs, AsyncIterable) else None
         self._async = aiter(jobs) if isinstance(jobs, AsyncIterable) else None
-        self._lock = anyio.Lock(fast_acquire=True)
+        self.turn = anyio.Lock(fast_acquire=True)
+        self.exhausted = False
 
     async def next(self) -> Any:
-        """The next job, or `_EXHAUSTED`."""
+        """The next job, or `_EXHAUSTED`; called holding `turn`."""
         if self._sync is not None:
-            return next(self._sync, _EXHAUSTED)
-        assert self._async is not None
-        async with self._lock:
-            return await anext(self._async, _EXHAUSTED)
+            job = next(self._sync, _EXHAUSTED)
+        else:
+            assert self._async is not None
+            job = await anext(self._async, _EXHAUSTED)
+        if job is _EXHAUSTED:
+            self.exhausted = True
+        return job

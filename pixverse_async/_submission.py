@@ -86,6 +86,7 @@ class Submitter:
         *,
         on_retry: RetryCallback | None = None,
         shield: WireShield | None = None,
+        take_slot: Callable[[], Awaitable[Slot]] | None = None,
     ) -> tuple[str, Slot]:
         """Submit holding a running-task slot; return the new task's id and the slot that now stands for it.
 
@@ -93,7 +94,8 @@ class Submitter:
         back when the task ends (a 429 gives it back and a retry takes another, hence the return); on failure
         it is given back here, and kept until the task could have ended when the answer was lost. With a
         `shield` (see there), leaving waits for the answer of a request on the wire, so that a task the
-        server created is not lost, and sends no new one. Submissions are paced by the budget.
+        server created is not lost, and sends no new one. Submissions are paced by the budget. A retry takes
+        its slot with `take_slot` (by default the budget's `acquire`).
         """
         budget = self._budget
         path = submit_path(request)
@@ -165,7 +167,7 @@ class Submitter:
             # At the account's cap after a 429, waiting for a running task to end is the backoff.
             if retry_after is not None or not wait_for_a_slot:
                 await self._clock.sleep(delay)
-            slot = await budget.acquire()
+            slot = await (take_slot or budget.acquire)()
 
 
 def _task_id_from(response: Response) -> str:

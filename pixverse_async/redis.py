@@ -42,22 +42,21 @@ import contextlib
 import json
 import logging
 import math
-import os
+import random
 import re
-import secrets
-import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import anyio.abc
 import attrs
-import yarl
 
 from ._budget import AdoptTask, BudgetSettings, Endpoint, Pacer, Slot, adopted_slot
 from ._cap_state import CAP_EVIDENCE, CAP_STRIKES, LOST_ANSWER_HOLD, looks_like_cap
 from ._clock import Clock, ScaledClock, SystemClock
 from ._exceptions import BudgetUnavailableError, ClientClosedError, InvalidRequestError
+from ._redis_common import namespace, outage_wait, process_id, redis_asyncio, register_scripts, scheme_of
+from ._redis_common import shown_url as _shown
 from ._redis_script import STEP
 
 if TYPE_CHECKING:
@@ -66,41 +65,14 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_LEASE", "RedisBudget"]
 
 #: How long a client's lease lasts unless renewed (API seconds); it is renewed every third of it.
-DEFAULT_LEASE = 20.0
+DEFAULT_LEASE_API_SECONDS = 20.0
+DEFAULT_LEASE = DEFAULT_LEASE_API_SECONDS
 #: How long submissions wait for an unreachable Redis before they fail (API seconds).
 DEFAULT_GIVE_UP_AFTER = 60.0
 #: Real seconds one call to Redis may take, and the close's last report.
 CALL_TIMEOUT = 5.0
-#: Backoff between tries of an unreachable Redis (real seconds, first and longest).
-_RETRY_FIRST, _RETRY_LONGEST = 0.02, 1.0
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _log = logging.getLogger("pixverse_async")
-
-
-def _redis_asyncio() -> Any:
-    try:
-        import redis.asyncio as redis_asyncio
-    except ImportError:
-        raise ImportError("pixverse_async.redis needs the redis package: pip install 'pixverse-async[redis]'") from None
-    return redis_asyncio
-
-
-def _shown(url: str) -> str:
-    """The URL for messages: no password."""
-    try:
-        parsed = yarl.URL(url)
-    except (TypeError, ValueError):
-        return "<unparsable URL>"
-    if parsed.password is not None or parsed.user is not None:
-        parsed = parsed.with_user(None)
-    return str(parsed)
-
-
-def _scheme(url: str) -> str:
-    try:
-        return yarl.URL(url).scheme
-    except (TypeError, ValueError):
-        return ""
 
 
 def _real_seconds_per_second(clock: Clock) -> float:
@@ -148,8 +120,8 @@ class RedisBudget:
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
         prefix: str = "pixverse-async",
     ) -> None:
-        self._redis_module = _redis_asyncio()
-        if not isinstance(url, str) or _scheme(url) not in ("redis", "rediss", "unix"):
+        self._redis_module = redis_asyncio("pixverse_async.redis")
+        if not isinstance(url, str) or scheme_of(url) not in ("redis", "rediss", "unix"):
             shown = _shown(url) if isinstance(url, str) else type(url).__name__
             raise InvalidRequestError("url", f"must be a redis://, rediss:// or unix:// URL, not {shown!r}")
         for field, value in (("name", name), ("prefix", prefix)):
@@ -167,7 +139,8 @@ class RedisBudget:
         self.round_trips = 0
         #: Tasks adopted from clients whose lease lapsed.
         self.adopted_tasks = 0
-        self._client_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._client_id = process_id()
+        self._outage_rng = random.Random()  # jitter of the waits for an unreachable Redis
         self._settings: BudgetSettings | None = None
         self._scale = 1.0
         self._pacers: dict[Endpoint, Pacer] = {}
@@ -351,7 +324,7 @@ class RedisBudget:
         self._redis = self._redis_module.from_url(
             self.url, decode_responses=True, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
         )
-        self._script = self._redis.register_script(STEP)
+        self._script = register_scripts(self._redis, {"step": STEP})["step"]
         self._leaving = False
         try:
             try:
@@ -400,8 +373,7 @@ class RedisBudget:
                     except _Unreachable as error:
                         failures += 1
                         self._on_unreachable(error)
-                        backoff = min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale
-                        await self._clock.sleep(backoff)
+                        await self._clock.sleep(outage_wait(failures, rng=self._outage_rng) / self._scale)
                         continue
                     if failures:
                         _log.warning("Redis at %s is back: the shared budget goes on", _shown(self.url))
@@ -460,10 +432,10 @@ class RedisBudget:
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2 on
-            await self._clock.sleep(min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale)
+            await self._clock.sleep(outage_wait(failures, rng=self._outage_rng) / self._scale)
 
     def _key(self, part: str) -> str:
-        return f"{self.prefix}:{{{self.name}}}:{part}"
+        return f"{namespace(self.prefix, self.name or '')}:{part}"
 
     def _on_unreachable(self, error: _Unreachable) -> None:
         now = self._clock.now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 from collections import Counter
@@ -23,6 +24,7 @@ from pixverse_async import (
     JobResult,
     PixVerseClient,
     PollPolicy,
+    RetryPolicy,
     SubmissionUncertainError,
     TaskFailedError,
     TaskStatus,
@@ -499,3 +501,43 @@ class OverlappingAnswers:
             return web.json_response({"task_id": f"t{self.created}"})
         task = {"task_id": request.query["task_id"], "status": "TASK_STATUS_SUCCEED"}
         return web.json_response({"task": task, "videos": []})
+
+
+async def test_inputs_that_wait_for_each_others_jobs_do_not_starve_retries_at_the_cap() -> None:
+    # Four clients of one key share one queue of jobs, as the workers of a shared run do: each client's input
+    # takes the next job from the queue, and once it is empty waits for every job of all four to end (one that
+    # died would give its jobs back to the queue). The account's cap (5, unknown to them) refuses many first
+    # submissions with 429s, whose retries need a slot while the inputs wait: no submitter may sit on a slot
+    # while it waits for its input, or the clients wait for each other forever.
+    queue = jobs(40, "run 300")
+    unfinished, all_ended = len(queue), anyio.Event()
+
+    async def shared_queue() -> AsyncIterator[ImageToVideo]:
+        while queue:
+            yield queue.pop()
+        await all_ended.wait()
+
+    async def worker(client: PixVerseClient) -> None:
+        nonlocal unfinished
+        async with client.as_completed(shared_queue()) as results:
+            async for result in results:
+                assert result.ok, result.error
+                unfinished -= 1
+                if unfinished == 0:
+                    all_ended.set()
+
+    async with Simulator(time_scale=SCALE, plan=plan, max_running_per_key=5) as sim:
+        with anyio.fail_after(30):  # 40 jobs of 0.3 s, 5 at a time, take 2.4 s: a hang, not a slow machine
+            async with contextlib.AsyncExitStack() as stack:
+                # Each client learns the cap alone and takes the others' tasks' 429s for a rate limit: retried
+                # long enough here that every job gets through.
+                patient = RetryPolicy(max_attempts=100, initial_backoff=0.5, max_backoff=2.0)
+                clients = [
+                    await stack.enter_async_context(client_for(sim, max_concurrency=16, retry=patient))
+                    for _ in range(4)
+                ]
+                async with anyio.create_task_group() as group:
+                    for client in clients:
+                        group.start_soon(worker, client)
+    assert unfinished == 0 and sim.counters.tasks_created == 40
+    assert sim.counters.max_running_by_key[KEY] == 5

@@ -23,15 +23,16 @@ import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, final, get_args
+from typing import TYPE_CHECKING, Any, Protocol, final, get_args
 
 import anyio
 import attrs
 
+from .transitions import Record, State, another_manifest, changes, same_manifest
+
 if TYPE_CHECKING:
     from .manifest import ManifestRow
 
-State = Literal["todo", "submitting", "submitted", "succeeded", "failed", "uncertain"]
 STATES: tuple[State, ...] = get_args(State)
 
 _SCHEMA = """
@@ -118,32 +119,35 @@ class Journal:
             (key, line, fingerprint, _now()),
         )
 
+    # The records: see `transitions.TRANSITIONS` for what each sets and clears.
+
     def reset(self, key: str, fingerprint: str) -> None:
-        """Start a row again from `todo` (a changed row that was never paid for, or one the user retries)."""
-        self._set(key, "todo", fingerprint=fingerprint, task_id=None, reason=None)
+        self.apply(key, "reset", fingerprint=fingerprint)
 
     def submitting(self, key: str) -> None:
-        self._set(key, "submitting")
+        self.apply(key, "submitting")
 
     def submitted(self, key: str, task_id: str) -> None:
-        self._set(key, "submitted", task_id=task_id)
+        self.apply(key, "submitted", task_id=task_id)
 
     def succeeded(self, key: str, file: str, size: int, sha256: str) -> None:
-        self._set(key, "succeeded", file=file, size=size, sha256=sha256, reason=None)
+        self.apply(key, "succeeded", file=file, size=size, sha256=sha256)
 
     def refetch(self, key: str, reason: str) -> None:
-        """A succeeded row whose file is gone or changed: back to `submitted`, to fetch its video again."""
-        self._set(key, "submitted", file=None, size=None, sha256=None, reason=reason)
+        self.apply(key, "refetch", reason=reason)
 
     def not_downloaded(self, key: str, reason: str) -> None:
-        """A `submitted` row whose video could not be fetched this time (the task is still ours)."""
-        self._set(key, "submitted", reason=reason)
+        self.apply(key, "not_downloaded", reason=reason)
 
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
-        self._set(key, "failed", reason=reason, **({"task_id": task_id} if task_id else {}))
+        self.apply(key, "failed", reason=reason, task_id=task_id or None)
 
     def uncertain(self, key: str, reason: str) -> None:
-        self._set(key, "uncertain", reason=reason)
+        self.apply(key, "uncertain", reason=reason)
+
+    def apply(self, key: str, record: Record, **given: Any) -> None:
+        state, columns = changes(record, **given)
+        self._set(key, state, **columns)
 
     def _set(self, key: str, state: State, **columns: object) -> None:
         assignments = ", ".join(f"{name} = ?" for name in columns)
@@ -263,16 +267,14 @@ class RunJournal(Protocol):
 class JournalOfAnotherManifest(JournalError):
     def __init__(self, journal: str, known_path: str) -> None:
         super().__init__(
-            f"the journal {journal} belongs to another manifest ({known_path}); nothing was sent"
-            " (use --journal FILE to give this manifest a journal of its own)"
+            another_manifest(journal, known_path, hint="use --journal FILE to give this manifest a journal of its own")
         )
 
 
 def check_manifest_identity(journal: Journal, manifest_path: str, manifest_rows: str) -> None:
-    """Refuse a journal made from another manifest: the same file (even edited) or the same rows (moved) are
-    this manifest."""
+    """Refuse a journal made from another manifest (`transitions.same_manifest`)."""
     known_path, known_rows = journal.meta("manifest_path"), journal.meta("manifest_rows")
-    if known_path is not None and known_path != manifest_path and known_rows != manifest_rows:
+    if known_path is not None and not same_manifest(known_path, known_rows, manifest_path, manifest_rows):
         raise JournalOfAnotherManifest(str(journal.path), known_path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -11,17 +12,21 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
 
 from .._convert import unstructure
-from .._exceptions import PixVerseError
+from .._exceptions import BudgetUnavailableError, PixVerseError
+from .._redis_common import is_redis_url, shown_url
 from .journal import Journal, JournalError
 from .manifest import ManifestError
-from .redis_journal import DEFAULT_LEASE, is_redis_url, redis_module
+from .redis_journal import DEFAULT_CLAIM_LEASE_REAL_SECONDS, OUTAGE_LEASES, check_run_name, redis_module
 from .run import DEFAULT_JOURNAL_NAME, RunAborted, RunOptions
+
+if TYPE_CHECKING:
+    from .._budget import SharedBudget
 
 _EXAMPLES = {
     "run": """examples:
@@ -80,8 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--lease",
         type=_positive_number,
-        default=DEFAULT_LEASE,
+        default=DEFAULT_CLAIM_LEASE_REAL_SECONDS,
         help="with a redis:// journal: seconds after which a dead worker's rows are taken over (default 30)",
+    )
+    run.add_argument(
+        "--run-name",
+        type=_run_name,
+        help="with a redis:// journal: the run's name in Redis, the same for all its workers (default: the"
+        " manifest's file name); runs of different names share a database",
+    )
+    run.add_argument(
+        "--local-budget",
+        action="store_true",
+        help="with a redis:// journal: each worker learns the account's limits alone, instead of one budget of"
+        " the key shared through the same Redis (the run's rows stay bounded by --concurrency)",
     )
     run.add_argument(
         "--base-url", type=_base_url, help="API base URL (default: $PIXVERSE_BASE_URL, else https://api.myrouter.ai)"
@@ -105,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--journal", type=_journal, required=True, help="the journal file of a run, or its redis:// URL"
     )
+    status.add_argument("--run-name", type=_run_name, help="with a redis:// journal holding several runs: which one")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = command("demo", "run a small bulk job end to end against the built-in simulator (no key, no network)")
@@ -225,6 +243,13 @@ def _journal(text: str) -> Path | str:
     return Path(text)
 
 
+def _run_name(text: str) -> str:
+    try:
+        return check_run_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _api_key(text: str) -> str:
     if not text or not text.isprintable() or any(char.isspace() for char in text):
         raise argparse.ArgumentTypeError("must be a key without spaces or control characters")
@@ -237,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "status":
-            return _status(args.journal, as_json=args.json)
+            return _status(args.journal, as_json=args.json, run_name=args.run_name)
         if args.command == "demo":
             from .demo import run_demo
 
@@ -272,6 +297,7 @@ def _run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         journal_url=args.journal if shared else None,
         lease=args.lease,
+        run_name=args.run_name,
     )
     clock = ScaledClock(args.time_scale) if args.time_scale else None
     if args.dry_run:
@@ -284,13 +310,31 @@ def _run(args: argparse.Namespace) -> int:
             None if has_key else "dry-run", base_url=args.base_url, max_concurrency=options.concurrency, clock=clock
         )
         return dry_run(options, base_url=checked.base_url, has_key=has_key)
-    client = PixVerseClient(base_url=args.base_url, max_concurrency=options.concurrency, clock=clock)
+    budget = None
+    if shared and not args.local_budget:
+        budget = _shared_budget(args.journal, lease=args.lease, time_scale=args.time_scale or 1.0)
+    client = PixVerseClient(base_url=args.base_url, max_concurrency=options.concurrency, clock=clock, budget=budget)
 
     async def go() -> int:
-        async with client:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(client)
+            except BudgetUnavailableError as error:
+                raise RunAborted(
+                    f"cannot reach the Redis journal {shown_url(args.journal)} ({error}); nothing was sent"
+                ) from None
             return await run_manifest(options, client, live=not args.no_progress)
 
     return _unwrapped(lambda: anyio.run(go))
+
+
+def _shared_budget(url: str, *, lease: float, time_scale: float) -> SharedBudget:
+    """The key's budget for the workers of a shared run: a `RedisBudget` on the journal's Redis. Its leases and
+    its patience with an unreachable Redis are the journal's (`--lease` real seconds, `OUTAGE_LEASES` of them),
+    in the API seconds it counts in."""
+    from ..redis import RedisBudget
+
+    return RedisBudget(url, lease=lease / time_scale, give_up_after=OUTAGE_LEASES * lease / time_scale)
 
 
 def _unwrapped(call: Callable[[], int]) -> int:
@@ -314,14 +358,15 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return leaves
 
 
-def _status(path: Path | str, *, as_json: bool) -> int:
+def _status(path: Path | str, *, as_json: bool, run_name: str | None) -> int:
     if isinstance(path, str):
         redis_module()
-        from .redis_journal import read_run, shown_url
+        from .redis_journal import read_run
 
-        rows, _ = anyio.run(read_run, path)
+        rows, _ = anyio.run(read_run, path, run_name)
         if not rows:
-            raise FileNotFoundError(f"no run in the Redis journal {shown_url(path)}")
+            named = f" named {run_name}" if run_name is not None else ""
+            raise FileNotFoundError(f"no run{named} in the Redis journal {shown_url(path)}")
     else:
         journal = Journal.open_existing(path)
         try:

@@ -10,6 +10,11 @@ nothing, and says so on its display. Each record is written first, synced, to th
 (`OUT/.pixverse-workers/<worker>.jsonl`, on the shared `OUT`), so that a task id it learnt is never lost
 with it: a worker that takes over the row of a dead one reads the dead one's log (see `_adopt`).
 
+A run's keys are `pixverse-async:{run:NAME}:*` (`run_keys`), NAME being `--run-name`, by default the
+manifest's file name: several runs share one Redis database, each under its own hash tag (one Cluster slot
+for all the keys a script touches). Two manifests of the same file name meet in the same keys, and the
+second is refused before anything is sent (`JOIN`'s "same manifest" rule): it needs a `--run-name`.
+
 `redis` is imported only when a redis:// journal is used: the command line works without the extra.
 """
 
@@ -20,21 +25,23 @@ import functools
 import json
 import math
 import os
+import random
+import re
 import secrets
-import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
-from urllib.parse import urlsplit
 
 import anyio
 import attrs
 
 from .._clock import Clock, SystemClock
+from .._redis_common import namespace, outage_wait, process_id, redis_asyncio, register_scripts, shown_url
 from . import redis_scripts
-from .journal import JournalError, JournalRow, State, Work
+from .journal import JournalError, JournalRow, Work
+from .transitions import FIELDS, TRANSITIONS, Record, State, another_manifest, changes
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -42,12 +49,14 @@ if TYPE_CHECKING:
 
     from .manifest import ManifestRow
 
-DEFAULT_LEASE: Final = 30.0
+#: How long a worker's claims last unless it renews them (real seconds, Redis's: `--lease`).
+DEFAULT_CLAIM_LEASE_REAL_SECONDS: Final = 30.0
 # How many leases a worker waits for an unreachable Redis before it stops (what it learnt stays in its log).
 OUTAGE_LEASES: Final = 20
-# One hash tag for all the keys of a run: the scripts touch them together, which Redis Cluster allows in one slot.
-_KEY_PREFIX = "{pixverse-async:run}"
-_ROW_FIELDS = ("task_id", "file", "size", "sha256", "reason")
+_KEY_PREFIX = "pixverse-async"
+_KEY_PARTS = ("meta", "rows", "claims", "leases", "queue")
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+_ROW_FIELDS = tuple(name for name in FIELDS if name != "fingerprint")
 _LOG_FOLDER = ".pixverse-workers"
 
 
@@ -55,28 +64,29 @@ class RedisJournalError(JournalError):
     """The Redis journal cannot be used (no `redis` package, a bad URL, another manifest's run, a lost run)."""
 
 
-def is_redis_url(text: str) -> bool:
-    return urlsplit(text).scheme in ("redis", "rediss", "unix")
-
-
-def shown_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
-
-
 def redis_module() -> Any:
     try:
-        import redis.asyncio
-    except ImportError:
-        raise RedisJournalError(
-            "a redis:// journal needs the redis package: pip install 'pixverse-async[redis]'"
-        ) from None
-    return redis.asyncio
+        return redis_asyncio("a redis:// journal")
+    except ImportError as error:
+        raise RedisJournalError(str(error)) from None
+
+
+def default_run_name(manifest: Path) -> str:
+    """The run's name when `--run-name` is not given: the manifest's file name, the same on every machine
+    whatever the folder it is mounted at (characters a name cannot take become `_`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name)[:100] or "run"
+
+
+def check_run_name(name: str) -> str:
+    if not _RUN_NAME.fullmatch(name):
+        raise ValueError(f"must be 1-100 letters, digits or _.- characters, not {name!r}")
+    return name
+
+
+def run_keys(run_name: str) -> list[str]:
+    """The keys of one run, in the order the scripts take them (`KEYS[1..5]`)."""
+    space = namespace(_KEY_PREFIX, f"run:{run_name}")
+    return [f"{space}:{part}" for part in _KEY_PARTS]
 
 
 def _stamp() -> str:
@@ -139,7 +149,8 @@ class RedisJournal:
         *,
         out: Path,
         concurrency: int,
-        lease: float = DEFAULT_LEASE,
+        run_name: str,
+        lease: float = DEFAULT_CLAIM_LEASE_REAL_SECONDS,
         say: Callable[[str], None] = print,
         clock: Clock | None = None,
     ) -> None:
@@ -149,8 +160,8 @@ class RedisJournal:
             self._redis: Redis = module.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         except ValueError as error:
             raise RedisJournalError(f"--journal {shown_url(url)}: {error}") from None
-        self.where = shown_url(url)
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.where = f"{shown_url(url)} (run {run_name})"
+        self.worker = process_id()
         self.say = say
         self._out = out
         self._concurrency = concurrency
@@ -158,11 +169,12 @@ class RedisJournal:
         self._lease_ms = max(1, round(lease * 1000))
         # Real time, as Redis's leases are: waits for a free claim, or for Redis to come back.
         self._clock = clock or SystemClock()
-        self._keys = [f"{_KEY_PREFIX}:{name}" for name in ("meta", "rows", "claims", "leases", "queue")]
-        self._scripts: dict[str, AsyncScript] = {
-            name: self._redis.register_script(getattr(redis_scripts, name))
-            for name in ("JOIN", "SNAPSHOT", "CLAIM", "RECORD", "LEAVE")
-        }
+        self._keys = run_keys(run_name)
+        self._scripts: dict[str, AsyncScript] = register_scripts(
+            self._redis,
+            {name: getattr(redis_scripts, name) for name in ("JOIN", "SNAPSHOT", "CLAIM", "RECORD", "LEAVE")},
+        )
+        self._outage_rng = random.Random()  # jitter of the waits for an unreachable Redis
         self._run_id = ""
         self._identity: tuple[str, str, Sequence[ManifestRow]] | None = None
         self._log: WorkerLog | None = None
@@ -200,6 +212,7 @@ class RedisJournal:
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         rejoin = False
+        failures = 0
         while True:
             try:
                 if rejoin:
@@ -219,7 +232,8 @@ class RedisJournal:
                         f"the Redis journal {self.where} has been unreachable for {OUTAGE_LEASES} leases"
                         f" ({self._unreachable}); this worker stops; what it learnt is in {self._log_path()}"
                     ) from None
-                await self._clock.sleep(min(1.0, self._lease / 10))
+                failures += 1
+                await self._clock.sleep(outage_wait(failures, longest=min(1.0, self._lease / 10), rng=self._outage_rng))
                 continue
             except _RunLost:
                 self.say(
@@ -272,8 +286,11 @@ class RedisJournal:
         answer = json.loads(joined)
         if "other" in answer:
             raise RedisJournalError(
-                f"the journal {self.where} belongs to another manifest ({answer['other']}); nothing was sent"
-                " (use another Redis database for this manifest's run)"
+                another_manifest(
+                    self.where,
+                    answer["other"],
+                    hint="name this manifest's run with --run-name, or use another database",
+                )
             )
         self._run_id = str(answer["ok"])
         if self._held:  # a run made again: this worker holds its rows again (they were in its log)
@@ -357,8 +374,13 @@ class RedisJournal:
     def add(self, key: str, line: int, fingerprint: str) -> None:
         pass  # `join` added every row of the manifest
 
+    def _apply(self, key: str, record: Record, **given: Any) -> None:
+        # What the record sets and clears is the table's (`transitions`), as for the SQLite journal.
+        state, fields = changes(record, **given)
+        self._record(key, state, fields, ends=TRANSITIONS[record].ends)
+
     def reset(self, key: str, fingerprint: str) -> None:
-        self._record(key, "todo", {"fingerprint": fingerprint, "task_id": None, "reason": None}, ends=True)
+        self._apply(key, "reset", fingerprint=fingerprint)
 
     def submitting(self, key: str) -> None:
         # Redis marked the row `submitting` when this worker claimed it; the log says the request goes out.
@@ -375,22 +397,22 @@ class RedisJournal:
         self._held[key] = True
 
     def submitted(self, key: str, task_id: str) -> None:
-        self._record(key, "submitted", {"task_id": task_id})
+        self._apply(key, "submitted", task_id=task_id)
 
     def succeeded(self, key: str, file: str, size: int, sha256: str) -> None:
-        self._record(key, "succeeded", {"file": file, "size": size, "sha256": sha256, "reason": None}, ends=True)
+        self._apply(key, "succeeded", file=file, size=size, sha256=sha256)
 
     def refetch(self, key: str, reason: str) -> None:
-        self._record(key, "submitted", {"file": None, "size": None, "sha256": None, "reason": reason})
+        self._apply(key, "refetch", reason=reason)
 
     def not_downloaded(self, key: str, reason: str) -> None:
-        self._record(key, "submitted", {"reason": reason}, ends=True)
+        self._apply(key, "not_downloaded", reason=reason)
 
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
-        self._record(key, "failed", {"reason": reason, **({"task_id": task_id} if task_id else {})}, ends=True)
+        self._apply(key, "failed", reason=reason, task_id=task_id or None)
 
     def uncertain(self, key: str, reason: str) -> None:
-        self._record(key, "uncertain", {"reason": reason}, ends=True)
+        self._apply(key, "uncertain", reason=reason)
 
     def release(self, key: str) -> None:
         if self._held.get(key) is False:  # claimed to submit, never sent: to do again, by anyone
@@ -464,7 +486,7 @@ class RedisJournal:
                     await self._row_ended.wait()
 
     async def entries(self) -> list[JournalRow]:
-        entries: list[JournalRow] = await self._reachable(lambda: _entries(self._redis))
+        entries: list[JournalRow] = await self._reachable(lambda: _entries(self._redis, self._keys))
         return entries
 
     def _log_path(self) -> str:
@@ -534,6 +556,13 @@ def _rows_from_logs(out: Path, manifest_path: str, manifest_rows: str) -> dict[s
     return {key: row for key, row in rows.items() if row["state"] != "todo" or "task_id" in row}
 
 
+async def run_names(client: Redis) -> list[str]:
+    """The names of the runs a database holds (the runs' `meta` keys, found with SCAN)."""
+    start, end = f"{_KEY_PREFIX}:{{run:", "}:meta"
+    names = [_text(key)[len(start) : -len(end)] async for key in client.scan_iter(match=f"{start}*{end}")]
+    return sorted(names)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -542,15 +571,15 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
     return {name: record[name] for name in _ROW_FIELDS if name in record}
 
 
-async def _entries(client: Redis) -> list[JournalRow]:
-    found = await client.hgetall(f"{_KEY_PREFIX}:rows")
+async def _entries(client: Redis, keys: Sequence[str]) -> list[JournalRow]:
+    found = await client.hgetall(keys[_KEY_PARTS.index("rows")])
     rows = [_row_from(_text(key), _text(raw)) for key, raw in found.items()]
     return sorted(rows, key=lambda row: row.line)
 
 
-async def read_run(url: str) -> tuple[list[JournalRow], dict[str, str]]:
+async def read_run(url: str, run_name: str | None) -> tuple[list[JournalRow], dict[str, str]]:
     """`status` and `run --dry-run` with a redis:// journal: every row of the run, and its manifest's identity;
-    read only."""
+    read only. Without a `run_name` (`status`), the one run of the database (`RedisJournalError` if several)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -560,10 +589,21 @@ async def read_run(url: str) -> tuple[list[JournalRow], dict[str, str]]:
     except ValueError as error:
         raise RedisJournalError(f"--journal {shown_url(url)}: {error}") from None
     try:
-        meta = await client.hgetall(f"{_KEY_PREFIX}:meta")
+        if run_name is None:
+            names = await run_names(client)
+            if len(names) > 1:
+                raise RedisJournalError(
+                    f"the Redis journal {shown_url(url)} holds several runs: name one with --run-name"
+                    f" ({', '.join(names)})"
+                )
+            if not names:
+                return [], {}
+            run_name = names[0]
+        keys = run_keys(run_name)
+        meta = await client.hgetall(keys[_KEY_PARTS.index("meta")])
         if not meta:
             return [], {}
-        return await _entries(client), {_text(k): _text(v) for k, v in meta.items()}
+        return await _entries(client, keys), {_text(k): _text(v) for k, v in meta.items()}
     except (RedisConnectionError, RedisTimeoutError) as error:
         raise RedisJournalError(f"cannot reach the Redis journal {shown_url(url)}: {error}") from None
     finally:

@@ -1,7 +1,7 @@
 """The server-side Lua scripts of `RedisJournal` (Redis 6.2: EVALSHA, no FUNCTIONs), one per operation.
 
-Every script works on the five keys of one run (`{pixverse-async:run}:<name>`), always passed in this order
-(`KEYS[1..5]`):
+Every script works on the five keys of one run (`pixverse-async:{run:NAME}:<key>`, see
+`redis_journal.run_keys`), always passed in this order (`KEYS[1..5]`):
 
 - `meta`: a hash: `run_id` (made by the first process, checked by every script: a Redis that lost the run
   says so instead of handing out rows again), `manifest_path` and `manifest_rows` (the manifest's identity).

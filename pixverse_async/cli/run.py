@@ -57,7 +57,8 @@ from .journal import (
 )
 from .manifest import ManifestRow, read_manifest
 from .progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
-from .redis_journal import DEFAULT_LEASE
+from .redis_journal import DEFAULT_CLAIM_LEASE_REAL_SECONDS, default_run_name
+from .transitions import another_manifest, same_manifest
 
 if TYPE_CHECKING:
     from .redis_journal import RedisJournal
@@ -91,11 +92,17 @@ class RunOptions:
     retry_failed: bool = False
     # A run shared through Redis (`--journal redis://...`) instead of a journal file, and its workers' lease.
     journal_url: str | None = None
-    lease: float = DEFAULT_LEASE
+    lease: float = DEFAULT_CLAIM_LEASE_REAL_SECONDS
+    # The run's name in Redis (None: the manifest's file name).
+    run_name: str | None = None
 
     @property
     def journal_path(self) -> Path:
         return self.journal or self.out / DEFAULT_JOURNAL_NAME
+
+    @property
+    def shared_run_name(self) -> str:
+        return self.run_name or default_run_name(self.manifest)
 
 
 Action = Literal["submit", "poll", "fetch_again", "done", "uncertain", "failed"]
@@ -195,6 +202,7 @@ class ManifestRun:
             self.options.journal_url,
             out=self.options.out,
             concurrency=self.options.concurrency,
+            run_name=self.options.shared_run_name,
             lease=self.options.lease,
             say=lambda line: self.display.log(line),
         )
@@ -410,16 +418,18 @@ def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO
 
     The journal is read, never written (nor created); `out` is not created either."""
     rows = read_manifest(options.manifest)
-    manifest_path, manifest_rows = manifest_identity(options.manifest, rows)
+    identity = manifest_path, manifest_rows = manifest_identity(options.manifest, rows)
     entries: list[JournalRow] = []
     if options.journal_url is not None:
-        from .redis_journal import read_run, shown_url
+        from .._redis_common import shown_url
+        from .redis_journal import read_run
 
-        where = shown_url(options.journal_url)
-        entries, meta = anyio.run(read_run, options.journal_url)
+        where = f"{shown_url(options.journal_url)} (run {options.shared_run_name})"
+        entries, meta = anyio.run(read_run, options.journal_url, options.shared_run_name)
         known_path = meta.get("manifest_path")
-        if known_path is not None and known_path != manifest_path and meta.get("manifest_rows") != manifest_rows:
-            raise RunAborted(f"the journal {where} belongs to another manifest ({known_path}); nothing was sent")
+        if known_path is not None and not same_manifest(known_path, meta.get("manifest_rows"), *identity):
+            hint = "name this manifest's run with --run-name, or use another database"
+            raise RunAborted(another_manifest(where, known_path, hint=hint))
         exists = bool(meta)
     else:
         where, exists = str(options.journal_path), options.journal_path.is_file()

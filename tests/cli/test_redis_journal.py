@@ -10,7 +10,7 @@ import redis
 
 from pixverse_async.cli.journal import Work
 from pixverse_async.cli.manifest import ManifestRow, read_manifest
-from pixverse_async.cli.redis_journal import RedisJournal, RedisJournalError, read_run
+from pixverse_async.cli.redis_journal import RedisJournal, RedisJournalError, read_run, run_keys
 from pixverse_async.cli.run import manifest_identity
 from pixverse_async.testing import InstantClock, RedisServer
 from tests.cli.test_cli import write_jsonl
@@ -29,7 +29,7 @@ def end_lease(url: str, worker: str) -> None:
     """As if `worker` had died a lease ago: the next claim or start sweeps its rows."""
     client = redis.Redis.from_url(url)
     try:
-        client.zadd("{pixverse-async:run}:leases", {worker: 0})
+        client.zadd(run_keys("jobs.jsonl")[3], {worker: 0})
     finally:
         client.close()
 
@@ -48,7 +48,9 @@ async def test_a_dead_workers_row_is_taken_over_by_what_its_log_says(
     manifest, rows = one_row(tmp_path)
     identity = manifest_identity(manifest, rows)
     said: list[str] = []
-    dead = RedisJournal(redis_server.url, out=tmp_path / "out", concurrency=4, lease=30, say=said.append)
+    dead = RedisJournal(
+        redis_server.url, out=tmp_path / "out", concurrency=4, run_name="jobs.jsonl", lease=30, say=said.append
+    )
     await dead.join(*identity, rows)
     claims = dead.work([])
     assert await anext(claims) == Work("only")  # Redis now says `submitting`, whatever happens next
@@ -58,7 +60,9 @@ async def test_a_dead_workers_row_is_taken_over_by_what_its_log_says(
         dead.submitted("only", "task-1")  # in the log; the outbox is never written: the worker dies now
     end_lease(redis_server.url, dead.worker)
 
-    heir = RedisJournal(redis_server.url, out=tmp_path / "out", concurrency=4, lease=30, say=said.append)
+    heir = RedisJournal(
+        redis_server.url, out=tmp_path / "out", concurrency=4, run_name="jobs.jsonl", lease=30, say=said.append
+    )
     try:
         (entry,) = await heir.join(*identity, rows)
         taken = [work async for work in heir.work([])]
@@ -79,7 +83,9 @@ async def test_a_worker_that_stalled_past_half_its_lease_does_not_send_the_row(
 ) -> None:
     manifest, rows = one_row(tmp_path)
     clock = InstantClock()
-    journal = RedisJournal(redis_server.url, out=tmp_path / "out", concurrency=4, lease=30, clock=clock)
+    journal = RedisJournal(
+        redis_server.url, out=tmp_path / "out", concurrency=4, run_name="jobs.jsonl", lease=30, clock=clock
+    )
     try:
         await journal.join(*manifest_identity(manifest, rows), rows)
         assert await anext(journal.work([])) == Work("only")
@@ -88,14 +94,16 @@ async def test_a_worker_that_stalled_past_half_its_lease_does_not_send_the_row(
             journal.submitting("only")
     finally:
         await journal.aclose(flush_timeout=5)
-    (entry,) = (await read_run(redis_server.url))[0]
+    (entry,) = (await read_run(redis_server.url, "jobs.jsonl"))[0]
     assert entry.state == "todo"  # given back: it was never sent
 
 
 async def test_a_worker_sends_a_row_it_has_just_claimed(redis_server: RedisServer, tmp_path: Path) -> None:
     manifest, rows = one_row(tmp_path)
     clock = InstantClock()
-    journal = RedisJournal(redis_server.url, out=tmp_path / "out", concurrency=4, lease=30, clock=clock)
+    journal = RedisJournal(
+        redis_server.url, out=tmp_path / "out", concurrency=4, run_name="jobs.jsonl", lease=30, clock=clock
+    )
     try:
         await journal.join(*manifest_identity(manifest, rows), rows)
         assert await anext(journal.work([])) == Work("only")
@@ -104,7 +112,7 @@ async def test_a_worker_sends_a_row_it_has_just_claimed(redis_server: RedisServe
         journal.submitted("only", "task-1")
     finally:
         await journal.aclose(flush_timeout=5)
-    (entry,) = (await read_run(redis_server.url))[0]
+    (entry,) = (await read_run(redis_server.url, "jobs.jsonl"))[0]
     assert entry.state == "submitted" and entry.task_id == "task-1"
 
 
@@ -113,7 +121,7 @@ async def test_a_run_redis_lost_is_made_again_from_the_logs_of_its_own_manifest_
 ) -> None:
     manifest, rows = one_row(tmp_path)
     out = tmp_path / "out"
-    worker = RedisJournal(redis_server.url, out=out, concurrency=4, lease=30)
+    worker = RedisJournal(redis_server.url, out=out, concurrency=4, run_name="jobs.jsonl", lease=30)
     try:
         await worker.join(*manifest_identity(manifest, rows), rows)
         assert await anext(worker.work([])) == Work("only")
@@ -129,7 +137,7 @@ async def test_a_run_redis_lost_is_made_again_from_the_logs_of_its_own_manifest_
     # Another manifest sharing OUT (the same row key, other content) starts from nothing...
     other = write_jsonl(tmp_path / "other.jsonl", [{"id": "only", "prompt": "a cat", "image": "a.png"}])
     other_rows = read_manifest(other)
-    stranger = RedisJournal(redis_server.url, out=out, concurrency=4, lease=30)
+    stranger = RedisJournal(redis_server.url, out=out, concurrency=4, run_name="jobs.jsonl", lease=30)
     try:
         (entry,) = await stranger.join(*manifest_identity(other, other_rows), other_rows)
     finally:
@@ -140,7 +148,7 @@ async def test_a_run_redis_lost_is_made_again_from_the_logs_of_its_own_manifest_
     client.close()
 
     # ...while this manifest's run comes back as its worker left it: nothing to buy again.
-    heir = RedisJournal(redis_server.url, out=out, concurrency=4, lease=30)
+    heir = RedisJournal(redis_server.url, out=out, concurrency=4, run_name="jobs.jsonl", lease=30)
     try:
         (entry,) = await heir.join(*manifest_identity(manifest, rows), rows)
     finally:

@@ -20,6 +20,7 @@ import redis
 from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from pixverse_async.cli.redis_journal import run_keys
 from pixverse_async.testing import Fault, RedisServer, Simulator, TaskPlan
 from tests.cli.test_cli import COMMAND, SCALE, cli, write_jsonl
 from tests.helpers import eventually
@@ -81,10 +82,17 @@ class Worker:
 
 
 async def start_worker(
-    group: TaskGroup, manifest: Path, out: Path, url: str, sim: Simulator, lease: str = LEASE, concurrency: int = 4
+    group: TaskGroup,
+    manifest: Path,
+    out: Path,
+    url: str,
+    sim: Simulator,
+    lease: str = LEASE,
+    concurrency: int = 4,
+    *options: str,
 ) -> Worker:
     args = [*COMMAND, "run", str(manifest), "--out", str(out), "--journal", url, "--concurrency", str(concurrency)]
-    args += ["--lease", lease, "--base-url", sim.base_url, "--time-scale", str(SCALE), "--no-progress"]
+    args += ["--lease", lease, "--base-url", sim.base_url, "--time-scale", str(SCALE), "--no-progress", *options]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXVERSE_")}
     env.update(PIXVERSE_API_KEY=KEY, COLUMNS="500")  # a line per event, not folded at 80 columns
     worker = Worker(await anyio.open_process(args, env=env, stderr=subprocess.STDOUT))
@@ -92,10 +100,11 @@ async def start_worker(
     return worker
 
 
-def shared_rows(url: str) -> dict[str, dict[str, Any]]:
+def shared_rows(url: str, run_name: str = "jobs.jsonl") -> dict[str, dict[str, Any]]:
+    """The rows of a shared run (by default, of a manifest named jobs.jsonl), as Redis holds them."""
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        found: dict[str, str] = client.hgetall("{pixverse-async:run}:rows")  # type: ignore[assignment]
+        found: dict[str, str] = client.hgetall(run_keys(run_name)[1])  # type: ignore[assignment]
     finally:
         client.close()
     return {key: json.loads(raw) for key, raw in found.items()}
@@ -126,10 +135,12 @@ async def test_workers_share_one_run_two_killed_and_one_rerun_pay_each_row_once(
     sim: Simulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     manifest, out = manifest_of(tmp_path, 16), tmp_path / "out"
-    # The first submission of the run hangs on the wire (the task is created, and billed, at once).
+    # The first submission of the run hangs on the wire (the task is created, and billed, at once). Its worker
+    # keeps a budget of its own (`--local-budget`): the others' shared one would wait, as one client does, for
+    # that first answer before it widens its slow start.
     sim.inject(Fault("submit", "slow", delay=30_000))
     async with anyio.create_task_group() as group:
-        first = await start_worker(group, manifest, out, redis_server.url, sim)
+        first = await start_worker(group, manifest, out, redis_server.url, sim, LEASE, 4, "--local-budget")
         await eventually(lambda: sim.counters.faults_applied["submit:slow"] == 1)
         second = await start_worker(group, manifest, out, redis_server.url, sim)
         await second.wait_for("submitted row")
@@ -231,19 +242,38 @@ async def test_an_unreachable_redis_at_the_start_is_one_clear_line_and_nothing_i
     assert len(done.stderr.strip().splitlines()) == 1 and sim.counters.submit_requests == 0
 
 
-async def test_a_run_of_another_manifest_is_refused_and_status_reads_the_run(
+async def test_runs_of_several_manifests_share_a_database_and_a_name_taken_is_refused(
     sim: Simulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     manifest, out = manifest_of(tmp_path, 2), tmp_path / "out"
     done = await cli("run", str(manifest), "--out", str(out), "--journal", redis_server.url, sim=sim)
     assert done.returncode == 0, done.stdout + done.stderr
+    # A manifest of another name is a run of its own in the same database.
     other = write_jsonl(tmp_path / "other.jsonl", [{"id": "x", "prompt": "other", "image": "a.png"}])
-    refused = await cli("run", str(other), "--out", str(out), "--journal", redis_server.url, sim=sim)
+    again = await cli("run", str(other), "--out", str(out), "--journal", redis_server.url, sim=sim)
+    assert again.returncode == 0 and sim.counters.submit_requests == 3, again.stdout + again.stderr
+    assert set(shared_rows(redis_server.url, "other.jsonl")) == {"x"} and len(shared_rows(redis_server.url)) == 2
+    # Another manifest of the same file name meets the first run's keys: refused, nothing sent, unless named.
+    (tmp_path / "elsewhere").mkdir()
+    same_name = write_jsonl(tmp_path / "elsewhere" / "jobs.jsonl", [{"id": "y", "prompt": "y", "image": "../a.png"}])
+    refused = await cli("run", str(same_name), "--out", str(out), "--journal", redis_server.url, sim=sim)
     assert refused.returncode == 1 and "belongs to another manifest" in refused.stderr, refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and sim.counters.submit_requests == 2
+    assert "--run-name" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert sim.counters.submit_requests == 3
+    named = await cli(
+        "run", str(same_name), "--out", str(out), "--journal", redis_server.url, "--run-name", "y-run", sim=sim
+    )
+    assert named.returncode == 0 and sim.counters.submit_requests == 4, named.stdout + named.stderr
     dry = await cli("run", str(manifest), "--out", str(out), "--journal", redis_server.url, "--dry-run")
     assert dry.returncode == 0 and "already done" in dry.stdout, dry.stdout + dry.stderr
-    status = await cli("status", "--journal", redis_server.url)
+    # `status` names the run when the database holds several.
+    unnamed = await cli("status", "--journal", redis_server.url)
+    assert (
+        unnamed.returncode == 1
+        and "several runs" in unnamed.stderr
+        and "jobs.jsonl, other.jsonl, y-run" in unnamed.stderr
+    ), unnamed.stderr
+    status = await cli("status", "--journal", redis_server.url, "--run-name", "jobs.jsonl")
     assert status.returncode == 0 and status.stdout.count("succeeded") == 2, status.stdout
 
 
