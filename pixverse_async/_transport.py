@@ -35,6 +35,7 @@ from ._exceptions import (
     RateLimitError,
     ServerError,
 )
+from ._json_reader import UnreadableJSON, read_json
 from ._retry import parse_retry_after
 from ._validation import check_number
 from ._version import __version__
@@ -203,11 +204,10 @@ class Response:
     def json(self) -> Any:
         """The body as JSON; `APIResponseError` when a success answer is not JSON (e.g. cut short)."""
         try:
-            # Decoded first: json.loads(bytes) sniffs the encoding, which costs more than the decoding.
-            return json.loads(self.body.decode())
-        except ValueError:
+            return read_json(self.body)
+        except UnreadableJSON as problem:
             raise APIResponseError(
-                f"the API answered {self.status} with a body that is not valid JSON ({len(self.body)} bytes)"
+                f"the API answered {self.status} with a body that is not valid JSON ({len(self.body)} bytes): {problem}"
             ) from None
 
 
@@ -298,8 +298,8 @@ class ApiTransport:
         message = ""
         metadata: dict[str, Any] = {}
         try:
-            parsed = json.loads(response.body) if response.body else None
-        except ValueError:
+            parsed = read_json(response.body) if response.body else None
+        except UnreadableJSON:
             parsed = None
         if isinstance(parsed, dict):
             if isinstance(parsed.get("reason"), str):
