@@ -4,8 +4,9 @@ requests to the simulator. Bounded in size and in nesting depth, so that a body 
 from code that walks what was parsed (redaction, the converters).
 
 The depth is looked at only when it could matter: a body holding no more brackets and braces than the limit
-cannot nest deeper. Every answer of the API is such a body (a task result holds about eight), so the common
-case costs two `count()` calls before the parse.
+cannot nest deeper (a task result holds about eight), so a bounded read costs two `count()` calls before the
+parse. The API's success answers, read on every poll and read by fixed fields only, leave the depth to the
+parser (`max_depth=None`): it raises `RecursionError` before the stack runs out, taken as unreadable too.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ class JSONTooLarge(UnreadableJSON):
     """A body over its size limit, not read."""
 
 
-def read_json(data: bytes | str, *, max_bytes: int | None = None, max_depth: int = MAX_DEPTH) -> Any:
+def read_json(data: bytes | str, *, max_bytes: int | None = None, max_depth: int | None = MAX_DEPTH) -> Any:
     """The JSON value in `data`, at most `max_bytes` long (bytes, or characters of a str) and nested at most
-    `max_depth` levels; `UnreadableJSON` otherwise."""
+    `max_depth` levels; `UnreadableJSON` otherwise. `max_depth=None` leaves the depth to the parser, which
+    refuses what would exhaust the stack: for a body read by fixed fields only, never walked whole."""
     if max_bytes is not None and len(data) > max_bytes:
         raise JSONTooLarge(f"a body of {len(data)} bytes, over the limit of {max_bytes}")
     if isinstance(data, bytes):
-        if data.count(b"[") + data.count(b"{") > max_depth:
+        if max_depth is not None and data.count(b"[") + data.count(b"{") > max_depth:
             _check_depth(_TOKENS_IN_BYTES.finditer(data), (b"[", b"{"), max_depth)
         try:
             text = data.decode()
@@ -47,12 +49,12 @@ def read_json(data: bytes | str, *, max_bytes: int | None = None, max_depth: int
             raise UnreadableJSON(f"not UTF-8 text (byte {error.start})") from None
     else:
         text = data
-        if data.count("[") + data.count("{") > max_depth:
+        if max_depth is not None and data.count("[") + data.count("{") > max_depth:
             _check_depth(_TOKENS_IN_TEXT.finditer(data), ("[", "{"), max_depth)
     try:
         return json.loads(text)
-    except RecursionError:  # cannot happen within MAX_DEPTH; a caller's larger limit still gets a ValueError
-        raise UnreadableJSON(f"nested deeper than the parser goes (limit {max_depth})") from None
+    except RecursionError:
+        raise UnreadableJSON("nested deeper than the parser goes") from None
     except ValueError as error:  # a JSONDecodeError, or an integer of more digits than Python converts
         raise UnreadableJSON(f"not valid JSON ({error})") from None
 
