@@ -49,10 +49,10 @@ from ._models import (
     TaskResult,
     TaskStatus,
     TextToVideo,
-    check_timeout,
 )
 from ._poller import Outcome, Poller, Waiter
 from ._submission import Submitter, WireShield
+from ._validation import check_number, task_id_problem
 
 # A job with a key of the caller's (a row id, a database key), given back on its result and events.
 KeyedJob = tuple[Hashable, Job]
@@ -143,7 +143,8 @@ class AsCompleted:
     ) -> None:
         """Built by `client.as_completed()`, from the open client's parts: its submitter, its poller, the task
         group its background tasks run in (this run's feeding among them), and its limits."""
-        check_timeout(timeout)
+        # Not 0: every job would be paid for and time out at once.
+        check_number("timeout", timeout, above=0, none_means="no limit")
         if not isinstance(jobs, Iterable | AsyncIterable) or isinstance(jobs, str | bytes):
             raise InvalidRequestError(
                 "jobs", f"must be an iterable or async iterable of jobs, not {type(jobs).__name__}"
@@ -375,9 +376,10 @@ class AsCompleted:
         """The job's task id and the slot that stands for it; the slot is given back here on failure."""
         if isinstance(job, Task | str):
             task_id = job if isinstance(job, str) else job.task_id
-            if not isinstance(task_id, str) or not task_id.strip():
+            problem = task_id_problem(task_id) if isinstance(task_id, str) else f"a task id is a str, not {task_id!r}"
+            if problem is not None:
                 slot.release()
-                raise InvalidRequestError("task", f"a task id must be a non-empty str, not {task_id!r}")
+                raise InvalidRequestError("task", problem)
             slot.adopted(task_id)
             return task_id, slot
         try:

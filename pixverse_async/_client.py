@@ -65,7 +65,14 @@ from ._transport import (
     Secret,
     Timeouts,
 )
-from ._validation import api_key_problem, check_bool, check_count, check_http_url, check_instance
+from ._validation import (
+    api_key_problem,
+    check_bool,
+    check_count,
+    check_http_url,
+    check_instance,
+    task_id_problem,
+)
 from ._webhooks import answer_delivery
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
@@ -153,7 +160,7 @@ class PixVerseClient:
         if isinstance(checked, str):
             raise ConfigurationError("api_key", checked)
         url = (base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        check_http_url("base_url", url, credentials_allowed=False, error=ConfigurationError)
+        check_http_url("base_url", url, credentials_allowed=False, origin_only=True, error=ConfigurationError)
         if webhook_url is not None:
             check_http_url("webhook_url", webhook_url, error=ConfigurationError)
         check_count("max_concurrency", max_concurrency, error=ConfigurationError)
@@ -601,6 +608,9 @@ async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: fl
 
 def _task_id_of(task: Task | TaskResult | str) -> str:
     task_id = task if isinstance(task, str) else getattr(task, "task_id", None)
-    if not isinstance(task_id, str) or not task_id.strip():
-        raise InvalidRequestError("task", f"must be a Task, a TaskResult or a non-empty task id, not {task!r}")
+    if not isinstance(task_id, str):
+        raise InvalidRequestError("task", f"must be a Task, a TaskResult or a task id, not {type(task).__name__}")
+    problem = task_id_problem(task_id)
+    if problem is not None:
+        raise InvalidRequestError("task", problem)
     return task_id

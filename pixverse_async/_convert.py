@@ -13,7 +13,6 @@ places that are not on the hot path.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, final
@@ -24,6 +23,7 @@ from cattrs.errors import ClassValidationError
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._exceptions import InvalidRequestError
+from ._json_reader import MAX_WEBHOOK_BYTES, read_json
 from ._models import (
     REQUEST_FIELDS,
     TEXT_REQUEST_FIELDS,
@@ -140,8 +140,9 @@ class WebhookEvent:
 
 def parse_webhook(body: bytes | str) -> WebhookEvent:
     """A delivery's raw body, `{"event_type": ..., "payload": <task-result body>}` (API.md section 4); raise
-    `ValueError` when it is not JSON or its payload is not an object."""
-    event = json.loads(body)
+    `ValueError` when it is not JSON (or bigger or deeper than `read_json` allows) or its payload is not an
+    object."""
+    event = read_json(body, max_bytes=MAX_WEBHOOK_BYTES)
     payload = event.get("payload") if isinstance(event, dict) else None
     if not isinstance(payload, dict):
         raise ValueError("a webhook delivery's payload must be a JSON object")

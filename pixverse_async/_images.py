@@ -89,6 +89,7 @@ def _probe(read: _ReadAt, size: int) -> ImageInfo:
         image_format = "jpeg"
     else:
         raise ImageError("image is neither JPEG nor PNG (judged from its content)", "INVALID_IMAGE_FORMAT")
+    check_complete(read, size, image_format)
     if width < MIN_SIDE_PX or height < MIN_SIDE_PX:
         raise ImageError(
             f"image is {width}x{height} px; both sides must be at least {MIN_SIDE_PX} px",
@@ -147,6 +148,48 @@ def _jpeg_size(read: _ReadAt, size: int) -> tuple[int, int]:
             return int(width), int(height)
         position += segment_length
     raise ImageError("JPEG header is truncated or corrupt (no frame header found)", "INVALID_IMAGE_FORMAT")
+
+
+# How an image must end: PNG's IEND chunk (length 0, type, CRC), JPEG's end-of-image marker.
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_EOI = b"\xff\xd9"
+# After its end an image may carry padding (NULs, 0xFF fill, whitespace), as some encoders and tools write,
+# within the last 4 KiB, all read at once: a file cut short ends with no end marker in it.
+_TAIL_BYTES = 4096
+_PADDING = b"\x00\xff \t\r\n"
+
+
+def check_complete(read: _ReadAt, size: int, image_format: ImageFormat) -> None:
+    """Raise `ImageError` unless the image ends as its format says: a PNG has image data (an IDAT chunk,
+    found by walking the chunk headers from IHDR) and ends with IEND; a JPEG ends with EOI. Either may be
+    followed by a little padding. A few small reads and one of the tail: for bytes, files and streams."""
+    tail_start = max(0, size - _TAIL_BYTES)
+    tail = read(tail_start, size - tail_start).rstrip(_PADDING)
+    if image_format == "png":
+        _check_png_has_data(read, size)
+        if not tail.endswith(_PNG_IEND):
+            raise ImageError("PNG is truncated or corrupt (it does not end with an IEND chunk)", "INVALID_IMAGE_FORMAT")
+    elif not tail.endswith(_JPEG_EOI):
+        raise ImageError(
+            "JPEG is truncated, or has data after its end (it does not end with an EOI marker)",
+            "INVALID_IMAGE_FORMAT",
+        )
+
+
+def _check_png_has_data(read: _ReadAt, size: int) -> None:
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= size:
+        header = read(position, 8)
+        if len(header) < 8:
+            break
+        (length,) = struct.unpack(">I", header[:4])
+        kind = header[4:8]
+        if kind == b"IDAT" and length > 0:
+            return
+        if kind == b"IEND":
+            break
+        position += 12 + length  # length, type, data, CRC
+    raise ImageError("PNG has no image data (no IDAT chunk)", "INVALID_IMAGE_FORMAT")
 
 
 _DATA_URI = re.compile(r"data:image/(?P<subtype>[a-z]+);base64,(?P<payload>.*)", re.DOTALL | re.IGNORECASE)

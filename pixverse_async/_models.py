@@ -32,10 +32,13 @@ MAX_SEED = 2_147_483_647
 
 
 # A prompt is text for people: tab, line feed and carriage return are its only control characters, and it must
-# show something (a prompt of spaces, zero-width or other format characters alone is blank).
+# show something (a prompt of spaces, zero-width or other format characters, combining marks with nothing to
+# mark, or the letters that draw nothing alone is blank).
 _FORBIDDEN_IN_PROMPT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _VISIBLE_ASCII = re.compile(r"[!-~]")
-_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Mc", "Me"})
+# Hangul fillers and the blank Braille pattern: letters (or a symbol) that draw nothing.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def _prompt_text_problem(value: str, *, if_blank: str) -> str | None:
@@ -46,7 +49,8 @@ def _prompt_text_problem(value: str, *, if_blank: str) -> str | None:
         what = "a lone surrogate, which is not text" if "\ud800" <= char <= "\udfff" else "a control character"
         return f"holds U+{ord(char):04X} at position {forbidden.start()}: {what} (only tab, CR and LF are allowed)"
     if _VISIBLE_ASCII.search(value) is None and all(
-        char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in value
+        char.isspace() or char in _BLANK_LETTERS or unicodedata.category(char) in _INVISIBLE_CATEGORIES
+        for char in value
     ):
         return f"must not be empty or hold only blank or invisible characters ({if_blank})"
     return None

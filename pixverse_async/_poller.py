@@ -43,7 +43,7 @@ from ._exceptions import (
 from ._forecast import Evidence, Forecaster, Kind
 from ._models import TaskResult
 from ._retry import CallKind, RetryPolicy, Verdict, decide, is_surge
-from ._validation import count, number
+from ._validation import check_order, count, number
 
 Outcome = TaskResult | PixVerseError
 #: With webhooks, a fallback poll comes this long after the end a task's hints predict (a delivery is late by
@@ -91,6 +91,9 @@ class PollPolicy:
     max_polls_in_flight: int = attrs.field(default=64, validator=count(at_least=1))
     webhook_tail: float = attrs.field(default=0.1, validator=number(above=0, at_most=0.99))
     webhook_fallback: float = attrs.field(default=300.0, validator=number(above=0))
+
+    def __attrs_post_init__(self) -> None:
+        check_order("min_interval", self.min_interval, "max_interval", self.max_interval)
 
 
 @attrs.define(slots=True, eq=False)

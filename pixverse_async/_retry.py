@@ -36,7 +36,7 @@ from ._exceptions import (
     ServerError,
     VideoHostError,
 )
-from ._validation import count, number
+from ._validation import check_order, count, number
 
 T = TypeVar("T")
 
@@ -112,6 +112,9 @@ class RetryPolicy:
     max_backoff: float = attrs.field(default=30.0, validator=number(above=0))
     jitter: float = attrs.field(default=0.5, validator=number(at_least=0, at_most=1))
     max_retry_after: float = attrs.field(default=300.0, validator=number(at_least=0))
+
+    def __attrs_post_init__(self) -> None:
+        check_order("initial_backoff", self.initial_backoff, "max_backoff", self.max_backoff)
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number `retry_number` (1 for the first retry)."""

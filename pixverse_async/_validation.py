@@ -74,9 +74,11 @@ def check_http_url(
     value: object,
     *,
     credentials_allowed: bool = True,
+    origin_only: bool = False,
     error: type[InvalidRequestError] = InvalidRequestError,
 ) -> str:
-    """An `http://` or `https://` URL (scheme in any case) with a host; returned as given."""
+    """An `http://` or `https://` URL (scheme in any case) with a host; returned as given. `origin_only`: no
+    path (but `/`), query or fragment either, as a base URL that paths are added to."""
     if not isinstance(value, str):
         raise error(name, f"must be an http(s):// URL str, not {type(value).__name__}")
     shown = repr(value[:80])
@@ -96,7 +98,39 @@ def check_http_url(
         raise error(name, "the URL carries credentials (user:password@), which are not accepted here")
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
         raise error(name, f"{shown} holds whitespace or a control character")
+    if origin_only:
+        extra = (
+            f"a path ({parts.path[:40]!r})"
+            if parts.path not in ("", "/")
+            else "a query (?...)"
+            if "?" in value
+            else "a fragment (#...)"
+            if "#" in value
+            else None
+        )
+        if extra is not None:
+            raise error(
+                name,
+                f"{shown} has {extra}; give the scheme and host only (as https://api.myrouter.ai): the API's"
+                " paths (/v3/async/...) are added to it",
+            )
     return value
+
+
+# Longer than any id a task API issues (a UUID has 36 characters), short enough to keep out of a URL's way.
+MAX_TASK_ID_CHARS = 256
+
+
+def task_id_problem(task_id: str) -> str | None:
+    """Why `task_id` cannot be a task's id (empty, too long, whitespace or a control character), or None."""
+    if not task_id:
+        return "a task id must not be empty"
+    if len(task_id) > MAX_TASK_ID_CHARS:
+        return f"a task id has at most {MAX_TASK_ID_CHARS} characters, not {len(task_id)}"
+    if task_id.isprintable() and " " not in task_id:  # not printable: controls, separators, format characters
+        return None
+    position, char = next((i, c) for i, c in enumerate(task_id) if c == " " or not c.isprintable())
+    return f"a task id holds no whitespace or control characters; U+{ord(char):04X} at position {position}"
 
 
 def api_key_problem(key: str) -> str | None:
@@ -137,6 +171,13 @@ def number(
         )
 
     return validate
+
+
+def check_order(low_name: str, low: float | None, high_name: str, high: float | None) -> None:
+    """Two fields of one configuration that bound each other from below and above: `ConfigurationError`,
+    naming both, when the low one is above the high one (None is no bound)."""
+    if low is not None and high is not None and low > high:
+        raise ConfigurationError(low_name, f"is {low}, more than {high_name} ({high}); it must be at most {high_name}")
 
 
 def count(*, at_least: int = 1) -> AttrsValidator:

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from ._budget import SharedBudget
 from ._client import PixVerseClient
+from ._json_reader import MAX_WEBHOOK_BYTES as _MAX_WEBHOOK_BYTES
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -79,8 +80,10 @@ def starlette_webhook_endpoint(
 
     async def endpoint(request: Request) -> Response:
         chosen = client if isinstance(client, PixVerseClient) else client(request)
-        status = await chosen.handle_webhook(await request.body())
-        return Response(status_code=status)
+        body = await _read_at_most(request.stream(), _MAX_WEBHOOK_BYTES)
+        if body is None:
+            return Response(status_code=413)
+        return Response(status_code=await chosen.handle_webhook(body))
 
     # The annotations are strings (postponed evaluation) naming imports local to this function: FastAPI,
     # which reads them to decide what to inject, needs the real classes.
@@ -92,6 +95,20 @@ def aiohttp_webhook_handler(client: PixVerseClient) -> Callable[[web.Request], A
     """An aiohttp.web handler receiving the API's webhooks (route it with POST)."""
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(status=await client.handle_webhook(await request.read()))
+        body = await _read_at_most(request.content.iter_any(), _MAX_WEBHOOK_BYTES)
+        if body is None:
+            return web.Response(status=413)
+        return web.Response(status=await client.handle_webhook(body))
 
     return handler
+
+
+async def _read_at_most(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """A request's body, read until it is over `limit` bytes (then None: nothing more is read). Anyone can
+    post to a webhook endpoint: no body it sends is kept whole in memory past the limit."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)

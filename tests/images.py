@@ -7,7 +7,7 @@ import zlib
 
 
 def png(width: int = 400, height: int = 300, *, pad_to: int | None = None) -> bytes:
-    """A valid grey PNG; `pad_to` appends bytes after IEND to reach an exact file size."""
+    """A valid grey PNG; `pad_to` adds an ancillary chunk before IEND to reach an exact file size."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -17,11 +17,10 @@ def png(width: int = 400, height: int = 300, *, pad_to: int | None = None) -> by
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
         + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
     )
     if pad_to is not None:
-        data += b"\x00" * (pad_to - len(data))
-    return data
+        data += chunk(b"tEXt", b"padding\x00" + b" " * (pad_to - len(data) - 12 - 12 - 8))
+    return data + chunk(b"IEND", b"")
 
 
 def jpeg(width: int = 640, height: int = 480, *, with_exif: bool = True) -> bytes:

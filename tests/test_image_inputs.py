@@ -4,6 +4,7 @@ scheme. Only regular files are read, and never more than the size limit plus one
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -273,3 +274,50 @@ async def test_an_unchanged_file_is_sent_whole_as_built(tmp_path: Path) -> None:
         task = await client.submit(request)
         image = sim.tasks[task.task_id].image
     assert (image.width, image.height) == (640, 480)
+
+
+PNG_HEADER_ONLY = png()[:33]  # signature and IHDR: the 33 bytes a header check reads
+
+
+def _incomplete_frames() -> dict[str, tuple[bytes, str]]:
+    whole_png, whole_jpeg = png(), jpeg()
+    return {
+        "a PNG header with no image data": (PNG_HEADER_ONLY, "PNG has no image data (no IDAT chunk)"),
+        "a PNG cut inside its data": (whole_png[: len(whole_png) // 2], "does not end with an IEND chunk"),
+        "a PNG cut inside its IEND": (whole_png[:-3], "does not end with an IEND chunk"),
+        "a JPEG cut before its end": (whole_jpeg[:-2], "does not end with an EOI marker"),
+        "a JPEG with data after its end": (whole_jpeg + b"trailer" * 10, "does not end with an EOI marker"),
+    }
+
+
+@pytest.mark.parametrize("what", list(_incomplete_frames()))
+def test_an_image_cut_short_or_without_data_is_refused_in_every_form(what: str, tmp_path: Path) -> None:
+    data, problem = _incomplete_frames()[what]
+    frame = tmp_path / "frame.img"
+    frame.write_bytes(data)
+    mime = "png" if data.startswith(b"\x89PNG") else "jpeg"
+    encoded = base64.b64encode(data).decode()
+    for form in (data, frame, f"data:image/{mime};base64,{encoded}"):
+        assert problem in refused(form), form if isinstance(form, Path) else what
+
+
+def test_padding_after_an_images_end_is_allowed() -> None:
+    for padding in (b"\x00" * 100, b"\xff" * 7, b"\r\n", b"\x00" * 4000):
+        ImageToVideo("p", jpeg() + padding)
+        ImageToVideo("p", png() + padding)
+
+
+async def test_a_file_cut_short_after_the_request_was_built_is_refused_before_sending(tmp_path: Path) -> None:
+    frame = tmp_path / "frame.png"
+    whole = png()
+    frame.write_bytes(whole)
+    request = ImageToVideo("p", frame)
+    status = frame.stat()
+    with frame.open("r+b") as file:  # the same inode, size and modification time: only the content differs
+        file.seek(len(whole) - 12)
+        file.write(b"\x00" * 12)
+    os.utime(frame, ns=(status.st_atime_ns, status.st_mtime_ns))
+    async with Simulator(api_keys=("sk-test",), time_scale=SCALE) as sim, client_for(sim) as client:
+        with pytest.raises(InvalidRequestError, match="does not end with an IEND chunk"):
+            await client.submit(request)
+    assert sim.counters.submit_requests == 0

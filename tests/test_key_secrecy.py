@@ -3,10 +3,14 @@ caller's session. And masking it never damages text that does not hold it."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import socket
+import struct
 import types
 import warnings
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,6 +26,7 @@ from pixverse_async import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    ClientClosedError,
     ImageToVideo,
     InvalidRequestError,
     PermissionDeniedError,
@@ -34,6 +39,7 @@ from pixverse_async import (
     Video,
 )
 from pixverse_async._transport import Secret, redact
+from pixverse_async.testing import ScaledClock
 from pixverse_async.testing._video import mp4_for_task
 from tests.helpers import tiny_server
 
@@ -308,3 +314,155 @@ async def test_credentials_added_to_a_session_after_construction_are_refused_bef
             with pytest.raises(InvalidRequestError, match=r"^session: "):
                 await c.download(Video(f"{url}/v.mp4"), tmp_path / "v.mp4")
     assert seen == []
+
+
+# -- the caller's own deadlines and cancellations -----------------------------------------------------------------
+
+
+async def _caught(call: Callable[[], Awaitable[object]], into: list[BaseException]) -> None:
+    """Run `call`, keeping what it raises; a cancellation goes on."""
+    try:
+        await call()
+    except Exception as error:
+        into.append(error)
+    except BaseException as error:
+        into.append(error)
+        raise
+
+
+@attrs.define
+class _HangingAPI:
+    """A server that holds every request: a submission until `release` is set (then it answers a task id), a
+    task-result call for ever. `arrived` lists the paths of the requests received so far."""
+
+    url: str = ""
+    arrived: list[str] = attrs.Factory(list)
+    release: anyio.Event = attrs.Factory(anyio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.arrived.append(request.path)
+        if request.method == "POST":
+            await self.release.wait()
+            return web.json_response({"task_id": "t9"})
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def on_the_wire(self, count: int = 1) -> None:
+        with anyio.fail_after(10):
+            while len(self.arrived) < count:
+                await anyio.sleep(0.001)
+
+
+async def _through_wait_for(client: PixVerseClient, api: _HangingAPI) -> list[BaseException]:
+    with pytest.raises(TimeoutError) as caught:
+        await asyncio.wait_for(client.get_task("t1"), 2)  # far longer than a request takes to arrive
+    assert api.arrived  # cancelled on the wire, not on the way to it
+    return [caught.value]
+
+
+async def _through_fail_after(client: PixVerseClient, api: _HangingAPI) -> list[BaseException]:
+    async def expire(scope: anyio.CancelScope) -> None:
+        await api.on_the_wire()
+        scope.deadline = anyio.current_time()
+
+    with pytest.raises(TimeoutError) as caught:
+        with anyio.fail_after(None) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(expire, scope)
+                await client.get_task("t1")
+    return [caught.value]
+
+
+async def _through_asyncio_timeout(client: PixVerseClient, api: _HangingAPI) -> list[BaseException]:
+    errors: list[BaseException] = []
+    for call in (lambda: client.get_task("t1"), lambda: client.submit(ImageToVideo("p", URL))):
+
+        async def expire(deadline: asyncio.Timeout, arrived: int = len(api.arrived) + 1) -> None:
+            await api.on_the_wire(arrived)
+            deadline.reschedule(asyncio.get_running_loop().time())
+
+        with pytest.raises(TimeoutError) as caught:
+            async with asyncio.timeout(None) as deadline:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(expire, deadline)
+                    await call()
+        errors.append(caught.value)
+    api.release.set()  # the abandoned submission gets its answer
+    return errors
+
+
+async def _cancelling_as_completed(client: PixVerseClient, api: _HangingAPI) -> list[BaseException]:
+    caught: list[BaseException] = []
+
+    async def run() -> None:
+        async with client.as_completed([ImageToVideo("p", URL)]) as results:
+            async for _ in results:
+                pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_caught, run, caught)
+        await api.on_the_wire()
+        tg.cancel_scope.cancel()
+        api.release.set()  # the submission on the wire gets its answer, the poll does not
+    assert isinstance(caught[0], asyncio.CancelledError)
+    return caught
+
+
+async def release_once_blocked(api: _HangingAPI) -> None:
+    await anyio.wait_all_tasks_blocked()
+    api.release.set()
+
+
+CALLERS_CANCELLING = {
+    "asyncio.wait_for": _through_wait_for,
+    "anyio.fail_after": _through_fail_after,
+    "asyncio.timeout": _through_asyncio_timeout,
+    "cancelling as_completed": _cancelling_as_completed,
+}
+
+
+def _client_of(api: _HangingAPI) -> PixVerseClient:
+    # A scaled clock: the poller's first poll of a task it knows nothing of comes at once. A read timeout far
+    # longer than any wait here, but short: a client closing with requests on the wire waits an eighth of it.
+    return PixVerseClient(KEY, base_url=api.url, retry=NO_RETRY, clock=ScaledClock(0.001), timeouts=Timeouts(read=8))
+
+
+@pytest.mark.parametrize("how", list(CALLERS_CANCELLING))
+async def test_a_callers_cancellation_on_the_wire_shows_the_key_in_no_frame(how: str) -> None:
+    """Cancellations still propagate as cancellations (or the caller's `TimeoutError`), and no frame that a
+    traceback of them can show, through `__context__` and `__cause__`, holds the key."""
+    api = _HangingAPI()
+    async with tiny_server(api.handle) as api.url, _client_of(api) as client:
+        errors = await CALLERS_CANCELLING[how](client, api)
+    assert errors
+    for error in errors:
+        assert_key_nowhere_in(error)
+
+
+async def test_closing_the_client_with_a_submission_and_a_poll_on_the_wire_shows_the_key_in_no_frame() -> None:
+    """The calls run in a task group around the client (as an application's tasks would)."""
+    api, caught = _HangingAPI(), list[BaseException]()
+    async with tiny_server(api.handle) as api.url, anyio.create_task_group() as tg:
+        async with _client_of(api) as client:
+            tg.start_soon(_caught, functools.partial(client.submit, ImageToVideo("p", URL)), caught)
+            tg.start_soon(_caught, functools.partial(client.wait, "t1"), caught)
+            await api.on_the_wire(2)
+            tg.start_soon(release_once_blocked, api)  # the close waits for the submission's answer
+    assert [type(error) for error in caught] == [ClientClosedError]  # wait(); the submission got its answer
+    assert_key_nowhere_in(caught[0])
+
+
+async def test_a_connection_reset_on_the_wire_shows_the_key_in_no_frame() -> None:
+    async def reset(request: web.Request) -> web.Response:
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        assert sock is not None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with an RST
+        request.transport.abort()  # type: ignore[union-attr]
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with tiny_server(reset) as url, PixVerseClient(KEY, base_url=url, retry=NO_RETRY) as client:
+        for call in (lambda: client.get_task("t1"), lambda: client.submit(ImageToVideo("p", URL))):
+            with pytest.raises((APIConnectionError, SubmissionUncertainError)) as caught:
+                await call()
+            assert_key_nowhere_in(caught.value)

@@ -62,11 +62,21 @@ def test_any_prompt_that_shows_something_up_to_2048_chars_is_accepted(head: str,
 
 @pytest.mark.parametrize(
     "text",
-    ["", " ", "\t\n\r", "\u200b", "\u2028\u2029", "\u00a0\u3000", "\ufeff\u200d\u2060", " \u200b \u00ad"],
+    [
+        *["", " ", "\t\n\r", "\u200b", "\u2028\u2029", "\u00a0\u3000", "\ufeff\u200d\u2060", " \u200b \u00ad"],
+        # Combining marks with nothing to mark (nonspacing, spacing, enclosing; a variation selector).
+        *["\u0301", "\u0301\u0308\u0323" * 50, " \u20dd ", "\u093e", "\ufe0f\u200d"],
+        *["\u3164", "\u115f\u1160", "\uffa0", "\u2800 \u2800"],  # Hangul fillers, the blank Braille pattern
+    ],
 )
 def test_prompts_of_only_blank_or_invisible_characters_are_refused(text: str) -> None:
     assert "blank or invisible" in str(rejected("prompt", prompt=text))
     assert "blank or invisible" in str(rejected("negative_prompt", negative_prompt=text))
+
+
+@pytest.mark.parametrize("text", ["e\u0301", "\u0915\u093e", "\u2764\ufe0f", "\u3164a", "\u0301x"])
+def test_marks_and_fillers_beside_something_visible_are_a_prompt(text: str) -> None:
+    assert ImageToVideo(text, URL).prompt == text
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 
 from pixverse_async import (
+    ConfigurationError,
     ImageToVideo,
     InvalidRequestError,
+    NotFoundError,
     PixVerseClient,
     PollPolicy,
     RetryPolicy,
+    Task,
     Timeouts,
 )
 from pixverse_async.testing import InstantClock, ScaledClock, Simulator
@@ -84,6 +87,12 @@ def test_values_in_range_are_kept() -> None:
         ({"webhook_url": 5}, "webhook_url: must be an http(s):// URL str, not int"),
         ({"base_url": "https://user:pw@api.example.com"}, "base_url: the URL carries credentials"),
         ({"base_url": "api.example.com"}, "base_url: 'api.example.com' has no scheme"),
+        ({"base_url": "https://api.example.com/v3"}, "base_url: 'https://api.example.com/v3' has a path ('/v3');"),
+        ({"base_url": "https://api.example.com/v3/async/"}, "base_url: 'https://api.example.com/v3/async' has a path"),
+        ({"base_url": "https://api.example.com?key=1"}, "base_url: 'https://api.example.com?key=1' has a query"),
+        ({"base_url": "https://api.example.com/?"}, "base_url: 'https://api.example.com/?' has a query"),
+        ({"base_url": "https://api.example.com#top"}, "base_url: 'https://api.example.com#top' has a fragment"),
+        ({"base_url": "https://user:pw@api.example.com/v3"}, "base_url: the URL carries credentials"),
         ({"timeouts": 5}, "timeouts: must be a Timeouts, not int"),
         ({"retry": {"max_attempts": 1}}, "retry: must be a RetryPolicy, not dict"),
         ({"polling": None}, "polling: must be a PollPolicy, not NoneType"),
@@ -113,3 +122,81 @@ async def test_call_timeouts_out_of_range_are_refused_before_any_request(timeout
         with pytest.raises(InvalidRequestError, match=r"^timeout: "):
             client.as_completed([ImageToVideo("p", "https://example.com/a.png")], timeout=timeout)  # type: ignore[arg-type]
         assert sim.counters.poll_requests == sim.counters.submit_requests == 0
+
+
+def test_a_base_url_of_a_scheme_and_host_is_taken_with_or_without_a_slash_or_a_port() -> None:
+    for url in ("https://api.example.com", "https://api.example.com/", "http://127.0.0.1:8080/"):
+        assert PixVerseClient(KEY, base_url=url).base_url == url.rstrip("/")
+
+
+def test_a_base_url_from_the_environment_is_checked_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIXVERSE_BASE_URL", "https://api.example.com/pixverse")
+    with pytest.raises(ConfigurationError, match=r"^base_url: 'https://api.example.com/pixverse' has a path"):
+        PixVerseClient(KEY)
+
+
+@pytest.mark.parametrize(
+    ("build", "low", "high"),
+    [
+        (lambda: PollPolicy(min_interval=100, max_interval=1), "min_interval", "max_interval"),
+        (lambda: RetryPolicy(initial_backoff=10, max_backoff=1), "initial_backoff", "max_backoff"),
+    ],
+)
+def test_contradictory_pairs_of_a_policy_are_refused_naming_both(
+    build: Callable[[], object], low: str, high: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build()
+    assert caught.value.field == low and str(caught.value).startswith(f"{low}: ") and high in str(caught.value)
+
+
+def test_a_policy_pair_may_be_equal() -> None:
+    assert PollPolicy(min_interval=5, max_interval=5).max_interval == 5
+    assert RetryPolicy(initial_backoff=2, max_backoff=2).backoff(3, None) <= 2
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, -1])
+async def test_as_completed_refuses_a_timeout_that_every_job_would_pay_for_and_miss(timeout: float) -> None:
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        with pytest.raises(InvalidRequestError, match=r"^timeout: must be a finite number > 0, or None"):
+            client.as_completed([ImageToVideo("p", "https://example.com/a.png")], timeout=timeout)
+        assert sim.counters.submit_requests == 0
+
+
+BAD_TASK_IDS = {
+    "empty": ("", "must not be empty"),
+    "10 KB long": ("t" * 10_000, "at most 256 characters, not 10000"),
+    "a space": ("task 1", "U+0020 at position 4"),
+    "a line feed": ("t1\n", "U+000A at position 2"),
+    "a NUL": ("\x00t1", "U+0000 at position 0"),
+    "a zero-width space": ("t\u200b1", "U+200B at position 1"),
+    "a non-breaking space": ("t\u00a01", "U+00A0"),
+}
+
+
+@pytest.mark.parametrize("what", list(BAD_TASK_IDS))
+async def test_a_task_id_that_no_task_has_is_refused_before_any_request(what: str) -> None:
+    task_id, problem = BAD_TASK_IDS[what]
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        for call in (client.get_task, client.wait):
+            with pytest.raises(InvalidRequestError, match=r"^task: ") as caught:
+                await call(task_id)
+            assert problem in str(caught.value)
+        with pytest.raises(InvalidRequestError, match=r"^task: "):
+            await anext(aiter(client.watch(task_id)))
+        with pytest.raises(InvalidRequestError, match=r"^task: "):
+            await client.get_task(Task(task_id=task_id))
+        async with client.as_completed([task_id]) as results:
+            (result,) = [result async for result in results]
+        assert isinstance(result.error, InvalidRequestError) and problem in str(result.error)
+    assert sim.counters.poll_requests == 0 and task_id not in sim.tasks
+
+
+@pytest.mark.parametrize(
+    "task_id", ["830d9c90-0b7e-4c4f-9b7f-8f0d2a1c9e11", "task_01HZX3.abc:def~_-", "t" * 256, "tâche-é"]
+)
+async def test_any_task_id_a_real_api_issues_is_sent(task_id: str) -> None:
+    async with Simulator(time_scale=SCALE) as sim, client_for(sim) as client:
+        with pytest.raises(NotFoundError):
+            await client.get_task(task_id)
+    assert sim.counters.poll_requests == 1

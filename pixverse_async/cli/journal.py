@@ -6,8 +6,9 @@ and a `submitting` found at start-up (the process died while the request was out
 exist and be billed, so it is never resubmitted unless the user says so. Each change is its own committed
 transaction with `synchronous=FULL`, so `kill -9` at any moment loses nothing that was written.
 
-A journal has one writer at a time: `JournalLock` holds an OS lock on `<journal>.lock` for the whole run, which
-the OS drops when the process ends, however it ends. The `meta` table names the manifest the journal belongs to.
+A journal has one writer at a time: `JournalLock` holds an OS lock on the journal file itself (so on what it is,
+whatever name reaches it) for the whole run, which the OS drops when the process ends, however it ends. The
+`meta` table names the manifest the journal belongs to.
 Journals from earlier versions get the columns and tables they lack when opened.
 
 `RunJournal` is what a run needs of a journal: this file (`SQLiteJournal`), or a run shared by many processes
@@ -23,7 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, final, get_args
+from typing import IO, TYPE_CHECKING, Any, Protocol, final, get_args
 
 import anyio
 import attrs
@@ -75,7 +76,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # By the real path: SQLite names the write-ahead log after it, and a symlink must reach the same log.
+        self._db = sqlite3.connect(path.resolve(), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
@@ -172,35 +174,84 @@ class JournalInUse(JournalError):
         self.holder = holder
 
 
+class JournalUnusable(JournalError):
+    """The journal's file cannot be opened for writing, or cannot be told apart from other names of it."""
+
+
 @final
 class JournalLock:
-    """An exclusive OS lock on `<journal>.lock` (the file holds the holder's pid). Never stale: the OS releases
-    it when the process ends, even by `kill -9`. The file itself stays: removing it would let two processes
-    lock two different files of the same name."""
+    """An exclusive OS lock on the journal file itself, so on its inode: every name that reaches it (a symlink, a
+    bind mount, `--journal` beside another `--out`) meets the same lock. Also locked, and holding the holder's
+    pid for the message, is `<journal>.lock` beside the journal's real path (earlier versions locked only that
+    file, so they are kept out too). Never stale: the OS releases both when the process ends, even by `kill -9`.
+    The `.lock` file stays: removing it would let two processes lock two different files of the same name.
+
+    A journal with more than one hard link is refused: SQLite names its write-ahead log after the path it was
+    opened by, so a run through another name would not see what a killed run left in the log, and pay again."""
 
     def __init__(self, journal: Path) -> None:
-        self.path = journal.with_name(journal.name + ".lock")
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a+", encoding="ascii")
+        real = journal.resolve()  # the write-ahead log and the pid file are named after this path
+        self.path = real.with_name(real.name + ".lock")
         try:
+            real.parent.mkdir(parents=True, exist_ok=True)
+            journal_fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise JournalUnusable(f"the journal {journal} cannot be opened for writing: {error.strerror}") from None
+        self._journal_fd: int | None = journal_fd
+        self._file: IO[str] | None = None
+        self._held = False
+        try:
+            self._lock(journal, real, journal_fd)
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self, journal: Path, real: Path, journal_fd: int) -> None:
+        if (links := os.fstat(journal_fd).st_nlink) > 1:
+            raise JournalUnusable(
+                f"the journal {journal} has {links} names (hard links): SQLite keeps its recent records under one"
+                " name, so a run through another would not see them; remove the other names (copy the file, do"
+                " not link it)"
+            )
+        try:
+            self._file = self.path.open("a+", encoding="ascii")
+        except OSError as error:
+            raise JournalUnusable(f"the journal {journal} cannot be locked ({self.path}): {error.strerror}") from None
+        try:
+            if _LOCKS_THE_JOURNAL_ITSELF:
+                _lock_exclusively(journal_fd)
             _lock_exclusively(self._file.fileno())
         except OSError:
             self._file.seek(0)
             holder = self._file.read(32).strip()
-            self._file.close()
             raise JournalInUse(journal, int(holder) if holder.isdigit() else None) from None
+        if not os.path.samestat(os.fstat(journal_fd), os.stat(real)):
+            raise JournalUnusable(f"the journal {journal} was replaced while it was being opened")
+        self._held = True
         self._file.truncate(0)
         self._file.write(f"{os.getpid()}\n")
         self._file.flush()
 
     def release(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.truncate(0)
-        self._file.close()  # closing the file drops the lock
+        """Drop the locks (closing the files drops them). Only once the journal's database is closed: closing
+        any descriptor of a file drops the POSIX locks SQLite holds on it in this process."""
+        file, self._file = self._file, None
+        if file is not None:
+            if self._held:  # the pid is another run's unless this one holds the lock
+                with contextlib.suppress(OSError):
+                    file.truncate(0)
+            file.close()
+        journal_fd, self._journal_fd = self._journal_fd, None
+        if journal_fd is not None:
+            os.close(journal_fd)
 
 
 if sys.platform == "win32":
     import msvcrt
+
+    # Windows' byte-range locks are mandatory and SQLite takes its own in the journal file, so only the pid file
+    # is locked there (the journal's real path and the refused hard links keep every name on that one file).
+    _LOCKS_THE_JOURNAL_ITSELF = False
 
     def _lock_exclusively(fd: int) -> None:
         # Windows locks byte ranges; a byte far past the pid lets other processes read who holds the lock.
@@ -210,6 +261,9 @@ if sys.platform == "win32":
 
 else:
     import fcntl
+
+    # flock() locks are apart from the POSIX locks SQLite takes in the same file: neither disturbs the other.
+    _LOCKS_THE_JOURNAL_ITSELF = True
 
     def _lock_exclusively(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -301,6 +355,8 @@ class SQLiteJournal:
             self._lock = JournalLock(self.path)
         except JournalInUse as error:
             raise JournalError(f"{error}; nothing was sent (wait for it to end)") from None
+        except JournalUnusable as error:
+            raise JournalError(f"{error}; nothing was sent") from None
         try:
             self._journal = Journal(self.path)
             check_manifest_identity(self._journal, manifest_path, manifest_rows)

@@ -41,7 +41,6 @@ Any other path or method on the API site -> 404 `API_NOT_FOUND`. Error bodies ar
 
 from __future__ import annotations
 
-import json
 import random
 import typing
 import uuid
@@ -51,6 +50,7 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
+from pixverse_async._json_reader import read_json
 from pixverse_async.testing._counters import SimCounters
 from pixverse_async.testing._faults import FaultBox, answer_alone, drop_connection, truncated
 from pixverse_async.testing._rate_limits import AccountGate
@@ -154,8 +154,8 @@ class ApiSite:
             return api_error(400, "INVALID_REQUEST_BODY", "Content-Type must be application/json")
         raw = await request.read()
         try:
-            body = json.loads(raw)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+            body = read_json(raw)
+        except ValueError:  # not JSON, not UTF-8, or nested too deep for the parser
             return api_error(400, "INVALID_REQUEST_BODY", "request body is not valid JSON")
         try:
             if request.path == TEXT_SUBMIT_PATH:

@@ -16,10 +16,12 @@ from aiohttp import web
 
 from pixverse_async.testing._counters import SimCounters
 
+# `web.ResponseKey` came with aiohttp 3.14 (which warns on str keys); on older versions a str key does its job.
+_response_key: Any = getattr(web, "ResponseKey", lambda name, kind: name)
 # Where an error answer keeps its reason until it is counted as sent.
-_REASON: Final = web.ResponseKey("reason", str)
+_REASON: Final[web.ResponseKey[str]] = _response_key("reason", str)
 # Where a 429 keeps the limit that answered it (see SimCounters.rate_limited_by).
-_LIMITED_BY: Final = web.ResponseKey("limited_by", str)
+_LIMITED_BY: Final[web.ResponseKey[str]] = _response_key("limited_by", str)
 
 
 def retry_after_header(retry_after: float | None) -> dict[str, str]:

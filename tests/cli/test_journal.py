@@ -96,6 +96,94 @@ async def test_a_second_run_of_a_journal_in_use_is_refused_and_pays_nothing(
     assert sim.counters.tasks_created == 4 and set(sim.counters.tasks_created_by_prompt.values()) == {1}
 
 
+async def test_a_journal_reached_by_another_name_is_the_same_journal_and_pays_nothing_twice(
+    sim: Simulator, tmp_path: Path, frame: str
+) -> None:
+    """The lock is on the journal itself: a hard link, a symlink or `--journal` beside another `--out` reach the
+    same file, so a second run through any of them is refused while the first holds it."""
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", rows("r1", prompt="hold") + rows("r2", "r3", "r4"))
+    out = tmp_path / "out"
+    journal = out / "pixverse-journal.sqlite"
+    args = [*COMMAND, "run", str(manifest), "--out", str(out), "--concurrency", "1"]
+    args += ["--base-url", sim.base_url, "--time-scale", str(SCALE)]
+    env = {**os.environ, "PIXVERSE_API_KEY": "sk-test"}
+    async with await anyio.open_process(args, env=env, stderr=subprocess.DEVNULL) as first:
+        assert first.stdout is not None
+        output = BufferedByteReceiveStream(first.stdout)
+        with anyio.fail_after(30):
+            while b"submitted row" not in await output.receive_until(b"\n", 10_000):
+                pass
+        (tmp_path / "elsewhere").mkdir()
+        symlinked = tmp_path / "elsewhere" / "symlinked.sqlite"
+        symlinked.symlink_to(journal)
+        refused = []
+        try:
+            # A run that proceeds buys rows the first run owns, then polls the endless task and never ends.
+            with anyio.fail_after(60):
+                for other_out, other_journal in (
+                    (tmp_path / "out-symlinked", symlinked),
+                    (tmp_path / "out-beside", tmp_path / "out" / ".." / "out" / "pixverse-journal.sqlite"),
+                ):
+                    command = ("run", str(manifest), "--out", str(other_out), "--journal", str(other_journal))
+                    refused.append(await cli(*command, "--concurrency", "4", sim=sim))
+        finally:
+            first.send_signal(signal.SIGKILL)
+    for run in refused:
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert f"in use by another run (pid {first.pid})" in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    assert sim.counters.submit_requests == 1 and sim.counters.tasks_created == 1
+
+
+async def test_a_hard_linked_journal_is_refused_by_every_name_and_pays_nothing_twice(
+    sim: Simulator, tmp_path: Path, frame: str
+) -> None:
+    """SQLite names its write-ahead log after the path it was opened by: a run through a hard link would not see
+    the rows a killed run left in the log of the other name (and would pay for them again), so a journal with
+    more than one name is refused."""
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", rows("r1", prompt="hold") + rows("r2", "r3", "r4"))
+    out = tmp_path / "out"
+    journal = out / "pixverse-journal.sqlite"
+    args = [*COMMAND, "run", str(manifest), "--out", str(out), "--concurrency", "1"]
+    args += ["--base-url", sim.base_url, "--time-scale", str(SCALE)]
+    env = {**os.environ, "PIXVERSE_API_KEY": "sk-test"}
+    async with await anyio.open_process(args, env=env, stderr=subprocess.DEVNULL) as first:
+        assert first.stdout is not None
+        output = BufferedByteReceiveStream(first.stdout)
+        with anyio.fail_after(30):
+            while b"submitted row" not in await output.receive_until(b"\n", 10_000):
+                pass
+        hard_linked = tmp_path / "hard-linked.sqlite"
+        os.link(journal, hard_linked)
+        try:
+            with anyio.fail_after(60):  # a run that proceeds polls the endless task and never ends
+                through_link = await cli(
+                    "run",
+                    str(manifest),
+                    "--out",
+                    str(tmp_path / "out-linked"),
+                    "--journal",
+                    str(hard_linked),
+                    "--concurrency",
+                    "4",
+                    sim=sim,
+                )
+        finally:
+            first.send_signal(signal.SIGKILL)
+    # The first run was killed with its records in the log of its own name: by either name, a run is refused.
+    for refused in (through_link, await cli("run", str(manifest), "--out", str(out), sim=sim)):
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "has 2 names (hard links)" in refused.stderr and "nothing was sent" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert sim.counters.submit_requests == 1
+    hard_linked.unlink()
+    sim.advance(1_000_000)
+    with anyio.fail_after(60):
+        resumed = await cli("run", str(manifest), "--out", str(out), "--concurrency", "4", sim=sim)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert sim.counters.tasks_created == 4 and set(sim.counters.tasks_created_by_prompt.values()) == {1}
+
+
 async def test_an_output_folder_that_refuses_files_is_found_before_paying(
     sim: Simulator, tmp_path: Path, frame: str
 ) -> None:
@@ -117,6 +205,20 @@ async def test_an_output_folder_that_refuses_files_is_found_before_paying(
         assert len(done.stderr.strip().splitlines()) == 1
     assert sim.counters.submit_requests == 0 and not journal.exists()
     assert not list(tmp_path.glob("**/.pixverse-probe-*"))
+
+
+async def test_a_journal_where_no_file_can_be_written_is_refused_in_one_line(
+    sim: Simulator, tmp_path: Path, frame: str
+) -> None:
+    """A read-only file system (here /sys, which refuses new files even to root) names the journal, not its
+    lock file, and says nothing was sent."""
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", rows("a"))
+    journal = Path("/sys/pixverse-journal.sqlite")
+    done = await cli("run", str(manifest), "--out", str(tmp_path / "out"), "--journal", str(journal), sim=sim)
+    assert done.returncode == 1 and sim.counters.submit_requests == 0, done.stdout + done.stderr
+    assert done.stderr.startswith(f"pixverse-async: error: the journal {journal} cannot be opened for writing: ")
+    assert done.stderr.endswith("; nothing was sent\n") and len(done.stderr.splitlines()) == 1
+    assert "Errno" not in done.stderr and ".lock" not in done.stderr
 
 
 async def test_a_missing_or_changed_video_is_not_reported_as_succeeded(

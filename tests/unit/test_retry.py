@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pixverse_async import (
@@ -79,6 +79,7 @@ def test_a_huge_retry_number_stays_at_the_cap_without_overflowing() -> None:
 def test_backoff_stays_between_the_jittered_floor_and_the_cap(
     initial: float, cap: float, jitter: float, retry_number: int, fraction: float
 ) -> None:
+    assume(initial <= cap)  # the other way round is refused (test_options)
     policy = RetryPolicy(initial_backoff=initial, max_backoff=cap, jitter=jitter)
     capped = min(cap, initial * 2.0 ** (retry_number - 1))
     wait = policy.backoff(retry_number, FixedRandom(fraction))
@@ -88,6 +89,7 @@ def test_backoff_stays_between_the_jittered_floor_and_the_cap(
 
 @given(initial=st.floats(min_value=1e-3, max_value=10.0), cap=st.floats(min_value=1e-3, max_value=100.0))
 def test_without_jitter_backoff_never_shrinks_from_one_retry_to_the_next(initial: float, cap: float) -> None:
+    assume(initial <= cap)
     policy = RetryPolicy(initial_backoff=initial, max_backoff=cap, jitter=0.0)
     waits = [policy.backoff(n) for n in range(1, 40)]
     assert waits == sorted(waits)
