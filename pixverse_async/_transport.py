@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -28,12 +29,14 @@ from ._exceptions import (
     BadRequestError,
     ConfigurationError,
     InsufficientBalanceError,
+    InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
     ServerError,
 )
 from ._retry import parse_retry_after
+from ._upload import StreamedBody, UploadProgress
 from ._validation import check_number
 from ._version import __version__
 
@@ -48,7 +51,7 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
 }
 USER_AGENT = f"pixverse-async/{__version__}"
 # One encoder for every body: json.dumps with any non-default option builds a new encoder on each call.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _HTML_TAG = re.compile(r"<[^>]+>")
 _WHITESPACE = re.compile(r"\s+")
 # How much of a server's text an error message keeps (after redaction).
@@ -151,15 +154,20 @@ class Timeouts:
     """Seconds the client waits, per request. `None` waits without limit.
 
     Real seconds, whatever the client's `clock` (they bound real sockets; a `ScaledClock` does not shrink
-    them). `connect`: to open a connection (safe to retry: nothing was sent). `read`: for an API request,
-    from its start to its answer's last byte, enforced at most an eighth late (on a submission, running out
-    means the answer is lost). Opening a connection, and with a session you pass in waiting for a free one, count
-    against `read` too: keep it well above `connect`. `download_read`: between bytes of a video download.
+    them). `connect`: to open a connection (safe to retry: nothing was sent). `upload`: while a request's body
+    is being sent (a first frame of megabytes over a slow uplink), the longest time without a byte of it
+    moving; bytes still moving is not a hang, however slow. Running out means the body never fully left, so
+    no task can have been created: a submission is retried. `read`: for an API request, from the moment its
+    body has been sent (for a small body, the request's start) to its answer's last byte, enforced at most an
+    eighth late (on a submission, running out means the answer is lost). Opening a connection, and with a
+    session you pass in waiting for a free one, count against `read` (or `upload`) too: keep them well above
+    `connect`. `download_read`: between bytes of a video download.
     """
 
     connect: float | None = attrs.field(default=10.0, validator=_check_seconds)
     read: float | None = attrs.field(default=60.0, validator=_check_seconds)
     download_read: float | None = attrs.field(default=60.0, validator=_check_seconds)
+    upload: float | None = attrs.field(default=30.0, validator=_check_seconds)
 
     def for_api(self) -> aiohttp.ClientTimeout:
         # No sock_read: `read` is kept by the transport's `ReadTimeoutWatchdog`, without a timer per request.
@@ -170,9 +178,10 @@ class Timeouts:
 
 
 class RequestNotSent(Exception):
-    """The request never reached the server: retrying cannot duplicate anything."""
+    """The request never reached the server, or not all of its body: retrying cannot duplicate anything.
+    `error` is an `APIConnectionError`, or the `InvalidRequestError` of a file that changed while it was sent."""
 
-    def __init__(self, error: APIConnectionError) -> None:
+    def __init__(self, error: APIConnectionError | InvalidRequestError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -213,7 +222,8 @@ class ApiTransport:
         self._api_key = api_key
         self._timeout = timeouts.for_api()
         # Its run() must run while the client is open.
-        self.watchdog = ReadTimeoutWatchdog(timeouts.read)
+        self.watchdog = ReadTimeoutWatchdog(timeouts.read, upload=timeouts.upload)
+        self._upload_limit = timeouts.upload
         # Built once, and only what must go with each request: aiohttp merges every header it is given, one
         # by one, on every request. The User-Agent is a default of the session the client creates.
         self._headers = _RequestHeaders(api_key, None)
@@ -225,8 +235,10 @@ class ApiTransport:
     async def send(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
     ) -> Response:
+        if type(body) is StreamedBody:
+            return await self._send_streamed(method, path, body)
         url = self._base_url + path
-        data = None if body is None else _COMPACT_JSON.encode(body).encode()
+        data = None if body is None else COMPACT_JSON.encode(body).encode()
         headers = self._headers if data is None else self._json_headers
         deadline = self.watchdog.arm()
         failure: RequestNotSent | AnswerLost
@@ -241,23 +253,71 @@ class ApiTransport:
             if not self.watchdog.uncancel_if_expired(deadline):
                 raise
             failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
-        except aiohttp.ConnectionTimeoutError:
-            failure = RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time"))
-        except aiohttp.ClientConnectorError as error:
-            reason = self.redact(str(error.os_error) or type(error.os_error).__name__)
-            failure = RequestNotSent(APIConnectionError(f"could not connect to {self._base_url}: {reason}"))
-        except (aiohttp.SocketTimeoutError, TimeoutError):
-            failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
-        except aiohttp.ServerDisconnectedError:
-            failure = AnswerLost(APIConnectionError(f"{method} {path}: the server closed the connection"))
         except aiohttp.ClientError as error:
-            detail = self.redact(str(error)) or type(error).__name__
-            failure = AnswerLost(APIConnectionError(f"{method} {path}: {detail}"))
+            failure = self._failure_of(method, path, error)
+        except TimeoutError:
+            failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
         finally:
             self.watchdog.disarm(deadline)
         # Raised here, outside the handlers, so that aiohttp's error is not kept as its __context__: aiohttp's
         # frames hold the request's headers, key included, in plain locals that a traceback would show.
         raise failure
+
+    async def _send_streamed(self, method: str, path: str, body: StreamedBody) -> Response:
+        """`send()` with a streamed body: its deadline follows the body (`UploadProgress`), and a failure
+        before its last bytes were handed over is `RequestNotSent`, whatever aiohttp made of it."""
+        deadline = self.watchdog.arm_upload()
+        progress = body.progress = UploadProgress(deadline, stall=self._upload_limit, read=self.watchdog.limit)
+        failure: RequestNotSent | AnswerLost
+        try:
+            async with self._session.request(
+                method,
+                self._base_url + path,
+                data=body,
+                headers=self._json_headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                payload = await response.read()
+                return Response(status=response.status, headers=response.headers, body=payload)
+        except asyncio.CancelledError:
+            if not self.watchdog.uncancel_if_expired(deadline):
+                raise
+            failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
+        except aiohttp.ClientError as error:
+            failure = self._failure_of(method, path, error)
+        except Exception:  # the body's own failure, as aiohttp before 3.12 passes it on
+            failure = AnswerLost(APIConnectionError(f"{method} {path}: the request failed"))
+        finally:
+            self.watchdog.disarm(deadline)
+            body.progress = None
+            body.release_lane()
+        if not progress.body_sent:
+            if progress.failure is not None:
+                failure = RequestNotSent(progress.failure)
+            elif isinstance(failure.error, APITimeoutError) and isinstance(failure, AnswerLost):
+                failure = RequestNotSent(
+                    APITimeoutError(
+                        f"{method} {path}: the upload stalled: no byte of the body moved for {self._upload_limit} s"
+                    )
+                )
+            else:
+                failure = RequestNotSent(failure.error)
+        raise failure
+
+    def _failure_of(self, method: str, path: str, error: aiohttp.ClientError) -> RequestNotSent | AnswerLost:
+        """What aiohttp's `error` means: the request not sent (it could not connect), or its answer lost."""
+        if isinstance(error, aiohttp.ConnectionTimeoutError):
+            return RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time"))
+        if isinstance(error, aiohttp.ClientConnectorError):
+            reason = self.redact(str(error.os_error) or type(error.os_error).__name__)
+            return RequestNotSent(APIConnectionError(f"could not connect to {self._base_url}: {reason}"))
+        if isinstance(error, aiohttp.SocketTimeoutError):
+            return AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
+        if isinstance(error, aiohttp.ServerDisconnectedError):
+            return AnswerLost(APIConnectionError(f"{method} {path}: the server closed the connection"))
+        detail = self.redact(str(error)) or type(error).__name__
+        return AnswerLost(APIConnectionError(f"{method} {path}: {detail}"))
 
     def status_error(self, response: Response) -> APIStatusError:
         """The typed error for a non-2xx answer, whatever its body (JSON, an HTML page, or nothing).
@@ -340,11 +400,15 @@ class RequestDeadline:
 
 @final
 class ReadTimeoutWatchdog:
-    """The deadlines of the API requests in flight, each `limit` seconds after its request started, and the
-    task (`run()`) that cancels the requests past theirs."""
+    """The deadlines of the API requests in flight, each `limit` seconds after its request started (or, for a
+    streamed body, as its `UploadProgress` sets it), and the task (`run()`) that cancels the requests past
+    theirs."""
 
-    def __init__(self, limit: float | None) -> None:
+    def __init__(self, limit: float | None, *, upload: float | None = None) -> None:
         self.limit = limit
+        # How often it looks: an eighth of the shorter limit (a streamed body's deadline follows either).
+        limits = [value for value in (limit, upload) if value is not None]
+        self._period = min(limits) / _CHECKS_PER_LIMIT if limits else None
         self._armed: set[RequestDeadline] = set()
 
     def arm(self) -> RequestDeadline | None:
@@ -355,6 +419,18 @@ class ReadTimeoutWatchdog:
         if task is None:
             raise RuntimeError("API requests must run in an asyncio task")
         deadline = RequestDeadline(task, time.monotonic() + self.limit)
+        self._armed.add(deadline)
+        return deadline
+
+    def arm_upload(self) -> RequestDeadline | None:
+        """A deadline for a request with a streamed body, which its `UploadProgress` moves (None when neither
+        limit is set)."""
+        if self._period is None:
+            return None
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("API requests must run in an asyncio task")
+        deadline = RequestDeadline(task, math.inf)
         self._armed.add(deadline)
         return deadline
 
@@ -376,15 +452,16 @@ class ReadTimeoutWatchdog:
         Cancelled (the client closing), it goes on while requests remain: a submission shielded to learn its
         task id still needs its deadline.
         """
-        if self.limit is None:
+        period = self._period
+        if period is None:
             return
         try:
             while True:
-                await self._check_after(self.limit / _CHECKS_PER_LIMIT)
+                await self._check_after(period)
         finally:
             with anyio.CancelScope(shield=True):
                 while any(not deadline.expired for deadline in self._armed):
-                    await self._check_after(self.limit / _CHECKS_PER_LIMIT)
+                    await self._check_after(period)
 
     async def _check_after(self, seconds: float) -> None:
         await anyio.sleep(seconds)
