@@ -6,7 +6,8 @@ base64 text, the JSON text and its bytes (about 17 MB per submission in flight f
 are the same) and writes the image's base64 between them chunk by chunk: from the file (read in worker
 threads), or from the bytes or data URI the user already holds (never copied whole). Chunks are a multiple
 of 3 bytes of image (4 characters of base64), so their encodings concatenate into the encoding of the whole;
-the length is exact in advance and sent as `Content-Length`.
+the length is exact in advance and sent as `Content-Length`. The body counts as sent once its bytes have
+left the socket's send queue (on Linux; elsewhere, once handed to it): the read timeout starts then.
 
 What a failure means: the server cannot have created a task from a body whose last byte never left (its
 `Content-Length` says bytes are missing). `UploadProgress.body_sent` turns true only when the last bytes are
@@ -27,6 +28,8 @@ import base64
 import collections
 import math
 import os
+import struct
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,7 +51,48 @@ _WRITE_SLICE = 2**16
 #: Characters of a data URI's base64 per chunk: a multiple of 4.
 _TEXT_CHUNK = 4 * 2**16
 
+#: How often a body's last bytes are looked for in the socket's send queue (real seconds).
+_DELIVERY_CHECK = 0.005
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    def _send_queue(descriptor: int) -> int:
+        """Linux's SIOCOUTQ (TIOCOUTQ): the bytes in a TCP socket's send queue, not yet acknowledged."""
+        return int(struct.unpack("i", fcntl.ioctl(descriptor, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+else:  # pragma: no cover
+
+    def _send_queue(descriptor: int) -> int:
+        return 0
+
+
 Send = Callable[[bytes], Awaitable[None]]
+
+
+async def _until_delivered(writer: AbstractStreamWriter, progress: UploadProgress) -> None:
+    """Wait until the body's bytes have left this machine: out of asyncio's buffer, and (on Linux) out of the
+    socket's send queue, acknowledged by the server. Only then does the read timeout start: a send buffer of
+    megabytes on a slow uplink takes seconds to drain. Bytes leaving count as progress meanwhile."""
+    transport = getattr(writer, "transport", None)
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    descriptor = sock.fileno() if sock is not None else -1
+    left = math.inf
+    while True:
+        queued = transport.get_write_buffer_size() if not transport.is_closing() else 0
+        if descriptor >= 0 and not transport.is_closing():
+            try:
+                queued += _send_queue(descriptor)
+            except OSError:
+                descriptor = -1
+        if queued <= 0:
+            return
+        if queued < left:
+            progress.moved()
+        left = queued
+        await anyio.sleep(_DELIVERY_CHECK)
 
 
 def base64_length(size: int) -> int:
@@ -156,10 +200,10 @@ class FileImage:
         self.size = len(head) + base64_length(built.size)
 
     async def write(self, send: Send) -> None:
-        if self._head:
-            await send(self._head)
         descriptor = await anyio.to_thread.run_sync(open_image_file, self._path, self._built)
         try:
+            if self._head:
+                await send(self._head)
             total = self._built.size
             for offset in range(0, total, IMAGE_CHUNK):
                 count = min(IMAGE_CHUNK, total - offset)
@@ -257,9 +301,11 @@ class StreamedBody(Payload):
             progress.failure = error
             raise
         # From here on the server may have the whole body: a failure is an answer lost.
-        progress.sending_last_bytes()
+        progress.body_sent = True
         self.release_lane()
         await writer.write(self._tail)
+        await _until_delivered(writer, progress)
+        progress.sending_last_bytes()
 
     def __repr__(self) -> str:
         return f"<StreamedBody {self.length} bytes>"
