@@ -1,7 +1,7 @@
 """Streamed submission bodies (`_upload.py`): byte for byte today's JSON body with its exact `Content-Length`;
 a file that changes while it is sent stops the body short and fails the job; an upload that stalls is not
 an answer lost but a request not sent, retried without a second task; the read timeout counts from the
-body's last byte."""
+body's last byte; with the upload lane, bodies finish one after another."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pixverse_async import ImageToVideo, InvalidRequestError, PixVerseClient, Timeouts
-from tests.helpers import FAST_RETRY, KEY
+from pixverse_async import ImageToVideo, InvalidRequestError, PixVerseClient, RateLimits, Timeouts
+from pixverse_async.testing import Simulator
+from tests.helpers import FAST_RETRY, KEY, client_for
 from tests.images import jpeg, png
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -277,3 +278,27 @@ async def test_the_read_timeout_counts_from_the_last_byte_of_the_body(tmp_path: 
     async with server(handler, receive_buffer=2**16) as url, client(url, timeouts=timeouts) as pixverse:
         task = await pixverse.submit(ImageToVideo("p", frame))
     assert task.task_id == "t-1" and requests == 1
+
+
+# -- bodies take turns on the link ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bound", [None, 2**20], ids=["all-at-once", "one-at-a-time"])
+async def test_with_the_lane_bodies_finish_one_after_another(tmp_path: Path, bound: int | None) -> None:
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png(400, 300, pad_to=6 * 2**20))  # a body of 8 MiB
+    jobs = 4
+    sim = Simulator(time_scale=1.0, uplink_mbps=100.0)  # 4 x 8 MiB: 2.7 s of link
+    limits = RateLimits(max_running=jobs)  # no slow start: all four may go at once
+    async with sim, client_for(sim, rate_limits=limits, max_upload_bytes_in_flight=bound) as client:
+        started = sim.now()
+        async with anyio.create_task_group() as group:
+            for number in range(jobs):
+                group.start_soon(client.submit, ImageToVideo(f"p{number}", frame))
+        arrivals = sorted(task.submitted_at - started for task in sim.tasks.values())
+    link = jobs * (8 * 2**20) * 8 / 100e6
+    if bound is None:
+        assert arrivals[0] > 0.6 * link  # sharing the link, every body ends near the end
+    else:
+        assert arrivals[0] < 0.45 * link  # the first body had the link to itself
