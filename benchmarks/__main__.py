@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from benchmarks import account_limit, polling, scale, scale_out, throughput, webhooks
+from benchmarks import account_limit, polling, scale, scale_out, throughput, uploads, webhooks
 from benchmarks._common import Table
 
 BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
     "account_limit": account_limit.run,
     "webhooks": webhooks.run,
     "scale_out": scale_out.run,
+    "uploads": uploads.run,
 }
 
 
