@@ -81,6 +81,7 @@ class Outcome:
 
 def _client_main(base_url: str, api_key: str, frame: str, row: Row, connection: object) -> None:
     from pixverse_async import ImageToVideo, PixVerseClient, RateLimits
+    from pixverse_async._client import DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT
     from pixverse_async.testing import ScaledClock
 
     async def run() -> Outcome:
@@ -100,7 +101,7 @@ def _client_main(base_url: str, api_key: str, frame: str, row: Row, connection: 
             base_url=base_url,
             clock=ScaledClock(row.time_scale),
             rate_limits=limits,
-            **({"max_upload_bytes_in_flight": None} if row.no_lane else {}),
+            max_upload_bytes_in_flight=None if row.no_lane else DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT,
         ) as client:
             jobs = [ImageToVideo(f"frame {number}", Path(frame)) for number in range(row.jobs)]
             async with client.as_completed(jobs, on_event=on_event) as results:
