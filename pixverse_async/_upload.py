@@ -105,11 +105,12 @@ class _Deadline(Protocol):
 
 @final
 class UploadProgress:
-    """One attempt of a streamed body: whether its last bytes were handed to the connection, why it stopped
-    short (a file that changed), and the request's deadline, moved as the body moves.
+    """One attempt of a streamed body: whether its last bytes were handed to the connection (`body_sent`:
+    from then on the server may have it whole), why it stopped short (a file that changed), and the request's
+    deadline, moved as the body moves.
 
-    While the body is sent, the deadline is `stall` seconds after the last bytes moved; once it is sent, it is
-    `read` seconds after that (a limit that is None is `inf`).
+    Until the body has left this machine, the deadline is `stall` seconds after bytes last moved; from then on
+    (`delivered()`) it is `read` seconds later (a limit that is None is `inf`).
     """
 
     __slots__ = ("_deadline", "_read", "_stall", "body_sent", "failure")
@@ -126,7 +127,8 @@ class UploadProgress:
         if self._deadline is not None:
             self._deadline.at = time.monotonic() + self._stall
 
-    def sending_last_bytes(self) -> None:
+    def delivered(self) -> None:
+        """The body has left this machine: the read timeout starts."""
         self.body_sent = True
         if self._deadline is not None:
             self._deadline.at = time.monotonic() + self._read
@@ -305,7 +307,7 @@ class StreamedBody(Payload):
         self.release_lane()
         await writer.write(self._tail)
         await _until_delivered(writer, progress)
-        progress.sending_last_bytes()
+        progress.delivered()
 
     def __repr__(self) -> str:
         return f"<StreamedBody {self.length} bytes>"
