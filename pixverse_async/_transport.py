@@ -1,8 +1,10 @@
 """One HTTP exchange with the API, and what its failure means: was the request sent, or not?
 
 The difference decides whether a billed submission may be retried. A failure to connect (refused, DNS,
-connect timeout) means the server never saw the request: `RequestNotSent`. Anything after the request went
-out (read timeout, reset, a body cut short) means it may have been acted on: `AnswerLost`.
+connect timeout) means the server never saw the request: `RequestNotSent`. So does any failure while a
+streamed body (`_upload.StreamedBody`) had not been sent whole: its `Content-Length` tells the server bytes
+are missing, so it cannot have acted on it. Anything after the request went out whole (read timeout, reset,
+an answer cut short) means it may have been acted on: `AnswerLost`.
 """
 
 from __future__ import annotations
