@@ -251,7 +251,7 @@ async def test_an_upload_that_stalls_is_retried_as_not_sent_and_creates_one_task
         whole_bodies += len(body) == request.content_length
         return web.json_response({"task_id": "t-1"})
 
-    timeouts = Timeouts(upload=0.3, read=60.0)
+    timeouts = Timeouts(upload=1.0, read=60.0)  # a loaded machine may pause a moving upload for a fraction of that
     async with server(handler, receive_buffer=2**16) as url, client(url, timeouts=timeouts) as pixverse:
         task = await pixverse.submit(ImageToVideo("p", frame))
         leave.set()
@@ -269,12 +269,13 @@ async def test_the_read_timeout_counts_from_the_last_byte_of_the_body(tmp_path: 
     async def handler(request: web.Request) -> web.Response:
         nonlocal requests
         requests += 1
-        # Reads slowly: about 0.6 s for the body, twice the read timeout; bytes keep moving meanwhile.
+        # Reads slowly: at least 2.2 s for the body (64 pauses of 35 ms), over twice the read timeout; bytes keep
+        # moving meanwhile.
         while await request.content.read(2**16):
-            await anyio.sleep(0.007)
+            await anyio.sleep(0.035)
         return web.json_response({"task_id": "t-1"})
 
-    timeouts = Timeouts(read=0.3, upload=5.0)
+    timeouts = Timeouts(read=1.0, upload=5.0)
     async with server(handler, receive_buffer=2**16) as url, client(url, timeouts=timeouts) as pixverse:
         task = await pixverse.submit(ImageToVideo("p", frame))
     assert task.task_id == "t-1" and requests == 1
