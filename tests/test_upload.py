@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,38 @@ async def test_with_the_lane_bodies_finish_one_after_another(tmp_path: Path, bou
         assert arrivals[0] > 0.6 * link  # sharing the link, every body ends near the end
     else:
         assert arrivals[0] < 0.45 * link  # the first body had the link to itself
+
+
+# -- memory ----------------------------------------------------------------------------------------------------
+
+_CLIENT_RUN = """
+import asyncio, resource, sys
+from pathlib import Path
+from pixverse_async import ImageToVideo, PixVerseClient
+
+async def main(url, frame, jobs):
+    succeeded = 0
+    async with PixVerseClient("sk-test", base_url=url) as client:
+        requests = [ImageToVideo(f"frame {n}", Path(frame)) for n in range(jobs)]
+        async with client.as_completed(requests) as results:
+            async for result in results:
+                succeeded += result.error is None
+    print(succeeded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+@pytest.mark.anyio
+async def test_64_frames_of_8_7_mb_peak_under_200_mb_in_the_client_process(tmp_path: Path) -> None:
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png(400, 300, pad_to=8_700_000))
+    # The client in a process of its own, so that its peak RSS is its own; the simulator here, its link fast
+    # (bodies take turns all the same, so this process holds few of them at once).
+    async with Simulator(time_scale=1.0, duration=1.0, uplink_mbps=4000.0) as sim:
+        with anyio.fail_after(300):
+            done = await anyio.run_process([sys.executable, "-c", _CLIENT_RUN, sim.base_url, str(frame), "64"])
+        assert sim.counters.tasks_created == 64
+    succeeded, peak_mb = map(int, done.stdout.split())
+    assert succeeded == 64
+    assert peak_mb <= 200, f"peak RSS {peak_mb} MB"
