@@ -320,6 +320,8 @@ async def main(url, frame, jobs):
         async with client.as_completed(requests) as results:
             async for result in results:
                 succeeded += result.error is None
+                if result.error is not None:
+                    print(repr(result.error), file=sys.stderr)
     print(succeeded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
@@ -335,7 +337,7 @@ async def test_64_frames_of_8_7_mb_peak_under_200_mb_in_the_client_process(tmp_p
     async with Simulator(time_scale=1.0, duration=1.0, uplink_mbps=4000.0) as sim:
         with anyio.fail_after(300):
             done = await anyio.run_process([sys.executable, "-c", _CLIENT_RUN, sim.base_url, str(frame), "64"])
-        assert sim.counters.tasks_created == 64
+        assert sim.counters.tasks_created == 64, done.stderr.decode()[-2000:]
     succeeded, peak_mb = map(int, done.stdout.split())
-    assert succeeded == 64
+    assert succeeded == 64, done.stderr.decode()[-2000:]
     assert peak_mb <= 200, f"peak RSS {peak_mb} MB"
