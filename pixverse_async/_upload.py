@@ -48,6 +48,8 @@ IMAGE_CHUNK = 3 * 2**16
 #: Bytes handed to the connection at a time: each write waits for the connection to drain, which is what
 #: shows the upload moving.
 _WRITE_SLICE = 2**16
+#: Worker threads reading the files of one client's uploads at once.
+_READ_THREADS = 2
 #: Characters of a data URI's base64 per chunk: a multiple of 4.
 _TEXT_CHUNK = 4 * 2**16
 
@@ -139,7 +141,7 @@ class _ImageText(Protocol):
 
     size: int
 
-    async def write(self, send: Send) -> None: ...
+    async def write(self, send: Send, reads: anyio.CapacityLimiter | None) -> None: ...
 
 
 @final
@@ -153,7 +155,7 @@ class BytesImage:
         self._head = head
         self.size = len(head) + base64_length(len(data))
 
-    async def write(self, send: Send) -> None:
+    async def write(self, send: Send, reads: anyio.CapacityLimiter | None = None) -> None:
         if self._head:
             await send(self._head)
         view = memoryview(self._data)
@@ -178,7 +180,7 @@ class DataUriImage:
         padding = 2 if uri.endswith("==") else 1 if uri.endswith("=") else 0
         self.size = len(self._head) + base64_length(payload // 4 * 3 - padding)
 
-    async def write(self, send: Send) -> None:
+    async def write(self, send: Send, reads: anyio.CapacityLimiter | None = None) -> None:
         if self._head:
             await send(self._head)
         uri = self._uri
@@ -201,15 +203,15 @@ class FileImage:
         self._head = head
         self.size = len(head) + base64_length(built.size)
 
-    async def write(self, send: Send) -> None:
-        descriptor = await anyio.to_thread.run_sync(open_image_file, self._path, self._built)
+    async def write(self, send: Send, reads: anyio.CapacityLimiter | None = None) -> None:
+        descriptor = await anyio.to_thread.run_sync(open_image_file, self._path, self._built, limiter=reads)
         try:
             if self._head:
                 await send(self._head)
             total = self._built.size
             for offset in range(0, total, IMAGE_CHUNK):
                 count = min(IMAGE_CHUNK, total - offset)
-                chunk = await anyio.to_thread.run_sync(self._read_chunk, descriptor, offset, count)
+                chunk = await anyio.to_thread.run_sync(self._read_chunk, descriptor, offset, count, limiter=reads)
                 await send(chunk)
         finally:
             os.close(descriptor)
@@ -274,6 +276,8 @@ class StreamedBody(Payload):
         #: The attempt being sent (set by the transport), and its room in the upload lane (by the submitter).
         self.progress: UploadProgress | None = None
         self.lane_ticket: LaneTicket | None = None
+        #: The worker threads its file is read in (the lane's, so a few threads serve every upload).
+        self.reads: anyio.CapacityLimiter | None = None
 
     @property
     def length(self) -> int:
@@ -298,7 +302,7 @@ class StreamedBody(Payload):
 
         try:
             await send(self._head)
-            await self._image.write(send)
+            await self._image.write(send, self.reads)
         except InvalidRequestError as error:
             progress.failure = error
             raise
@@ -322,11 +326,15 @@ class UploadLane:
         self.max_bytes = max_bytes
         self.bytes_in_flight = 0
         self._waiting: collections.deque[tuple[int, anyio.Event]] = collections.deque()
+        # File chunks are read in a few threads, not any of the default 40: every thread that allocates
+        # chunks may get a malloc arena of its own (glibc), each keeping freed chunks for reuse.
+        self.reads = anyio.CapacityLimiter(_READ_THREADS)
 
     async def enter(self, body: StreamedBody) -> None:
         """Wait for room, then give `body` its `lane_ticket` (given back when its last bytes are handed over,
         or when its attempt ends)."""
         size = body.length
+        body.reads = self.reads
         if self.max_bytes is None:
             body.lane_ticket = LaneTicket(None, size)
             return
