@@ -1,7 +1,7 @@
 """Real first frames over a slow shared uplink: memory, task starts and wall time against the link's limits.
 
 Each row runs the default client (`PixVerseClient()` with its defaults) in a process of its own and reads its
-peak RSS there (`ru_maxrss` of that process: the simulator runs in yet another process, so its buffers are not
+peak RSS there (`VmHWM` of that process: the simulator runs in yet another process, so its buffers are not
 counted). The frame is an 8.7 MB incompressible PNG (random pixels, stored with zlib level 0, a proper IEND),
 sent from disk; the simulator's uplink (`uplink_mbps`) carries every body, in simulated time.
 
@@ -79,6 +79,19 @@ class Outcome:
     starts: tuple[float, ...] = ()
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS: `VmHWM` (reset by exec). Not `ru_maxrss`, which Linux carries over from
+    the forked copy of the parent, so that a child never reads below the parent's RSS at the fork."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _client_main(base_url: str, api_key: str, frame: str, row: Row, connection: object) -> None:
     from pixverse_async import ImageToVideo, PixVerseClient, RateLimits
     from pixverse_async._client import DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT
@@ -112,7 +125,7 @@ def _client_main(base_url: str, api_key: str, frame: str, row: Row, connection: 
                         name = type(result.error).__name__
                         failures[name] = failures.get(name, 0) + 1
         wall = time.monotonic() - began
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _peak_rss_mb()
         return Outcome(succeeded, failures, peak, sum(starts) / max(1, len(starts)), wall, tuple(starts))
 
     connection.send(asyncio.run(run()))  # type: ignore[attr-defined]
