@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from benchmarks import account_limit, mixed_kinds, polling, scale, scale_out, shared_runs, throughput, webhooks
+from benchmarks import account_limit, mixed_kinds, polling, scale, scale_out, shared_runs, throughput, uploads, webhooks
 from benchmarks._common import Table
 
 BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
     "scale_out": scale_out.run,
     "mixed_kinds": mixed_kinds.run,
     "shared_runs": shared_runs.run,
+    "uploads": uploads.run,
 }
 
 

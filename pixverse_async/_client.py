@@ -65,6 +65,7 @@ from ._transport import (
     Secret,
     Timeouts,
 )
+from ._upload import UploadLane
 from ._validation import (
     api_key_problem,
     check_bool,
@@ -80,6 +81,8 @@ DEFAULT_MAX_CONCURRENCY = 64
 # As many as the poller's default polls in flight. With 32, as_completed at max_concurrency=64 had half the
 # raw loop's requests in flight, and each turn of the event loop served half as many of them.
 DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
+#: Two bodies of the largest frame the API takes (10 MB, 13.4 MB in base64): the link stays busy between them.
+DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT = 32 * 2**20
 _DOWNLOAD_CONNECTIONS = 32
 _TASK_FAILED = "TASK_FAILED"
 
@@ -120,8 +123,12 @@ class PixVerseClient:
     `api_key` falls back to `$PIXVERSE_API_KEY`, `base_url` to `$PIXVERSE_BASE_URL`, then
     `https://api.myrouter.ai`. `max_concurrency` (default 64) bounds the tasks this client has running on the
     server at once, across every call; `max_submissions_in_flight` (default 64) the submissions that
-    `as_completed` has on the wire at once. An `aiohttp.ClientSession` you pass is used and left open; it must not
-    carry credentials in its defaults (they would go to the video host too). `allow_private_video_hosts=False`
+    `as_completed` has on the wire at once; `max_upload_bytes_in_flight` (default 32 MiB, None for no bound)
+    the bytes of the request bodies carrying images (files, bytes, data URIs) being uploaded at once, so that
+    on a slow uplink they finish one after another and each task starts as its body arrives (one body is
+    always let through, however big; a body waiting for its turn is not timed). An `aiohttp.ClientSession` you
+    pass is used and left open; it must not carry credentials in its defaults (they would go to the video host
+    too). `allow_private_video_hosts=False`
     refuses downloads from loopback, private, link-local and other non-global addresses. `clock` is where the
     client's own waiting happens: retry backoff, poll intervals, pacing, `timeout=` of `wait()` and
     `as_completed()` (tests pass a faster one; the default is real time, or the `pixverse_simulator` fixture's
@@ -143,6 +150,7 @@ class PixVerseClient:
         session: aiohttp.ClientSession | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_submissions_in_flight: int = DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT,
+        max_upload_bytes_in_flight: int | None = DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT,
         timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen value
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen value
         polling: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
@@ -165,6 +173,8 @@ class PixVerseClient:
             check_http_url("webhook_url", webhook_url, error=ConfigurationError)
         check_count("max_concurrency", max_concurrency, error=ConfigurationError)
         check_count("max_submissions_in_flight", max_submissions_in_flight, error=ConfigurationError)
+        if max_upload_bytes_in_flight is not None:
+            check_count("max_upload_bytes_in_flight", max_upload_bytes_in_flight, error=ConfigurationError)
         check_instance("timeouts", timeouts, Timeouts, error=ConfigurationError)
         check_instance("retry", retry, RetryPolicy, error=ConfigurationError)
         check_instance("polling", polling, PollPolicy, error=ConfigurationError)
@@ -185,6 +195,7 @@ class PixVerseClient:
         self.base_url = url
         self.max_concurrency = max_concurrency
         self.max_submissions_in_flight = max_submissions_in_flight
+        self.max_upload_bytes_in_flight = max_upload_bytes_in_flight
         self.timeouts = timeouts
         self.retry = retry
         self.polling = polling
@@ -296,6 +307,7 @@ class PixVerseClient:
                     rng=self._rng,
                     image_as_data_uri=self.image_as_data_uri,
                     webhook_url=self.webhook_url,
+                    uploads=UploadLane(self.max_upload_bytes_in_flight),
                 ),
                 background=background,
                 stack=stack.pop_all(),

@@ -7,8 +7,8 @@ aspect ratio between 1:2.5 and 2.5:1. The header parsers are strict on purpose: 
 header is an error, not a guess.
 
 A file is checked from its size and header when its request is built (a few small reads, in whatever
-coroutine builds it) and read whole only when it is sent, in a worker thread; it is sent only if it is still
-the file that was checked (`ImageFile`).
+coroutine builds it), checked again at submission (`recheck_file`), and streamed into the request body
+chunk by chunk (`_upload`) only while it is still the file that was checked (`ImageFile`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Literal, final
 from urllib.parse import urlsplit
 
-import anyio.to_thread
 import attrs
 
 from ._exceptions import InvalidRequestError
@@ -223,17 +222,6 @@ def check_image_input(value: object) -> ImageFile | None:
     )
 
 
-async def image_field(image: ImageInput, file: ImageFile | None, *, as_data_uri: bool) -> str:
-    """The request body's `image` value, at submission: a URL as is (its scheme in lower case), bytes and data
-    URIs encoded, and a file read whole, off the event loop, and refused if it changed since `file` was taken."""
-    if isinstance(image, Path):
-        return await anyio.to_thread.run_sync(_encoded_file, image, file, as_data_uri)
-    if isinstance(image, str) and image[:5].lower() != "data:":
-        # Checked when the request was built (a str cannot change since); only the scheme's case is fixed.
-        return lowercase_scheme(image)
-    return encode_image(bytes(image) if isinstance(image, bytearray) else image, as_data_uri=as_data_uri)
-
-
 def has_url_scheme(value: str) -> bool:
     """Whether `value` starts like a URL (`scheme:`), not like a path (a Windows drive's `C:\\` is a path)."""
     return _URL_SCHEME.match(value) is not None and _WINDOWS_DRIVE.match(value) is None
@@ -342,40 +330,41 @@ class _HeaderReader:
         return self._block[start : start + count]
 
 
-def _read_whole_file(path: Path, built: ImageFile | None) -> tuple[bytes, bool]:
-    """A first frame read from disk at submission: only a regular file, at most the size limit plus one byte of
-    it; and whether it changed since `built` (the file when its request was built) was taken."""
+def recheck_file(path: Path, built: ImageFile | None) -> ImageFile:
+    """A first frame on disk at submission, before anything is sent: refused (`InvalidRequestError`) if it was
+    removed, replaced, written to or touched since `built` (the file when its request was built) was taken,
+    or if its header now says otherwise. A few small reads, in a worker thread; the body then streams it."""
     descriptor, status = _open_regular_file(path, built=built)
     try:
-        with os.fdopen(descriptor, "rb", closefd=False) as file:
-            data = file.read(MAX_IMAGE_BYTES + 1)
+        info = _probe(_HeaderReader(descriptor).read, status.st_size)
+    except ImageError as error:
+        since = "the file changed since the request was built, and now: " if built is not None else ""
+        raise InvalidRequestError("image", f"{path}: {since}{error}") from None
     except OSError as error:
         raise InvalidRequestError("image", f"{path}: cannot be read ({error.strerror or error})") from None
     finally:
         os.close(descriptor)
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidRequestError(
-            "image", f"{path}: file is over {MAX_IMAGE_BYTES} bytes; the API accepts at most 10 MB"
-        )
-    # A file written to while it was read has another length than its status said.
-    changed = built is not None and (not built.describes(status) or len(data) != built.size)
-    return data, changed
+    now = ImageFile.of(info, status)
+    if built is not None and (not built.describes(status) or info != built.info):
+        raise InvalidRequestError("image", f"{path}: {FILE_CHANGED}")
+    return now
 
 
-def _encoded_file(path: Path, built: ImageFile | None, as_data_uri: bool) -> str:
-    data, changed = _read_whole_file(path, built)
-    try:
-        info = probe_image(data)
-    except ImageError as error:
-        since = "the file changed since the request was built, and now: " if changed else ""
-        raise InvalidRequestError("image", f"{path}: {since}{error}") from None
-    if changed or (built is not None and info != built.info):
-        raise InvalidRequestError(
-            "image",
-            f"{path}: the file changed since the request was built (its size, modification time or inode"
-            " differ); build the ImageToVideo again to send what the file holds now",
-        )
-    return _encoded(data, info, as_data_uri=as_data_uri)
+#: Why a file is refused when it is not what its request was built from (before sending, or while sent).
+FILE_CHANGED = (
+    "the file changed since the request was built (its size, modification time, inode or header differ);"
+    " build the ImageToVideo again to send what the file holds now"
+)
+
+
+def open_image_file(path: Path, built: ImageFile) -> int:
+    """A descriptor of `path` to stream it from, if it is still the file `built` describes; else
+    `InvalidRequestError`."""
+    descriptor, status = _open_regular_file(path, built=built)
+    if not built.describes(status):
+        os.close(descriptor)
+        raise InvalidRequestError("image", f"{path}: {FILE_CHANGED}")
+    return descriptor
 
 
 def _open_regular_file(path: Path, *, built: ImageFile | None) -> tuple[int, os.stat_result]:
@@ -483,21 +472,6 @@ def decode_data_uri(uri: str) -> tuple[bytes, ImageInfo]:
             "image", f"data URI declares image/{match['subtype']} but carries a {info.format.upper()}"
         )
     return data, info
-
-
-def encode_image(image: bytes | str, *, as_data_uri: bool) -> str:
-    """The `image` field for local image bytes or a data URI, as raw base64 or as a data URI."""
-    if isinstance(image, str):
-        if not as_data_uri:
-            data, _ = decode_data_uri(image)
-            return base64.b64encode(data).decode("ascii")
-        return image
-    return _encoded(image, inspect_image_bytes(image, source="image"), as_data_uri=as_data_uri)
-
-
-def _encoded(data: bytes, info: ImageInfo, *, as_data_uri: bool) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    return f"data:{info.mime_type};base64,{encoded}" if as_data_uri else encoded
 
 
 def image_repr(value: ImageInput) -> str:

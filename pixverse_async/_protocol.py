@@ -11,11 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
+
 from ._exceptions import InvalidRequestError
-from ._images import image_field
+from ._images import ImageFile, inspect_image_bytes, lowercase_scheme, recheck_file
 from ._models import ImageToVideo, TaskResult, TaskStatus, TextToVideo, Video
+from ._transport import COMPACT_JSON
+from ._upload import BytesImage, DataUriImage, FileImage, StreamedBody
 
 SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
 TEXT_SUBMIT_PATH = "/v3/async/pixverse-v4.5-t2v"
@@ -123,14 +128,45 @@ def submit_path(request: ImageToVideo | TextToVideo) -> str:
 
 async def submission_body(
     request: ImageToVideo | TextToVideo, *, image_as_data_uri: bool, webhook_url: str | None = None
-) -> dict[str, Any]:
-    """The JSON body of a submission, made when it is sent: a file image is read then, off the event loop, and
-    refused (`InvalidRequestError`, before anything is sent) if it changed or vanished since the request was
-    built."""
+) -> dict[str, Any] | StreamedBody:
+    """The body of a submission, made when it is sent: a dict for an image given by URL, else a `StreamedBody`
+    with the image's text streamed in, byte for byte what encoding the dict would give. A file image is
+    checked again first, off the event loop, and refused (`InvalidRequestError`, before anything is sent) if
+    it changed or vanished since the request was built. A text-to-video request has no image: a dict."""
     if isinstance(request, TextToVideo):
         return request_body(request, None, webhook_url=webhook_url)
-    image = await image_field(request.image, request._image_file, as_data_uri=image_as_data_uri)
-    return request_body(request, image, webhook_url=webhook_url)
+    image = request.image
+    if isinstance(image, str) and image[:5].lower() != "data:":
+        # Checked when the request was built (a str cannot change since); only the scheme's case is fixed.
+        return request_body(request, lowercase_scheme(image), webhook_url=webhook_url)
+    text = await _image_text(image, request._image_file, as_data_uri=image_as_data_uri)
+    around = COMPACT_JSON.encode(request_body(request, "", webhook_url=webhook_url))
+    # The encoder writes the prompt first and the image second: the image's text goes between its quotes.
+    head = '{"prompt":' + COMPACT_JSON.encode(request.prompt) + ',"image":"'
+    if not around.startswith(head + '"'):
+        raise RuntimeError("a submission body does not start with its prompt and image")  # pragma: no cover
+    return StreamedBody(head.encode(), text, around[len(head) :].encode())
+
+
+async def _image_text(
+    image: str | bytes | Path, built: ImageFile | None, *, as_data_uri: bool
+) -> FileImage | BytesImage | DataUriImage:
+    if isinstance(image, Path):
+        now = await anyio.to_thread.run_sync(recheck_file, image, built)
+        head = f"data:{now.info.mime_type};base64,".encode() if as_data_uri else b""
+        return FileImage(image, built or now, head)
+    if isinstance(image, str):
+        return _data_uri_text(image, as_data_uri=as_data_uri)
+    # A bytearray may change while it is sent: copied once; bytes are immutable, and streamed from as they are.
+    data = bytes(image) if isinstance(image, bytearray) else image
+    info = inspect_image_bytes(data, source="image")
+    return BytesImage(data, f"data:{info.mime_type};base64,".encode() if as_data_uri else b"")
+
+
+def _data_uri_text(uri: str, *, as_data_uri: bool) -> DataUriImage:
+    # Its head ("data:image/png;base64,") as JSON escapes it: a case-insensitive match may hold non-ASCII letters.
+    escaped_head = COMPACT_JSON.encode(uri[: uri.index(",") + 1])[1:-1].encode()
+    return DataUriImage(uri, raw=not as_data_uri, escaped_head=escaped_head)
 
 
 def request_body(

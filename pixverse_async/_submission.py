@@ -3,7 +3,9 @@
 Submissions are billed and the API takes no idempotency key, so a submission retries only when the server
 cannot have created a task (it could not be reached, or it answered 429); when the request went out and the
 answer was lost (read timeout, reset, 5xx, a garbled 200), it raises `SubmissionUncertainError` instead of
-paying twice. `submit()` and `as_completed()` both submit through a `Submitter`.
+paying twice. A failure while a streamed body was still being sent is "not sent" (see `_upload`): retried.
+Streamed bodies wait for room in the client's `UploadLane` before they go (and before the shield).
+`submit()` and `as_completed()` both submit through a `Submitter`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ._models import ImageToVideo, TextToVideo
 from ._protocol import submission_body, submit_path
 from ._retry import CallKind, RetryPolicy, Verdict, decide, is_surge, retry_after_of
 from ._transport import AnswerLost, ApiTransport, RequestNotSent, Response
+from ._upload import StreamedBody, UploadLane
 
 RetryCallback = Callable[[int, PixVerseError], None]
 
@@ -61,6 +64,7 @@ class Submitter:
         rng: random.Random,
         image_as_data_uri: bool,
         webhook_url: str | None,
+        uploads: UploadLane,
     ) -> None:
         self._transport = transport
         self._budget = budget
@@ -74,8 +78,9 @@ class Submitter:
         # Named as on the client, so that request_body() reads as it did there.
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
+        self.uploads = uploads
 
-    async def request_body(self, request: ImageToVideo | TextToVideo) -> dict[str, Any]:
+    async def request_body(self, request: ImageToVideo | TextToVideo) -> dict[str, Any] | StreamedBody:
         return await submission_body(request, image_as_data_uri=self.image_as_data_uri, webhook_url=self.webhook_url)
 
     async def send(
@@ -104,6 +109,9 @@ class Submitter:
             attempt += 1
             on_wire = False
             try:
+                if type(body) is StreamedBody:
+                    # Before the shield: a caller who leaves while its body waits for the link sends nothing.
+                    await self.uploads.enter(body)
                 await budget.submissions.wait(self._clock)
                 if shield is None:
                     on_wire = True
@@ -133,6 +141,8 @@ class Submitter:
             except APIResponseError as failure:  # a 200 without a task id
                 error, reached_server = failure, True
             except BaseException:
+                if type(body) is StreamedBody:
+                    body.release_lane()
                 # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
                 if on_wire:
                     slot.release_when_ended()

@@ -1,14 +1,17 @@
 """One HTTP exchange with the API, and what its failure means: was the request sent, or not?
 
 The difference decides whether a billed submission may be retried. A failure to connect (refused, DNS,
-connect timeout) means the server never saw the request: `RequestNotSent`. Anything after the request went
-out (read timeout, reset, a body cut short) means it may have been acted on: `AnswerLost`.
+connect timeout) means the server never saw the request: `RequestNotSent`. So does any failure while a
+streamed body (`_upload.StreamedBody`) had not been sent whole: its `Content-Length` tells the server bytes
+are missing, so it cannot have acted on it. Anything after the request went out whole (read timeout, reset,
+an answer cut short) means it may have been acted on: `AnswerLost`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -30,6 +33,7 @@ from ._exceptions import (
     ConfigurationError,
     ContentPolicyError,
     InsufficientBalanceError,
+    InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -37,6 +41,7 @@ from ._exceptions import (
 )
 from ._json_reader import UnreadableJSON, read_json
 from ._retry import parse_retry_after
+from ._upload import StreamedBody, UploadProgress
 from ._validation import check_number
 from ._version import __version__
 
@@ -57,7 +62,7 @@ _CONNECTION_TIMEOUT: type[Exception] = getattr(
     aiohttp, "ConnectionTimeoutError", type("_NeverRaised", (Exception,), {})
 )
 # One encoder for every body: json.dumps with any non-default option builds a new encoder on each call.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _HTML_TAG = re.compile(r"<[^>]+>")
 _WHITESPACE = re.compile(r"\s+")
 # How much of a server's text an error message keeps (after redaction).
@@ -160,15 +165,20 @@ class Timeouts:
     """Seconds the client waits, per request. `None` waits without limit.
 
     Real seconds, whatever the client's `clock` (they bound real sockets; a `ScaledClock` does not shrink
-    them). `connect`: to open a connection (safe to retry: nothing was sent). `read`: for an API request,
-    from its start to its answer's last byte, enforced at most an eighth late (on a submission, running out
-    means the answer is lost). Opening a connection, and with a session you pass in waiting for a free one, count
-    against `read` too: keep it well above `connect`. `download_read`: between bytes of a video download.
+    them). `connect`: to open a connection (safe to retry: nothing was sent). `upload`: while a request's body
+    is being sent (a first frame of megabytes over a slow uplink), the longest time without a byte of it
+    moving; bytes still moving is not a hang, however slow. Running out means the body never fully left, so
+    no task can have been created: a submission is retried. `read`: for an API request, from the moment its
+    body has been sent (for a small body, the request's start) to its answer's last byte, enforced at most an
+    eighth late (on a submission, running out means the answer is lost). Opening a connection, and with a
+    session you pass in waiting for a free one, count against `read` (or `upload`) too: keep them well above
+    `connect`. `download_read`: between bytes of a video download.
     """
 
     connect: float | None = attrs.field(default=10.0, validator=_check_seconds)
     read: float | None = attrs.field(default=60.0, validator=_check_seconds)
     download_read: float | None = attrs.field(default=60.0, validator=_check_seconds)
+    upload: float | None = attrs.field(default=30.0, validator=_check_seconds)
 
     def for_api(self) -> aiohttp.ClientTimeout:
         # No sock_read: `read` is kept by the transport's `ReadTimeoutWatchdog`, without a timer per request.
@@ -179,9 +189,10 @@ class Timeouts:
 
 
 class RequestNotSent(Exception):
-    """The request never reached the server: retrying cannot duplicate anything."""
+    """The request never reached the server, or not all of its body: retrying cannot duplicate anything.
+    `error` is an `APIConnectionError`, or the `InvalidRequestError` of a file that changed while it was sent."""
 
-    def __init__(self, error: APIConnectionError) -> None:
+    def __init__(self, error: APIConnectionError | InvalidRequestError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -233,7 +244,8 @@ class ApiTransport:
         self._api_key = api_key
         self._timeout = timeouts.for_api()
         # Its run() must run while the client is open.
-        self.watchdog = ReadTimeoutWatchdog(timeouts.read)
+        self.watchdog = ReadTimeoutWatchdog(timeouts.read, upload=timeouts.upload)
+        self._upload_limit = timeouts.upload
         # Built once, and only what must go with each request: aiohttp merges every header it is given, one
         # by one, on every request. The User-Agent is a default of the session the client creates.
         self._headers = _RequestHeaders(api_key, None)
@@ -245,8 +257,10 @@ class ApiTransport:
     async def send(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
     ) -> Response:
+        if type(body) is StreamedBody:
+            return await self._send_streamed(method, path, body)
         url = self._base_url + path
-        data = None if body is None else _COMPACT_JSON.encode(body).encode()
+        data = None if body is None else COMPACT_JSON.encode(body).encode()
         headers = self._headers if data is None else self._json_headers
         deadline = self.watchdog.arm()
         failure: RequestNotSent | AnswerLost | asyncio.CancelledError
@@ -266,22 +280,11 @@ class ApiTransport:
                 payload = await response.read()
                 return Response(status=response.status, headers=response.headers, body=payload)
         except asyncio.CancelledError as cancelled:
-            if self.watchdog.uncancel_if_expired(deadline):
-                failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
-            else:  # someone else's cancellation: it goes on, as a new one without aiohttp's frames (see below)
-                failure = asyncio.CancelledError(*cancelled.args)
-        except _CONNECTION_TIMEOUT:
-            failure = RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time"))
-        except aiohttp.ClientConnectorError as error:
-            reason = self.redact(str(error.os_error) or type(error.os_error).__name__)
-            failure = RequestNotSent(APIConnectionError(f"could not connect to {self._base_url}: {reason}"))
-        except TimeoutError:  # aiohttp's SocketTimeoutError, and before 3.10 its ServerTimeoutError, are ones
-            failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
-        except aiohttp.ServerDisconnectedError:
-            failure = AnswerLost(APIConnectionError(f"{method} {path}: the server closed the connection"))
+            failure = self._cancelled(method, path, deadline, cancelled)
         except aiohttp.ClientError as error:
-            detail = self.redact(str(error)) or type(error).__name__
-            failure = AnswerLost(APIConnectionError(f"{method} {path}: {detail}"))
+            failure = self._failure_of(method, path, error)
+        except TimeoutError:
+            failure = AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
         finally:
             self.watchdog.disarm(deadline)
         # Raised here, outside the handlers, so that aiohttp's error is not kept as its __context__: aiohttp's
@@ -290,6 +293,73 @@ class ApiTransport:
         # `TimeoutError` it raises, and its traceback would run through `ClientSession._request` and its
         # `headers`. The new one keeps the cancellation's message, by which anyio knows its own.
         raise failure
+
+    async def _send_streamed(self, method: str, path: str, body: StreamedBody) -> Response:
+        """`send()` with a streamed body: its deadline follows the body (`UploadProgress`), and a failure
+        before its last bytes were handed over is `RequestNotSent`, whatever aiohttp made of it."""
+        deadline = self.watchdog.arm_upload()
+        progress = body.progress = UploadProgress(deadline, stall=self._upload_limit, read=self.watchdog.limit)
+        failure: RequestNotSent | AnswerLost | asyncio.CancelledError
+        try:
+            async with self._session.request(
+                method,
+                self._base_url + path,
+                data=body,
+                headers=self._json_headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
+            ) as response:
+                payload = await response.read()
+                return Response(status=response.status, headers=response.headers, body=payload)
+        except asyncio.CancelledError as cancelled:
+            failure = self._cancelled(method, path, deadline, cancelled)
+        except aiohttp.ClientError as error:
+            failure = self._failure_of(method, path, error)
+        except Exception:  # the body's own failure, as aiohttp before 3.12 passes it on
+            failure = AnswerLost(APIConnectionError(f"{method} {path}: the request failed"))
+        finally:
+            self.watchdog.disarm(deadline)
+            body.progress = None
+            body.release_lane()
+        if isinstance(failure, asyncio.CancelledError):
+            raise failure  # outside the handlers, as in send()
+        if not progress.body_sent:
+            if progress.failure is not None:
+                failure = RequestNotSent(progress.failure)
+            elif isinstance(failure.error, APITimeoutError) and isinstance(failure, AnswerLost):
+                failure = RequestNotSent(
+                    APITimeoutError(
+                        f"{method} {path}: the upload stalled: no byte of the body moved for {self._upload_limit} s"
+                    )
+                )
+            else:
+                failure = RequestNotSent(failure.error)
+        raise failure
+
+    def _cancelled(
+        self, method: str, path: str, deadline: RequestDeadline | None, cancelled: asyncio.CancelledError
+    ) -> AnswerLost | asyncio.CancelledError:
+        """A request's cancellation: its own read deadline's (an answer lost), or someone else's, which goes on
+        as a new one, to be raised outside the handler (see `send()`)."""
+        if self.watchdog.uncancel_if_expired(deadline):
+            return AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
+        return asyncio.CancelledError(*cancelled.args)
+
+    def _failure_of(self, method: str, path: str, error: aiohttp.ClientError) -> RequestNotSent | AnswerLost:
+        """What aiohttp's `error` means: the request not sent (it could not connect), or its answer lost."""
+        if isinstance(error, _CONNECTION_TIMEOUT):
+            return RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time"))
+        if isinstance(error, aiohttp.ClientConnectorError):
+            reason = self.redact(str(error.os_error) or type(error.os_error).__name__)
+            return RequestNotSent(APIConnectionError(f"could not connect to {self._base_url}: {reason}"))
+        if isinstance(error, TimeoutError):  # SocketTimeoutError, and before 3.10 its ServerTimeoutError
+            return AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
+        if isinstance(error, aiohttp.ServerDisconnectedError):
+            return AnswerLost(APIConnectionError(f"{method} {path}: the server closed the connection"))
+        detail = self.redact(str(error)) or type(error).__name__
+        return AnswerLost(APIConnectionError(f"{method} {path}: {detail}"))
 
     def status_error(self, response: Response) -> APIStatusError:
         """The typed error for a non-2xx answer, whatever its body (JSON, an HTML page, or nothing).
@@ -374,11 +444,15 @@ class RequestDeadline:
 
 @final
 class ReadTimeoutWatchdog:
-    """The deadlines of the API requests in flight, each `limit` seconds after its request started, and the
-    task (`run()`) that cancels the requests past theirs."""
+    """The deadlines of the API requests in flight, each `limit` seconds after its request started (or, for a
+    streamed body, as its `UploadProgress` sets it), and the task (`run()`) that cancels the requests past
+    theirs."""
 
-    def __init__(self, limit: float | None) -> None:
+    def __init__(self, limit: float | None, *, upload: float | None = None) -> None:
         self.limit = limit
+        # How often it looks: an eighth of the shorter limit (a streamed body's deadline follows either).
+        limits = [value for value in (limit, upload) if value is not None]
+        self._period = min(limits) / _CHECKS_PER_LIMIT if limits else None
         self._armed: set[RequestDeadline] = set()
 
     def arm(self) -> RequestDeadline | None:
@@ -389,6 +463,18 @@ class ReadTimeoutWatchdog:
         if task is None:
             raise RuntimeError("API requests must run in an asyncio task")
         deadline = RequestDeadline(task, time.monotonic() + self.limit)
+        self._armed.add(deadline)
+        return deadline
+
+    def arm_upload(self) -> RequestDeadline | None:
+        """A deadline for a request with a streamed body, which its `UploadProgress` moves (None when neither
+        limit is set)."""
+        if self._period is None:
+            return None
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("API requests must run in an asyncio task")
+        deadline = RequestDeadline(task, math.inf)
         self._armed.add(deadline)
         return deadline
 
@@ -410,15 +496,16 @@ class ReadTimeoutWatchdog:
         Cancelled (the client closing), it goes on while requests remain: a submission shielded to learn its
         task id still needs its deadline.
         """
-        if self.limit is None:
+        period = self._period
+        if period is None:
             return
         try:
             while True:
-                await self._check_after(self.limit / _CHECKS_PER_LIMIT)
+                await self._check_after(period)
         finally:
             with anyio.CancelScope(shield=True):
                 while any(not deadline.expired for deadline in self._armed):
-                    await self._check_after(self.limit / _CHECKS_PER_LIMIT)
+                    await self._check_after(period)
 
     async def _check_after(self, seconds: float) -> None:
         await anyio.sleep(seconds)

@@ -47,6 +47,7 @@ CASES: list[tuple[Callable[..., object], str, list[object]]] = [
     (Timeouts, "connect", [0, -1, math.inf, math.nan, "10", True]),
     (Timeouts, "read", [0, -1, math.inf, math.nan, "10", True]),
     (Timeouts, "download_read", [0, -1, math.inf, math.nan, "10", True]),
+    (Timeouts, "upload", [0, -1, math.inf, math.nan, "10", True]),
     (ScaledClock, "scale", [0, -0.001, math.inf, *NOT_NUMBERS]),
     (InstantClock, "current", [math.inf, -math.inf, *NOT_NUMBERS]),
 ]
@@ -81,6 +82,8 @@ def test_values_in_range_are_kept() -> None:
         ({"max_concurrency": True}, "max_concurrency: must be a whole number >= 1, not True"),
         ({"max_concurrency": 4.0}, "max_concurrency: must be a whole number >= 1, not 4.0"),
         ({"max_submissions_in_flight": "8"}, "max_submissions_in_flight: must be a whole number >= 1, not '8'"),
+        ({"max_upload_bytes_in_flight": 0}, "max_upload_bytes_in_flight: must be a whole number >= 1, not 0"),
+        ({"max_upload_bytes_in_flight": 2.0**20}, "max_upload_bytes_in_flight: must be a whole number >= 1, not"),
         ({"webhook_url": "ftp://hooks.example.com/x"}, "webhook_url: 'ftp://hooks.example.com/x' has scheme 'ftp'"),
         ({"webhook_url": "https://"}, "webhook_url: 'https://' has no host"),
         ({"webhook_url": "https://example.com:99999/"}, "webhook_url: 'https://example.com:99999/' is not a valid URL"),

@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-429-rate", type=_fraction, default=0.0, help="share of calls answered 429 at random"
     )
     simulate.add_argument(
+        "--uplink-mbps", type=_positive_number, default=None, help="users' uplink shared by all request bodies"
+    )
+    simulate.add_argument(
+        "--submit-latency", type=_positive_number, default=0.0, help="seconds from a body's end to its answer"
+    )
+    simulate.add_argument(
         "--rate-limit-retry-after",
         type=_positive_number,
         default=None,
@@ -410,6 +416,8 @@ def _simulate(args: argparse.Namespace) -> int:
         "random_rate_limit_retry_after": args.rate_limit_retry_after,
         "submit_rate_limit": call_rate(args.submit_rate),
         "poll_rate_limit": call_rate(args.poll_rate),
+        "uplink_mbps": args.uplink_mbps,
+        "submit_latency": args.submit_latency,
     }
     if args.duration is not None:
         options["duration"] = args.duration

@@ -8,7 +8,9 @@ Checked in this order, the first problem answering:
 1. The caller's key (400 `MISSING_API_KEY`, 403 `INVALID_API_KEY`), see `_validation`.
 2. The router's call limits, before the body is looked at: `submit_rate_limit`, then `random_rate_limit`
    (see `_rate_limits`). A call refused there creates nothing.
-3. The body and the image (400 `INVALID_REQUEST_BODY` and the image reasons), see `_validation`.
+3. The body, read through the shared uplink if one is modelled, then `submit_latency` (see `_uplink`; a
+   body cut short answers 400 and creates nothing), then the body and the image (400
+   `INVALID_REQUEST_BODY` and the image reasons), see `_validation`.
 4. `balance`: a key that has already created `balance` tasks -> 400 `BILLING_BALANCE_NOT_ENOUGH`.
 5. `max_running_per_key`: a key with that many tasks not yet terminal -> 429 `RATE_LIMIT_EXCEEDED`, with
    `Retry-After` (`rate_limit_retry_after` rounded up to whole simulated seconds) only if set.
@@ -57,6 +59,7 @@ from pixverse_async.testing._rate_limits import AccountGate
 from pixverse_async.testing._responses import api_error, count_sent, json_response
 from pixverse_async.testing._sim_clock import SimClock
 from pixverse_async.testing._tasks import FAILED, SUCCEED, SimTask, TaskBook
+from pixverse_async.testing._uplink import BodyCutShort, Uplink
 from pixverse_async.testing._validation import (
     NO_IMAGE,
     BadRequest,
@@ -86,6 +89,7 @@ class ApiSite:
     _clock: SimClock
     _book: TaskBook
     gate: AccountGate
+    uplink: Uplink
     _faults: FaultBox
     _webhooks: WebhookSender
     # The simulator's counters are replaced by `reset_counters`, so they are looked up at each request.
@@ -152,7 +156,11 @@ class ApiSite:
             return limited
         if request.content_type != "application/json":
             return api_error(400, "INVALID_REQUEST_BODY", "Content-Type must be application/json")
-        raw = await request.read()
+        try:
+            raw = await self.uplink.read_body(request, _MAX_BODY_BYTES)
+        except BodyCutShort:
+            self._counters().bodies_cut_short += 1
+            return api_error(400, "INVALID_REQUEST_BODY", "request body cut short")
         try:
             body = read_json(raw)
         except ValueError:  # not JSON, not UTF-8, or nested too deep for the parser

@@ -41,6 +41,8 @@ class SimCounters:
     max_running_by_key: dict[str, int] = attrs.Factory(dict)
     #: Tasks created per prompt text, for "exactly one task was created" assertions.
     tasks_created_by_prompt: collections.Counter[str] = attrs.Factory(collections.Counter)
+    #: Submissions whose body stopped before its `Content-Length` (the client went away): nothing created.
+    bodies_cut_short: int = 0
     #: Videos served in full (200).
     videos_served: int = 0
     #: Video requests refused because the signed URL had expired.

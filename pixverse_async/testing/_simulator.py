@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import socket
 import ssl
 import types
 import typing
@@ -70,6 +71,7 @@ from pixverse_async.testing._tasks import (
     TaskRules,
     lognormal_durations,
 )
+from pixverse_async.testing._uplink import RECEIVE_BUFFER, Uplink
 from pixverse_async.testing._video import mp4_for_task
 from pixverse_async.testing._video_host import VideoHost
 from pixverse_async.testing._webhooks import WEBHOOK_TIMEOUT, WebhookRules, WebhookSender
@@ -154,6 +156,8 @@ class Simulator:
         max_processing_per_key: int | None = None,
         accept_fields: Collection[str] = (),
         ssl_context: ssl.SSLContext | None = None,
+        uplink_mbps: float | None = None,
+        submit_latency: float = 0.0,
     ) -> None:
         """Configure the simulator; nothing listens until `start()` or `async with`.
 
@@ -196,6 +200,9 @@ class Simulator:
           field answers 400 `INVALID_REQUEST_BODY`); they are kept in `SimTask.request`.
         - `ssl_context`: a server-side SSL context: both sites then speak https (for tests of TLS and of
           proxies reached by CONNECT).
+        - `uplink_mbps`: the users' uplink, simulated megabits per second shared by every request body (None:
+          as fast as loopback); `submit_latency`: simulated seconds from a submission's last byte to its
+          answer (see `_uplink`).
         """
         if isinstance(api_keys, str):
             raise TypeError("api_keys must be a collection of keys, not one string")
@@ -211,6 +218,10 @@ class Simulator:
                 (Fault("submit", "surge"), surge_rate),
                 (Fault("poll", "surge"), surge_rate),
             )
+        if uplink_mbps is not None and not uplink_mbps > 0:
+            raise ValueError(f"uplink_mbps must be > 0 or None, got {uplink_mbps}")
+        if not submit_latency >= 0:
+            raise ValueError(f"submit_latency must be >= 0, got {submit_latency}")
         rules = TaskRules(
             duration=duration,
             text_duration=text_duration,
@@ -262,6 +273,7 @@ class Simulator:
             clock=clock,
             book=book,
             gate=AccountGate(limits, window_origin=clock.origin, chaos_rng=chaos_rng),
+            uplink=Uplink(uplink_mbps, submit_latency, clock=clock),
             faults=faults,
             webhooks=webhooks,
             counters=counters,
@@ -315,6 +327,8 @@ class Simulator:
     webhook_drop_rate = _Setting(lambda sim: sim._webhooks.rules.drop_rate)
     webhook_repeat_rate = _Setting(lambda sim: sim._webhooks.rules.repeat_rate)
     webhook_repeats = _Setting(lambda sim: sim._webhooks.rules.repeats)
+    uplink_mbps = _Setting(lambda sim: sim._api.uplink.mbps)
+    submit_latency = _Setting(lambda sim: sim._api.uplink.submit_latency)
 
     # ----------------------------------------------------------------------------------------------------
     # Public helpers
@@ -408,7 +422,8 @@ class Simulator:
         video_app.router.add_route("*", "/{tail:.*}", self._video_host.handle)
         stack = contextlib.AsyncExitStack()
         try:
-            base_url = await self._serve(stack, api_app, self.port)
+            receive_buffer = RECEIVE_BUFFER if self._api.uplink.mbps is not None else None
+            base_url = await self._serve(stack, api_app, self.port, receive_buffer=receive_buffer)
             video_base_url = await self._serve(stack, video_app, self.video_port)
             self._base_url, self._video_host.base_url = base_url, video_base_url
             dispatcher = await stack.enter_async_context(anyio.create_task_group())
@@ -419,13 +434,24 @@ class Simulator:
             raise
         self._running, self._started_by = stack, anyio.get_current_task().id
 
-    async def _serve(self, stack: contextlib.AsyncExitStack, app: web.Application, port: int) -> str:
+    async def _serve(
+        self, stack: contextlib.AsyncExitStack, app: web.Application, port: int, *, receive_buffer: int | None = None
+    ) -> str:
         # One runner per site: an AppRunner serves one application, and the two sites must be two origins.
         # A short shutdown timeout, so that closing does not wait for a handler stuck in a "slow" fault.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await runner.setup()
         stack.push_async_callback(_shielded, runner.cleanup)
-        site = web.TCPSite(runner, self.host, port, ssl_context=self._ssl_context)
+        site: web.BaseSite
+        if receive_buffer is None:
+            site = web.TCPSite(runner, self.host, port, ssl_context=self._ssl_context)
+        else:
+            # Set before listening, so that every accepted connection has it (and a window scale to match).
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.bind((self.host, port))
+            site = web.SockSite(runner, sock, ssl_context=self._ssl_context)
         await site.start()
         bound_port = runner.addresses[0][1]
         url_host = f"[{self.host}]" if ":" in self.host else self.host
