@@ -70,10 +70,12 @@ extra_bodies = st.none() | st.dictionaries(st.sampled_from(["duration", "motion_
 
 
 def _image(kind: str, size_past: int) -> bytes:
-    base = png(300, 300) if kind == "png" else jpeg(640, 480)
     # A size 0, 1 or 2 bytes past a multiple of 3 (and past a multiple of the streamed chunk, for the PNG).
-    target = (3 * 2**16 + 3 if kind == "png" else len(base) + 3) // 3 * 3 + size_past
-    return base + b"\x00" * (target - len(base))
+    if kind == "png":  # padded inside the file: data after a PNG's IEND is refused
+        return png(300, 300, pad_to=(3 * 2**16 + 3) // 3 * 3 + size_past)
+    base = jpeg(640, 480)
+    target = (len(base) + 3) // 3 * 3 + size_past
+    return base + b"\x00" * (target - len(base))  # a few NULs after EOI: padding some encoders write
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
