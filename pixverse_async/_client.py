@@ -29,6 +29,7 @@ from anyio.abc import TaskGroup
 from ._budget import Budget, BudgetSettings, LocalBudget, RateLimits, SharedBudget, Slot
 from ._bulk import AsCompleted, EventCallback, KeyedJob
 from ._clock import Clock, default_clock
+from ._credentials import session_problem, wrap_api_key
 from ._download import Downloader
 from ._environment import Proxy, ProxyRoutes, proxy_routes_from_environment, ssl_context_from_environment
 from ._exceptions import (
@@ -54,20 +55,16 @@ from ._models import (
     check_timeout,
 )
 from ._poller import CallbackWaiter, Outcome, Poller, PollPolicy
-from ._protocol import TASK_RESULT_PATH, parse_task_result
+from ._protocol import fetch_task_once
 from ._retry import RetryPolicy, call_with_retries, is_surge
 from ._submission import Submitter, WireShield
 from ._transport import (
     USER_AGENT,
-    AnswerLost,
     ApiTransport,
-    RequestNotSent,
-    Secret,
     Timeouts,
 )
 from ._upload import UploadLane
 from ._validation import (
-    api_key_problem,
     check_bool,
     check_count,
     check_http_url,
@@ -84,7 +81,6 @@ DEFAULT_MAX_SUBMISSIONS_IN_FLIGHT = 64
 #: Two bodies of the largest frame the API takes (10 MB, 13.4 MB in base64): the link stays busy between them.
 DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT = 32 * 2**20
 _DOWNLOAD_CONNECTIONS = 32
-_TASK_FAILED = "TASK_FAILED"
 
 T = TypeVar("T")
 _log = logging.getLogger("pixverse_async")
@@ -162,7 +158,7 @@ class PixVerseClient:
         budget: SharedBudget | None = None,
         trust_env: bool = True,
     ) -> None:
-        checked = _wrap_api_key(api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY"))
+        checked = wrap_api_key(api_key if api_key is not None else os.environ.get("PIXVERSE_API_KEY"))
         # The plain key leaves this frame before anything can raise: a traceback with locals must not show it.
         del api_key
         if isinstance(checked, str):
@@ -185,7 +181,7 @@ class PixVerseClient:
             raise ConfigurationError("clock", f"must have now() and sleep(seconds), like ScaledClock; not {clock!r}")
         if session is not None:
             check_instance("session", session, aiohttp.ClientSession, error=ConfigurationError)
-            if (problem := _session_problem(session, checked)) is not None:
+            if (problem := session_problem(session, checked)) is not None:
                 raise ConfigurationError("session", problem)
         if not isinstance(rate_limits, RateLimits):
             raise ConfigurationError("rate_limits", f"must be a RateLimits, not {type(rate_limits).__name__}")
@@ -255,7 +251,7 @@ class PixVerseClient:
         async with contextlib.AsyncExitStack() as stack:
             session = self._given_session
             # Checked again: a session's default headers can be changed after the client was built.
-            if session is not None and (problem := _session_problem(session, self._api_key)) is not None:
+            if session is not None and (problem := session_problem(session, self._api_key)) is not None:
                 raise ConfigurationError("session", problem)
             self._proxy_routes = ProxyRoutes()
             if session is None:
@@ -278,7 +274,7 @@ class PixVerseClient:
                 session, self.base_url, self._api_key, self.timeouts, proxy=self._proxy_for(self.base_url)
             )
             poller = Poller(
-                functools.partial(_fetch_task_once, transport),
+                functools.partial(fetch_task_once, transport),
                 clock=self.clock,
                 policy=self.polling,
                 retry=self.retry,
@@ -451,7 +447,7 @@ class PixVerseClient:
         async def paced_once() -> TaskResult:
             await pacer.wait(clock)
             try:
-                result = await _fetch_task_once(transport, task_id)
+                result = await fetch_task_once(transport, task_id)
             except (RateLimitError, ServerError) as error:
                 if isinstance(error, RateLimitError) or is_surge(error):
                     pacer.refused(clock.now(), error.retry_after)
@@ -546,57 +542,9 @@ class PixVerseClient:
 
     def _download_session(self) -> aiohttp.ClientSession:
         state = self._state()
-        if self._given_session is not None and (problem := _session_problem(state.session, self._api_key)):
+        if self._given_session is not None and (problem := session_problem(state.session, self._api_key)):
             raise ConfigurationError("session", problem)
         return state.session
-
-
-def _wrap_api_key(value: object) -> Secret | str:
-    """The key, wrapped; or, when it cannot be used, what is wrong with it (never the key itself)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return "no API key: pass api_key=... or set PIXVERSE_API_KEY"
-    if not isinstance(value, str):
-        return f"must be a str, not {type(value).__name__}"
-    # Surrounding whitespace is a copy-and-paste or file-reading accident (a trailing newline), not the key.
-    problem = api_key_problem(value.strip())
-    return Secret(value.strip()) if problem is None else problem
-
-
-def _session_problem(session: aiohttp.ClientSession, key: Secret) -> str | None:
-    """Why a session of the caller's cannot be used, or None. It sends its defaults with every request,
-    downloads included: none of them may carry credentials, or the video host (any host the API's answers
-    name) would get them. Returned, not raised, so that no frame of a traceback holds a header's value."""
-    if session.auth is not None:
-        return "it has a default auth=...: it would be sent to the video host too; pass a session without it"
-    for name, value in session.headers.items():
-        if name.lower() in ("authorization", "proxy-authorization") or key.reveal() in value:
-            return (
-                f"its default header {name!r} carries credentials: the session sends it with every request, "
-                "downloads from the video host included; pass a session without it (the client sends the key "
-                "itself, to the API only)"
-            )
-    return None
-
-
-async def _fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
-    """One poll, no retries (the caller decides): the task's state, or the typed error."""
-    try:
-        response = await transport.send("GET", TASK_RESULT_PATH, params={"task_id": task_id})
-    except (RequestNotSent, AnswerLost) as failure:
-        raise failure.error from None
-    if response.status != 200:
-        error = transport.status_error(response)
-        del response  # its body may echo the key: not a local of a frame in the traceback
-        if error.status_code == 500 and error.reason == _TASK_FAILED:
-            # The router's documented answer about a failed task: the task's end, not a server failure to retry.
-            return TaskResult(task_id, TaskStatus.FAILED, reason=error.message or _TASK_FAILED, raw_status=_TASK_FAILED)
-        raise error
-    result = parse_task_result(response.json())
-    if not result.task_id:
-        result = attrs.evolve(result, task_id=task_id)
-    if result.reason:  # the server's words, which end up in TaskFailedError
-        result = attrs.evolve(result, reason=transport.redact(result.reason))
-    return result
 
 
 async def _await_outcome(poller: Poller, task_id: str, clock: Clock, timeout: float | None) -> Outcome:

@@ -1,4 +1,5 @@
-"""The API's wire protocol: its paths, the body of a submission, and the lenient parser of its task-result answers.
+"""The API's wire protocol: its paths, the body of a submission, one task-result call, and the lenient parser
+of its answers.
 
 The parser never fails on what a server might plausibly send: missing fields become None or empty, numbers
 may arrive as strings, unknown statuses become `TaskStatus.UNKNOWN` and unknown fields are ignored. It runs
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import attrs
 
 from ._exceptions import InvalidRequestError
 from ._images import ImageFile, inspect_image_bytes, lowercase_scheme, recheck_file
 from ._models import ImageToVideo, TaskResult, TaskStatus, TextToVideo, Video
-from ._transport import COMPACT_JSON
+from ._transport import COMPACT_JSON, AnswerLost, ApiTransport, RequestNotSent
 from ._upload import BytesImage, DataUriImage, FileImage, StreamedBody
 
 SUBMIT_PATH = "/v3/async/pixverse-v4.5-i2v"
@@ -203,3 +205,27 @@ def request_body(
                 " extra.webhook itself)",
             )
     return body
+
+
+_TASK_FAILED = "TASK_FAILED"
+
+
+async def fetch_task_once(transport: ApiTransport, task_id: str) -> TaskResult:
+    """One poll, no retries (the caller decides): the task's state, or the typed error."""
+    try:
+        response = await transport.send("GET", TASK_RESULT_PATH, params={"task_id": task_id})
+    except (RequestNotSent, AnswerLost) as failure:
+        raise failure.error from None
+    if response.status != 200:
+        error = transport.status_error(response)
+        del response  # its body may echo the key: not a local of a frame in the traceback
+        if error.status_code == 500 and error.reason == _TASK_FAILED:
+            # The router's documented answer about a failed task: the task's end, not a server failure to retry.
+            return TaskResult(task_id, TaskStatus.FAILED, reason=error.message or _TASK_FAILED, raw_status=_TASK_FAILED)
+        raise error
+    result = parse_task_result(response.json())
+    if not result.task_id:
+        result = attrs.evolve(result, task_id=task_id)
+    if result.reason:  # the server's words, which end up in TaskFailedError
+        result = attrs.evolve(result, reason=transport.redact(result.reason))
+    return result

@@ -20,11 +20,9 @@ second is refused before anything is sent (`JOIN`'s "same manifest" rule): it ne
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
-import os
 import random
 import re
 import secrets
@@ -41,7 +39,8 @@ from .._clock import Clock, SystemClock
 from .._redis_common import namespace, outage_wait, process_id, redis_asyncio, register_scripts, shown_url
 from . import redis_scripts
 from .journal import JournalError, JournalRow, Work
-from .transitions import FIELDS, TRANSITIONS, Record, State, another_manifest, changes
+from .transitions import TRANSITIONS, Record, State, another_manifest, changes
+from .worker_logs import ROW_FIELDS, WorkerLog, precise_stamp, row_fields, rows_from_logs
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -56,8 +55,6 @@ OUTAGE_LEASES: Final = 20
 _KEY_PREFIX = "pixverse-async"
 _KEY_PARTS = ("meta", "rows", "claims", "leases", "queue")
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-_ROW_FIELDS = tuple(name for name in FIELDS if name != "fingerprint")
-_LOG_FOLDER = ".pixverse-workers"
 
 
 class RedisJournalError(JournalError):
@@ -100,7 +97,7 @@ def _row_from(key: str, raw: str) -> JournalRow:
         line=int(fields["line"]),
         fingerprint=str(fields["fingerprint"]),
         state=fields["state"],
-        **{name: fields.get(name) for name in _ROW_FIELDS},
+        **{name: fields.get(name) for name in ROW_FIELDS},
         updated_at=str(fields.get("updated_at", "")),
     )
 
@@ -108,35 +105,6 @@ def _row_from(key: str, raw: str) -> JournalRow:
 def _listed(value: object) -> list[Any]:
     # cjson writes an empty Lua table as {}, whatever it was meant to be.
     return value if isinstance(value, list) else []
-
-
-@final
-class WorkerLog:
-    """This worker's own record of what it wrote, one JSON line per record, synced before Redis is told."""
-
-    def __init__(self, out: Path, worker: str) -> None:
-        folder = out / _LOG_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{worker.replace(':', '_')}.jsonl"
-        self._file = self.path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-    @staticmethod
-    def read(out: Path, worker: str) -> list[dict[str, Any]]:
-        path = out / _LOG_FOLDER / f"{worker.replace(':', '_')}.jsonl"
-        records: list[dict[str, Any]] = []
-        with contextlib.suppress(OSError), path.open(encoding="utf-8") as lines:
-            for line in lines:
-                with contextlib.suppress(ValueError):  # a line cut short by a kill
-                    records.append(json.loads(line))
-        return records
 
 
 @final
@@ -255,7 +223,7 @@ class RedisJournal:
         self._identity = (manifest_path, manifest_rows, rows)
         self._fingerprints = {row.key: row.fingerprint for row in rows}
         self._log = WorkerLog(self._out, self.worker)
-        self._log.write({"at": _precise_stamp(), "manifest_path": manifest_path, "manifest_rows": manifest_rows})
+        self._log.write({"at": precise_stamp(), "manifest_path": manifest_path, "manifest_rows": manifest_rows})
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -279,7 +247,7 @@ class RedisJournal:
         assert self._identity is not None
         manifest_path, manifest_rows, rows = self._identity
         entries = json.dumps([[row.key, row.line, row.fingerprint] for row in rows])
-        seed = json.dumps(_rows_from_logs(self._out, manifest_path, manifest_rows) or {})
+        seed = json.dumps(rows_from_logs(self._out, manifest_path, manifest_rows) or {})
         joined = await self._scripts["JOIN"](
             keys=self._keys, args=[secrets.token_hex(8), manifest_path, manifest_rows, _stamp(), entries, seed]
         )
@@ -311,7 +279,7 @@ class RedisJournal:
             task_id = next((r["task_id"] for r in reversed(records) if r.get("task_id")), None)
             ended = next((r for r in reversed(records) if r.get("state") in ("succeeded", "failed")), None)
             if ended is not None and state in ("uncertain", "submitted"):
-                ops.append(self._op(key, ended["state"], _fields(ended), expect=state))
+                ops.append(self._op(key, ended["state"], row_fields(ended), expect=state))
             elif state == "uncertain" and task_id is not None:
                 ops.append(self._op(key, "submitted", {"task_id": task_id}, expect=state, queue=True))
             elif state == "uncertain" and not any(r.get("op") == "sending" for r in records):
@@ -352,7 +320,7 @@ class RedisJournal:
     def _write_log(self, key: str, **record: Any) -> None:
         assert self._log is not None
         fingerprint = self._fingerprints.get(key)
-        self._log.write({"at": _precise_stamp(), "key": key, "fingerprint": fingerprint, **record})
+        self._log.write({"at": precise_stamp(), "key": key, "fingerprint": fingerprint, **record})
 
     def _record(
         self, key: str, state: State | None, fields: dict[str, Any] | None = None, *, ends: bool = False
@@ -520,42 +488,6 @@ class _RunLost(Exception):
     """Redis answered, but no longer holds the run this worker joined."""
 
 
-def _precise_stamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def _rows_from_logs(out: Path, manifest_path: str, manifest_rows: str) -> dict[str, dict[str, Any]]:
-    """What every worker's log says of each row, for a run Redis lost: the last word on each row wins, and a
-    row claimed or sent without an answer is `uncertain` (its request may have reached the API).
-
-    Words are ordered by their writers' clocks: two workers write of one row a lease apart at least (one takes
-    it over from the other), so clocks less than a lease apart keep the order. Only the logs of workers of this
-    manifest's run count (the same file, or the same rows): another run may have shared `OUT`."""
-    records: list[dict[str, Any]] = []
-    for path in sorted((out / _LOG_FOLDER).glob("*.jsonl")):
-        log = WorkerLog.read(out, path.stem)
-        if log and (log[0].get("manifest_path") == manifest_path or log[0].get("manifest_rows") == manifest_rows):
-            records.extend(log)
-    records.sort(key=lambda record: str(record.get("at", "")))
-    rows: dict[str, dict[str, Any]] = {}
-    for record in records:
-        key = record.get("key")
-        if not isinstance(key, str):
-            continue
-        row = rows.setdefault(key, {"state": "todo"})
-        if record.get("fingerprint"):
-            row["fingerprint"] = record["fingerprint"]
-        if record.get("op") in ("claimed", "sending"):
-            row.update(state="uncertain", reason="Redis lost the run while this row's submission may have been sent")
-            row.pop("task_id", None)
-        elif record.get("state"):
-            row["state"] = record["state"]
-            row.update(_fields(record))
-            if record["state"] == "todo":
-                row.pop("task_id", None)
-    return {key: row for key, row in rows.items() if row["state"] != "todo" or "task_id" in row}
-
-
 async def run_names(client: Redis) -> list[str]:
     """The names of the runs a database holds (the runs' `meta` keys, found with SCAN)."""
     start, end = f"{_KEY_PREFIX}:{{run:", "}:meta"
@@ -565,10 +497,6 @@ async def run_names(client: Redis) -> list[str]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _fields(record: dict[str, Any]) -> dict[str, Any]:
-    return {name: record[name] for name in _ROW_FIELDS if name in record}
 
 
 async def _entries(client: Redis, keys: Sequence[str]) -> list[JournalRow]:
