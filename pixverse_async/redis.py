@@ -13,6 +13,7 @@ the same account `name` (default: a hash of the API key, never the key) shares:
   most one more than those accepted, for all clients together, until the cap is known), the longest task
   seen (how long a lost answer's slot is held), and each pause of an endpoint on evidence of a rate limit
   (every client pauses and cuts its pace);
+- what the clients learnt of their tasks' durations and hints, pooled in one hash (`_shared_learning.py`);
 - leases: each client renews its lease (`lease` API seconds, 20 by default) every third of it while open.
   A client whose lease lapses (killed, hung, cut off) is dead to the others: its running tasks (recorded by
   task id) are adopted by the next client that talks to Redis, which polls them to their end and frees
@@ -67,9 +68,12 @@ from ._budget import (
 from ._clock import Clock, ScaledClock, SystemClock
 from ._exceptions import BudgetUnavailableError, ClientClosedError, InvalidRequestError
 from ._redis_script import STEP
+from ._shared_learning import exchange_forever
 
 if TYPE_CHECKING:
     import redis.asyncio
+
+    from ._forecast import Forecaster
 
 __all__ = ["DEFAULT_LEASE", "RedisBudget"]
 
@@ -187,6 +191,7 @@ class RedisBudget:
         self._restoring = False
         self._leaving = False
         self._redis: redis.asyncio.Redis | None = None
+        self._learning: Forecaster | None = None
         self._script: Any = None
         self._serving = False
         self._dirty = False
@@ -262,6 +267,11 @@ class RedisBudget:
         for endpoint, pacer in self._pacers.items():
             pacer.on_pause = lambda seconds, endpoint=endpoint: self._queue("P", endpoint, repr(seconds * self._scale))
         self.limit = min(settings.max_concurrency, limits.max_running or settings.max_concurrency)
+
+    def share_learning(self, forecaster: Forecaster) -> None:
+        """Pool what the client's `forecaster` learns of its tasks with the account's other clients while the
+        budget runs (see `_shared_learning.py`); the client calls this."""
+        self._learning = forecaster
 
     async def acquire(self) -> Slot:
         """Wait for a slot of the account (one round trip when one is free) and take it."""
@@ -372,6 +382,9 @@ class RedisBudget:
             try:
                 async with anyio.create_task_group() as group:
                     await group.start(self._drive, adopt)
+                    if self._learning is not None:
+                        key, clock = self._key("learnt"), self._clock
+                        await group.start(exchange_forever, self._redis, key, self._learning, clock)
                     try:
                         yield
                     finally:
@@ -467,7 +480,7 @@ class RedisBudget:
                     failures += 1
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed in newer redis
             await self._clock.sleep(min(_RETRY_LONGEST, _RETRY_FIRST * 2 ** min(failures, 10)) / self._scale)
 
     def _key(self, part: str) -> str:
