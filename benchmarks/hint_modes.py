@@ -1,4 +1,6 @@
-"""Polling: polls per task and how late the user learns that a task ended, in every hint mode of the API.
+"""Hint modes at issue 10's workload: polls per task and delays, the library against fixed loops.
+
+Issue 10's goals, kept as they were measured (the sweep over task lengths is `benchmarks.polling`).
 
 The real API may send an exact `eta`, a wrong one (off by a per-task factor), or none (0), and progress that
 is linear, in coarse steps, or absent; a busy account queues tasks. The simulator has a mode for each (see
@@ -34,7 +36,7 @@ The time scale is a trade-off: the run must fit the time budget, and the 1-secon
 second: the loop is at the machine's limit, its polls come late, and its delay includes its own queueing (the
 `peak req/s` column shows it). Real latency is scaled too: 1 ms of real time is 25 ms of simulated time.
 
-    python -m benchmarks.polling [--quick]
+    python -m benchmarks.hint_modes [--quick]
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ MODES = (
 #: Goals: with one usable hint, at most this many polls per task and this delay p95 (simulated seconds).
 HINT_POLLS_GOAL = 2.2
 HINT_P95_GOAL = 1.0
-EXACT_P95_GOAL = 0.5
+#: Issue 19 withdrew issue 10's 0.5 s for an exact eta (an integer eta rounds to a second).
+EXACT_P95_GOAL = 1.0
 #: Without hints, at most this share of the fixed 5-s loop's polls, at a delay p95 no worse than its.
 NO_HINT_POLL_SHARE_GOAL = 0.8
 
@@ -262,8 +265,8 @@ async def run(quick: bool = False) -> list[Table]:
             met = polls <= HINT_POLLS_GOAL and p95 <= HINT_P95_GOAL
             target = f"<= {HINT_POLLS_GOAL} polls/task and p95 <= {HINT_P95_GOAL} s"
             if outcome.mode is MODES[0]:
-                met = met and p95 < EXACT_P95_GOAL
-                target += f" (exact eta: p95 < {EXACT_P95_GOAL} s)"
+                met = met and p95 <= EXACT_P95_GOAL
+                target += f" (exact eta: p95 <= {EXACT_P95_GOAL} s)"
         else:
             five = loop_outcome("fixed 5 s loop", False)
             share = polls / five.polls_per_task
