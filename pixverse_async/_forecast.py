@@ -8,24 +8,38 @@ and `progress_percent` may stay 0, move in coarse steps, or sit still while the 
 Per task (`Evidence`), the latest `eta` reading and the first and latest readings of progress. Per client
 (`Forecaster`), learnt online from the tasks that ended: how far the server's `eta` is from the real finish
 (mean and spread of the log of their ratio), the share of a task's life before its progress starts moving
-(queueing), the progress step (the greatest common divisor of the values seen), and how long tasks take, by
-kind (resolution and fast mode), as a hazard per age bin: ends seen at that age over task-seconds spent at
-that age, so tasks still running count too and the first, shortest tasks to end do not make every other
-task look late. Each statistic starts from a documented prior worth a few tasks, so a cold client is
-cautious, not blind.
+(queueing), the progress step (the greatest common divisor of the values seen), how often a first poll reads
+a hint, and how long tasks take, by kind (resolution and fast mode), in `_durations.py` (a hazard per age
+bin, learnt from interval-censored ends, from a scale-free prior: nothing needs telling). Each statistic
+starts from a documented prior worth a few tasks or less, so a cold client is cautious, not blind.
+
+The eta ratio is learnt from one task in `EXPLORE_EVERY` that reads an eta: that task is read again early
+(at `EXPLORE_SHARE` of its eta), and its countdown tells how far off its eta was; one that ended before that
+second reading tells it by its end, as a ratio known to lie between two bounds (its expected value and
+variance there by the normal learnt so far: a step of EM). The other tasks are read again when their eta says
+they end, so a task whose eta says too much is read only once it ended: learning from the tasks read in time
+would learn that etas say too little, trust that, and read the others later still.
+
+The first poll of a task comes early while first polls usually read a hint (until shown otherwise), before
+all but `FIRST_READ_SHARE` of tasks would have ended by the learnt durations: that poll reads the eta or
+progress that places the next one at the finish. Without hints it is planned like any later poll.
 
 Each hint brackets the finish in a window `[lo, hi]`: `eta` scaled by the learnt ratio band, or, from two
 readings, by how fast this task's eta counts down; progress by linear extrapolation with its quantisation (one
 reading also needs the learnt queueing share, two readings only their slope). The windows are intersected;
 when they contradict each other a measured progress slope wins, and without one the window is their union.
-Inside a window the next poll steps `sqrt(2 * w / delay_cost)` into what is left of it (`w` seconds), at
-least `1 / delay_cost`, and never past its end: for a narrow window that is one step to the end, for a wide
-one a few steps, each balancing one more poll against the delay it saves. With no window (no usable hint),
-the gap `g` to the next poll solves `delay_cost * g**2 * h / 2 = 1`, where `h` is the learnt hazard averaged
-over the gap: sparse while few tasks of that age end, dense where many do. With webhooks, polls are only a
-fallback for lost deliveries: each one comes when the tasks still running at that age would, by the learnt
-durations, have ended with chance `1 - webhook_tail` (or shortly after the end the task's hints predict),
-and the next one likewise from there.
+A second of delay is worth `cost` polls: `delay_cost` for tasks up to `DELAY_SCALE` seconds long, less in
+proportion for longer ones (the task's age, the earliest end its hints allow, or the learnt median, whichever
+is longest), since a delay is felt as a share of the wait. Inside a window the next poll steps
+`sqrt(2 * w / cost)` into what is left of it (`w` seconds), at least `1 / cost`, and never past its end: for
+a narrow window that is one step to the end, for a wide one a few steps, each balancing one more poll against
+the delay it saves. With no window (no usable hint), the gap `g` to the next poll solves
+`cost * g**2 * h / 2 = 1`, where `h` is the learnt hazard averaged over the gap: sparse while few tasks of
+that age end, dense where many do, and never longer than the task's age or `NO_HINT_LONGEST` (unless a
+`max_interval` is given): however little is known, a task is looked at again before its age has doubled.
+With webhooks, polls are only a fallback for lost deliveries: each one comes when the tasks still running
+at that age would, by the learnt durations, have ended with chance `1 - webhook_tail` (or shortly after the
+end the task's hints predict), and the next one likewise from there.
 """
 
 from __future__ import annotations
