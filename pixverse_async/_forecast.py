@@ -69,14 +69,14 @@ PRIOR_QUEUE_SPREAD: Final = 0.15
 BAND: Final = 3.0
 #: Two eta readings this far apart (seconds) tell how fast a task's eta counts down.
 _SLOPE_SECONDS: Final = 8.0
-#: ... and this far apart (seconds), how far off the server's eta is, for every task.
+#: ... and this far apart (seconds), how far off the server's eta is (each reading rounded: +-1 s of 16).
 _CALIBRATION_SECONDS: Final = 16.0
 #: A task's end is only used to calibrate hints when it is known this precisely (seconds, or share of life).
 _PRECISE_END_SECONDS: Final = 1.0
 _PRECISE_END_SHARE: Final = 0.05
 #: Tasks up to this long (seconds) value a second of delay at the full `delay_cost`; longer ones less.
 DELAY_SCALE: Final = 30.0
-#: One task in this many that read an eta is read again early (at EXPLORE_SHARE of its eta, at least
+#: One task in this many that read an eta is read again early (at EXPLORE_SHARE of its eta, and at least
 #: _CALIBRATION_SECONDS later), to learn without bias how right the server's etas are.
 EXPLORE_EVERY: Final = 8
 EXPLORE_SHARE: Final = 0.3
@@ -485,9 +485,11 @@ class Forecaster:
             aim = min(hi, earliest + step)
             first_at, first = evidence.first_eta_at, evidence.first_eta
             if evidence.explores and not evidence.calibrated and first_at is not None and first is not None:
-                # Read again early, while all but tasks whose eta says over three times too much still run.
-                earliest = now
-                aim = min(aim, max(now, first_at + max(_CALIBRATION_SECONDS, first * EXPLORE_SHARE)))
+                # Read again early, while all but tasks whose eta says over three times too much still run,
+                # and not a jitter sooner (a reading too soon after the first would teach nothing).
+                explore = max(now, first_at + max(_CALIBRATION_SECONDS, first * EXPLORE_SHARE))
+                if explore < aim:
+                    aim = earliest = explore
             due = aim - jitter * random_fraction * (aim - earliest)
         due = max(now + min_interval, due)
         return due if max_interval is None else min(now + max_interval, due)
