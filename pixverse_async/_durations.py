@@ -135,7 +135,7 @@ class DurationModel:
         self._remote_exposure = [0.0] * BIN_COUNT
         self._remote_ended = 0.0
         # The ends kept to be shared out again (`refit`), and what sharing them out added.
-        self._intervals: collections.deque[tuple[float, float]] = collections.deque(maxlen=_KEPT_INTERVALS)
+        self._intervals: collections.deque[tuple[float, float, list[tuple[int, float, float]]]] = collections.deque()
         self._kept_ends = [0.0] * BIN_COUNT
         self._kept_exposure = [0.0] * BIN_COUNT
         self._exposure: list[float] | None = None
@@ -169,8 +169,12 @@ class DurationModel:
     def ended_between(self, lower: float, upper: float) -> None:
         """A task seen running at age `lower` (counted up to there) was seen ended at age `upper`."""
         self.local_ended += 1
-        self._intervals.append((lower, upper))
-        self._share_out(lower, upper, self.rates, 1.0)
+        if len(self._intervals) == _KEPT_INTERVALS:
+            # The oldest kept end stays where it was last shared out, for good.
+            for index, part, exposure in self._intervals.popleft()[2]:
+                self._kept_ends[index] -= part
+                self._kept_exposure[index] -= exposure
+        self._intervals.append((lower, upper, self._share_out(lower, upper, self.rates)))
         ended = self.local_ended
         if (ended >= _REFIT_FROM and ended & (ended - 1) == 0) or ended % _KEPT_INTERVALS == 0:
             self.refit()
@@ -185,18 +189,17 @@ class DurationModel:
                 self._partial[index] -= self._kept_exposure[index]
             self._kept_ends = [0.0] * BIN_COUNT
             self._kept_exposure = [0.0] * BIN_COUNT
-            for lower, upper in self._intervals:
-                self._share_out(lower, upper, rates, 1.0)
+            self._intervals = collections.deque(
+                (lower, upper, self._share_out(lower, upper, rates)) for lower, upper, _ in self._intervals
+            )
             self._changed()
 
-    def _share_out(self, lower: float, upper: float, rates: Sequence[float], weight: float) -> None:
+    def _share_out(self, lower: float, upper: float, rates: Sequence[float]) -> list[tuple[int, float, float]]:
+        """Count one end between ages `lower` and `upper` by `rates`: what it added, by bin."""
         self._changed()
         spans = list(_spans(lower, upper))
         if not spans:
-            index = bin_of(upper)
-            self.ends[index] += weight
-            self._kept_ends[index] += weight
-            return
+            spans = [(bin_of(upper), upper, upper)]
         # The chance that the end fell in each span, by the hazard learnt so far.
         survival, shares = 1.0, []
         for index, start, end in spans:
@@ -204,18 +207,23 @@ class DurationModel:
             shares.append(share)
             survival -= share
         total = 1.0 - survival
-        if total <= 0.0:
-            shares, total = [end - start for _, start, end in spans], upper - lower
-        later = 1.0
+        if total <= 0.0:  # a point, or spans the model gives no chance: by their length (or all in one)
+            shares = [end - start for _, start, end in spans]
+            total = sum(shares)
+            if total <= 0.0:
+                shares, total = [1.0] + [0.0] * (len(spans) - 1), 1.0
+        added, later = [], 1.0
         for (index, start, end), share in zip(spans, shares, strict=True):
             part = share / total
             later -= part
             # Time at risk there: all of the span if it ended later, about half if it ended there.
-            exposure = (end - start) * (max(0.0, later) + part / 2) * weight
-            self.ends[index] += part * weight
+            exposure = (end - start) * (max(0.0, later) + part / 2)
+            self.ends[index] += part
             self._partial[index] += exposure
-            self._kept_ends[index] += part * weight
+            self._kept_ends[index] += part
             self._kept_exposure[index] += exposure
+            added.append((index, part, exposure))
+        return added
 
     @property
     def exposure(self) -> list[float]:

@@ -101,3 +101,13 @@ def test_a_cold_model_spreads_its_polls_with_the_age_whatever_the_length() -> No
     gaps = [forecaster.gap_without_hints(None, age, 2.0, 0.25, None) for age in (1.0, 10.0, 100.0, 1000.0)]
     assert gaps == sorted(gaps)  # older tasks are looked at less often
     assert gaps[0] <= 5.0 and gaps[-1] <= 1000.0  # and never later than their age allows
+
+
+def test_ends_beyond_those_kept_for_refitting_are_never_lost() -> None:
+    model = DurationModel(*prior(None, 0.5))
+    rng = random.Random(2)
+    for _ in range(5000):  # more than the 2,048 kept: refits at 2,048 and 4,096 share out only the kept ones
+        lower = rng.uniform(0.0, 30.0)
+        model.count(0.0, lower)
+        model.ended_between(lower, lower + rng.uniform(0.0, 5.0))
+    assert abs(sum(model.ends) - 5000) < 1e-6
