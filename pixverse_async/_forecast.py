@@ -75,7 +75,7 @@ _CALIBRATION_SECONDS: Final = 16.0
 _PRECISE_END_SECONDS: Final = 1.0
 _PRECISE_END_SHARE: Final = 0.05
 #: Tasks up to this long (seconds) value a second of delay at the full `delay_cost`; longer ones less.
-DELAY_SCALE: Final = 40.0
+DELAY_SCALE: Final = 30.0
 #: One task in this many that read an eta is read again early (at EXPLORE_SHARE of its eta, and at least
 #: _CALIBRATION_SECONDS later), to learn without bias how right the server's etas are.
 EXPLORE_EVERY: Final = 8

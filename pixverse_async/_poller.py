@@ -58,7 +58,7 @@ class PollPolicy:
     """When the shared poller looks at a task again, in the API's seconds (see `_forecast.py` for how).
 
     `delay_cost` is the one knob that trades polls for lateness: how many polls one second of delay (from a
-    task's end to the poll that sees it) is worth, for tasks up to 40 s long; for longer ones, a second is
+    task's end to the poll that sees it) is worth, for tasks up to 30 s long; for longer ones, a second is
     worth less in proportion (a delay is felt as a share of the wait). With a usable hint the poller steps
     into the window where the finish likely is (`sqrt(2 * width / cost)` at a time, at least `1 / cost`);
     with none, it spaces polls by the learnt hazard of the task's age, more densely where many tasks of that
