@@ -84,6 +84,9 @@ EXPLORE_SHARE: Final = 0.3
 FIRST_READ_SHARE: Final = 0.02
 #: Without hints, a task waits at most its age or this long (seconds) between polls, unless told otherwise.
 NO_HINT_LONGEST: Final = 60.0
+#: With hints, at most WINDOW_GROWTH times its age or this long (seconds): an eta far off is still checked.
+WINDOW_LONGEST: Final = 600.0
+WINDOW_GROWTH: Final = 4.0
 
 Kind = Hashable
 
@@ -462,7 +465,8 @@ class Forecaster:
         """When to poll the task next (clock time), having just seen it running at `now`.
 
         Never sooner than `min_interval` from now, never later than `max_interval` (None: no fixed bound;
-        without a hint, never later than the task's age or `NO_HINT_LONGEST`, whichever is longer); jitter (a
+        without a hint, never later than the task's age or `NO_HINT_LONGEST`, whichever is longer, and with
+        one than `WINDOW_GROWTH` times its age or `WINDOW_LONGEST`); jitter (a
         share `jitter` of the wait, `random_fraction` in [0, 1)) only ever brings a poll earlier, and never
         before the window opens.
         """
@@ -491,6 +495,8 @@ class Forecaster:
                 if explore < aim:
                     aim = earliest = explore
             due = aim - jitter * random_fraction * (aim - earliest)
+            if max_interval is None:  # however far the hints put the end, look again within a bound
+                due = min(due, now + max(WINDOW_LONGEST, WINDOW_GROWTH * age))
         due = max(now + min_interval, due)
         return due if max_interval is None else min(now + max_interval, due)
 

@@ -57,6 +57,8 @@ def test_a_poll_is_never_sooner_than_min_interval_nor_later_than_its_bound(
         assert due <= now + max(0.25, 60.0, now - evidence.submitted_at) + 1e-9
     elif window is not None and window[1] > now:  # never past the end the hints allow
         assert due <= max(window[1], now + 0.25) + 1e-9
+        if max_interval is None:  # nor, however far that is, past 4 times the age or 10 minutes
+            assert due <= now + max(0.25, 600.0, 4 * (now - evidence.submitted_at)) + 1e-9
 
 
 @given(learnt(), seconds, st.floats(0.0, 0.999), st.booleans())
