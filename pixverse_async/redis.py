@@ -396,6 +396,8 @@ class RedisBudget:
                 await self._sleep_until(min(self._renew_at, self._next_event))
 
     def _should_step(self, now: float) -> bool:
+        """Whether there is work for a round trip now. `_dirty` alone is not: a poke for waiters that a step
+        then served (a message heard during the round trip that granted their slots) leaves it set."""
         if self._ops or now >= self._renew_at or now >= self._next_event:
             return True
         return self._dirty and any(waiter.slot is None for waiter in self._waiters)
@@ -404,7 +406,9 @@ class RedisBudget:
         with anyio.CancelScope() as scope:
             self._sleeper = scope
             try:
-                if self._ops or self._dirty:  # poked since the step was decided against
+                # Skipped only on the rule `_drive` steps by: skipping on a stale `_dirty` made `_drive` spin
+                # without a checkpoint, blocking the event loop until the next renewal.
+                if self._should_step(self._clock.now()):
                     return
                 await self._clock.sleep(when - self._clock.now())
             finally:

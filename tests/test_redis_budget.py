@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,51 @@ async def test_a_rate_limit_one_client_meets_pauses_the_others(redis_server: Red
             await other.submit(ImageToVideo("other's", IMAGE_URL))
     (later,) = [task for task in sim.tasks.values() if task.prompt == "other's"]
     assert later.submitted_at - paused_at > 4.0, "the other client did not wait out the pause"
+
+
+async def test_a_waiter_served_by_a_round_trip_that_others_changed_meanwhile_leaves_the_event_loop_free(
+    redis_server: RedisServer,
+) -> None:
+    # A round trip asks Redis a slot for each waiter it counts; what happens meanwhile pokes the budget (a
+    # waiter comes, a message on the channel is heard). Here the waiter counted gives up during the round trip
+    # and another comes, which gets the slot: then nobody waits, nothing is queued, and the poke is stale. The
+    # budget must sleep until its next renewal, not spin on that poke without a checkpoint (the event loop was
+    # blocked for a whole renewal: the stall of shared runs). Redis pauses the round trip (CLIENT PAUSE WRITE
+    # blocks every script), so that all of this happens during it.
+    lease = 60 / SCALE  # API seconds: renewed every 20 real seconds
+    pause = 2.0  # real seconds, below CALL_TIMEOUT
+    async with Simulator(time_scale=SCALE, duration=1.0) as sim:
+        budget = RedisBudget(redis_server.url, lease=lease)
+        options: dict[str, Any] = {"base_url": sim.base_url, "clock": ScaledClock(SCALE)}
+        async with PixVerseClient(KEY, budget=budget, **options), anyio.create_task_group() as group:
+            store = redis.Redis.from_url(redis_server.url)
+            try:
+                store.client_pause(int(pause * 1000), all=False)
+            finally:
+                store.close()
+            paused_at, sent = time.monotonic(), budget.round_trips
+            gives_up = anyio.CancelScope()
+
+            async def give_up() -> None:
+                with gives_up:
+                    await budget.acquire()
+
+            slots: list[Any] = []
+
+            async def take() -> None:
+                slots.append(await budget.acquire())
+
+            group.start_soon(give_up)
+            await anyio.wait_all_tasks_blocked()  # the budget's round trip, paused, asks a slot for it
+            gives_up.cancel()
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(take)
+            await anyio.wait_all_tasks_blocked()
+            assert budget.round_trips == sent and time.monotonic() - paused_at < pause, "not during the round trip"
+            with anyio.fail_after(PROCESS_DEADLINE):
+                while not slots:
+                    await anyio.sleep(SCALE)
+            waited = time.monotonic() - paused_at
+            slots[0].release()
+    # The pause, then a few steps of the event loop; stalled, the renewal 20 s later.
+    assert waited < pause + 8.0, f"the event loop was blocked: the slot came {waited:.1f} s after the pause began"
