@@ -12,24 +12,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from benchmarks import (
-    account_limit,
-    hint_modes,
-    mixed_kinds,
-    polling,
-    scale,
-    scale_out,
-    shared_runs,
-    throughput,
-    uploads,
-    webhooks,
-)
+from benchmarks import account_limit, mixed_kinds, polling, scale, scale_out, shared_runs, throughput, uploads, webhooks
 from benchmarks._common import Table
 
 BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
     "throughput": throughput.run,
     "polling": polling.run,
-    "hint_modes": hint_modes.run,
     "scale": scale.run,
     "account_limit": account_limit.run,
     "webhooks": webhooks.run,

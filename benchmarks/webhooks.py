@@ -40,7 +40,7 @@ from benchmarks._common import (
 )
 
 # The polling benchmark's workload, so that the two compare.
-from benchmarks.hint_modes import (
+from benchmarks.polling import (
     CONCURRENCY,
     DURATIONS,
     FULL_JOBS,

@@ -282,9 +282,6 @@ class PixVerseClient:
                 rng=self._rng,
                 webhooks=self.webhook_url is not None,
             )
-            share_learning = getattr(self._shared_budget, "share_learning", None)
-            if share_learning is not None:
-                share_learning(poller.forecaster)  # clients of one account learn their tasks' durations as one
             if self._shared_budget is not None:
                 # Tasks another client left running are polled here to their end, which frees their slots.
                 await stack.enter_async_context(

@@ -8,53 +8,42 @@ and `progress_percent` may stay 0, move in coarse steps, or sit still while the 
 Per task (`Evidence`), the latest `eta` reading and the first and latest readings of progress. Per client
 (`Forecaster`), learnt online from the tasks that ended: how far the server's `eta` is from the real finish
 (mean and spread of the log of their ratio), the share of a task's life before its progress starts moving
-(queueing), the progress step (the greatest common divisor of the values seen), how often a first poll reads
-a hint, and how long tasks take, by kind (resolution and fast mode), in `_durations.py` (a hazard per age
-bin, learnt from interval-censored ends, from a scale-free prior: nothing needs telling). Each statistic
-starts from a documented prior worth a few tasks or less, so a cold client is cautious, not blind.
-
-The eta ratio is learnt from one task in `EXPLORE_EVERY` that reads an eta: that task is read again early
-(at `EXPLORE_SHARE` of its eta), and its countdown tells how far off its eta was; one that ended before that
-second reading tells it by its end, as a ratio known to lie between two bounds (its expected value and
-variance there by the normal learnt so far: a step of EM). The other tasks are read again when their eta says
-they end, so a task whose eta says too much is read only once it ended: learning from the tasks read in time
-would learn that etas say too little, trust that, and read the others later still.
-
-The first poll of a task comes early while first polls usually read a hint (until shown otherwise), before
-all but `FIRST_READ_SHARE` of tasks would have ended by the learnt durations: that poll reads the eta or
-progress that places the next one at the finish. Without hints it is planned like any later poll.
+(queueing), the progress step (the greatest common divisor of the values seen), and how long tasks take, by
+kind (resolution and fast mode), as a hazard per age bin: ends seen at that age over task-seconds spent at
+that age, so tasks still running count too and the first, shortest tasks to end do not make every other
+task look late. Each statistic starts from a documented prior worth a few tasks, so a cold client is
+cautious, not blind.
 
 Each hint brackets the finish in a window `[lo, hi]`: `eta` scaled by the learnt ratio band, or, from two
 readings, by how fast this task's eta counts down; progress by linear extrapolation with its quantisation (one
 reading also needs the learnt queueing share, two readings only their slope). The windows are intersected;
 when they contradict each other a measured progress slope wins, and without one the window is their union.
-A second of delay is worth `cost` polls: `delay_cost` for tasks up to `DELAY_SCALE` seconds long, less in
-proportion for longer ones (the task's age, the earliest end its hints allow, or the learnt median, whichever
-is longest), since a delay is felt as a share of the wait. Inside a window the next poll steps
-`sqrt(2 * w / cost)` into what is left of it (`w` seconds), at least `1 / cost`, and never past its end: for
-a narrow window that is one step to the end, for a wide one a few steps, each balancing one more poll against
-the delay it saves. With no window (no usable hint), the gap `g` to the next poll solves
-`cost * g**2 * h / 2 = 1`, where `h` is the learnt hazard averaged over the gap: sparse while few tasks of
-that age end, dense where many do, and never longer than the task's age or `NO_HINT_LONGEST` (unless a
-`max_interval` is given): however little is known, a task is looked at again before its age has doubled.
-With webhooks, polls are only a fallback for lost deliveries: each one comes when the tasks still running
-at that age would, by the learnt durations, have ended with chance `1 - webhook_tail` (or shortly after the
-end the task's hints predict), and the next one likewise from there.
+Inside a window the next poll steps `sqrt(2 * w / delay_cost)` into what is left of it (`w` seconds), at
+least `1 / delay_cost`, and never past its end: for a narrow window that is one step to the end, for a wide
+one a few steps, each balancing one more poll against the delay it saves. With no window (no usable hint),
+the gap `g` to the next poll solves `delay_cost * g**2 * h / 2 = 1`, where `h` is the learnt hazard averaged
+over the gap: sparse while few tasks of that age end, dense where many do. With webhooks, polls are only a
+fallback for lost deliveries: each one comes when the tasks still running at that age would, by the learnt
+durations, have ended with chance `1 - webhook_tail` (or shortly after the end the task's hints predict),
+and the next one likewise from there.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, Final, final
 
 import attrs
 
-from ._durations import DurationModel, prior
-
 if TYPE_CHECKING:
     from ._models import ImageToVideo, TextToVideo
 
+#: Age bins of the duration model: bin i holds ages in [BIN_BASE**i, BIN_BASE**(i + 1)) seconds.
+BIN_BASE: Final = 1.2
+BIN_COUNT: Final = 48  # up to about 1.2**48 s, 2.4 hours; older tasks share the last bin
+#: How many task-seconds of the prior every bin starts with (a few tasks' worth of evidence).
+PRIOR_EXPOSURE: Final = 30.0
 #: How many measurements' worth of weight the priors of the eta ratio and the queueing share carry: little, so
 #: that a server whose hints are consistently right is soon trusted.
 PRIOR_WEIGHT: Final = 0.2
@@ -69,24 +58,11 @@ PRIOR_QUEUE_SPREAD: Final = 0.15
 BAND: Final = 3.0
 #: Two eta readings this far apart (seconds) tell how fast a task's eta counts down.
 _SLOPE_SECONDS: Final = 8.0
-#: ... and this far apart (seconds), how far off the server's eta is (each reading rounded: +-1 s of 16).
+#: ... and this far apart (seconds), how far off the server's eta is, for every task.
 _CALIBRATION_SECONDS: Final = 16.0
 #: A task's end is only used to calibrate hints when it is known this precisely (seconds, or share of life).
 _PRECISE_END_SECONDS: Final = 1.0
 _PRECISE_END_SHARE: Final = 0.05
-#: Tasks up to this long (seconds) value a second of delay at the full `delay_cost`; longer ones less.
-DELAY_SCALE: Final = 30.0
-#: One task in this many that read an eta is read again early (at EXPLORE_SHARE of its eta, and at least
-#: _CALIBRATION_SECONDS later), to learn without bias how right the server's etas are.
-EXPLORE_EVERY: Final = 8
-EXPLORE_SHARE: Final = 0.3
-#: With hints expected, the first poll comes before all but this share of tasks would have ended.
-FIRST_READ_SHARE: Final = 0.02
-#: Without hints, a task waits at most its age or this long (seconds) between polls, unless told otherwise.
-NO_HINT_LONGEST: Final = 60.0
-#: With hints, at most WINDOW_GROWTH times its age or this long (seconds): an eta far off is still checked.
-WINDOW_LONGEST: Final = 600.0
-WINDOW_GROWTH: Final = 4.0
 
 Kind = Hashable
 
@@ -117,10 +93,6 @@ class Evidence:
     progress: float | None = None
     #: Up to which age this task's time is counted in the duration model.
     counted_to: float = 0.0
-    #: This task is one of those read a second time early, to learn how right etas are (see `running`).
-    explores: bool = False
-    #: This task already taught the forecaster how right its eta was.
-    calibrated: bool = False
 
     @property
     def running_until(self) -> float:
@@ -142,79 +114,163 @@ class Evidence:
             self.progress_at, self.progress = now, progress
 
 
-def _normal_cdf(z: float) -> float:
-    return 0.5 * math.erfc(-z / math.sqrt(2))
-
-
-def _normal_pdf(z: float) -> float:
-    return math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) if math.isfinite(z) else 0.0
-
-
 @final
 @attrs.define(slots=True)
 class RunningMean:
-    """Mean and spread of a stream of measurements, blended with a prior worth `prior_weight` of them.
+    """Mean and spread of a stream of measurements (Welford), blended with a prior worth `prior_weight` of them.
 
     Each measurement may come with the variance of its own error (rounding, say): the spread reported is that
-    of the quantity measured, with the measurements' mean error variance taken out. The prior's share of the
-    spread fades faster than its share of the mean (by the square root of its weight over theirs), so that a
-    server whose hints are consistently right is soon trusted. Kept as sums, so that what other clients
-    measured adds up (`remote`).
+    of the quantity measured, with the measurements' mean error variance taken out.
     """
 
     prior_mean: float
     prior_spread: float
     prior_weight: float = PRIOR_WEIGHT
-    #: count, sum, sum of squares and error variance of the measurements made here.
-    sums: list[float] = attrs.field(factory=lambda: [0.0, 0.0, 0.0, 0.0])
-    #: The same sums of other clients' measurements.
-    remote: list[float] = attrs.field(factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    count: int = 0
+    _mean: float = 0.0
+    _m2: float = 0.0
+    _noise: float = 0.0
 
-    def add(self, value: float, noise_variance: float = 0.0, unknown_variance: float = 0.0) -> None:
-        """One measurement; `unknown_variance`: what is left unknown of a value known only to lie in an
-        interval (`value` its expected value there), which counts towards the spread."""
-        sums = self.sums
-        sums[0] += 1
-        sums[1] += value
-        sums[2] += value * value + unknown_variance
-        sums[3] += noise_variance
-
-    def add_between(self, low: float, high: float) -> None:
-        """A measurement known only to lie between `low` and `high`: its expected value and variance there,
-        by the normal distribution learnt so far (one step of EM for interval-censored data)."""
-        mean, spread = self.mean, max(self.spread, 1e-6)
-        alpha, beta = (low - mean) / spread, (high - mean) / spread
-        mass = _normal_cdf(beta) - _normal_cdf(alpha)
-        if mass < 1e-9:  # the interval is far from what was learnt: take its nearest end
-            self.add(low if alpha > 0 else high)
-            return
-        density_low, density_high = _normal_pdf(alpha), _normal_pdf(beta)
-        shift = (density_low - density_high) / mass
-        tails = (alpha * density_low if math.isfinite(alpha) else 0.0) - (
-            beta * density_high if math.isfinite(beta) else 0.0
-        )
-        variance = spread * spread * max(0.0, 1 + tails / mass - shift * shift)
-        self.add(mean + spread * shift, 0.0, variance)
-
-    @property
-    def count(self) -> float:
-        return self.sums[0] + self.remote[0]
+    def add(self, value: float, noise_variance: float = 0.0) -> None:
+        self.count += 1
+        delta = value - self._mean
+        self._mean += delta / self.count
+        self._m2 += delta * (value - self._mean)
+        self._noise += noise_variance
 
     @property
     def mean(self) -> float:
-        count, total = self.count, self.sums[1] + self.remote[1]
-        return (self.prior_weight * self.prior_mean + total) / (self.prior_weight + count)
+        return (self.prior_weight * self.prior_mean + self.count * self._mean) / (self.prior_weight + self.count)
 
     @property
     def spread(self) -> float:
-        count = self.count
-        weight = self.prior_weight
-        squares = 0.0
-        if count > 0:
-            total = self.sums[1] + self.remote[1]
-            squares = self.sums[2] + self.remote[2] - total * total / count - (self.sums[3] + self.remote[3])
-        variance = weight * self.prior_spread**2 * math.sqrt(weight / (weight + count)) + max(0.0, squares)
-        return math.sqrt(variance / (weight + count))
+        variance = self.prior_weight * self.prior_spread**2 + max(0.0, self._m2 - self._noise)
+        return math.sqrt(variance / (self.prior_weight + self.count))
+
+
+def _bin(age: float) -> int:
+    if age < 1.0:
+        return 0
+    return min(BIN_COUNT - 1, int(math.log(age) / math.log(BIN_BASE)))
+
+
+def _bin_start(index: int) -> float:
+    return 0.0 if index == 0 else BIN_BASE**index
+
+
+def _bin_end(index: int) -> float:
+    return math.inf if index == BIN_COUNT - 1 else BIN_BASE ** (index + 1)
+
+
+_BIN_ENDS: Final = [BIN_BASE ** (index + 1) for index in range(BIN_COUNT - 1)] + [math.inf]
+
+
+def _spans(from_age: float, to_age: float) -> Iterator[tuple[int, float, float]]:
+    """The bins that the ages from `from_age` to `to_age` cross, with the part of each that they cover."""
+    index, start = _bin(from_age), from_age
+    while start < to_age:
+        end = min(to_age, _bin_end(index))
+        if end > start:
+            yield index, start, end
+        start, index = max(start, end), index + 1
+
+
+def _lognormal_hazard(age: float, median: float, sigma: float) -> float:
+    """The hazard (ends per second per task still running) of a log-normal duration at `age`."""
+    if age <= 0:
+        return 0.0
+    z = (math.log(age) - math.log(median)) / sigma
+    density = math.exp(-0.5 * z * z) / (age * sigma * math.sqrt(2 * math.pi))
+    survival = 0.5 * math.erfc(z / math.sqrt(2))
+    return density / survival if survival > 1e-12 else 1.0 / (sigma * sigma * age) * max(z, 1.0)
+
+
+@final
+class DurationModel:
+    """How long tasks of one kind take: a hazard per age bin, from ends seen over task-seconds at risk."""
+
+    __slots__ = ("_exposure", "_partial", "_peaks", "_through", "ended", "ends")
+
+    def __init__(self, prior_median: float, prior_sigma: float) -> None:
+        self._peaks: list[float] | None = None
+        self._exposure: list[float] | None = None
+        self.ended = 0
+        # Task-seconds at risk per bin, kept so that counting a task costs the same whatever its age: the bins
+        # it crossed whole are two marks in `_through` (a difference array: +1 where they start, -1 where they
+        # stop), the bins it entered or left part way are added to `_partial`. `exposure` sums them up.
+        self._through = [0] * (BIN_COUNT + 1)
+        self._partial = [PRIOR_EXPOSURE] * BIN_COUNT
+        self.ends = []
+        for index in range(BIN_COUNT):
+            end = min(_bin_end(index), 10 * BIN_BASE**BIN_COUNT)
+            middle = (_bin_start(index) + end) / 2
+            self.ends.append(PRIOR_EXPOSURE * _lognormal_hazard(middle, prior_median, prior_sigma))
+
+    def count(self, from_age: float, to_age: float) -> None:
+        """A task was at risk (running, not seen ended) from `from_age` to `to_age` seconds of its life."""
+        if to_age <= from_age:
+            return
+        self._peaks = self._exposure = None
+        first, last = _bin(from_age), _bin(to_age)
+        # Ages sit in their bin by `_bin`; its float log may put an age on a bin's edge one bin low or high.
+        if last <= first:
+            self._partial[first] += to_age - from_age
+            return
+        partial = self._partial
+        partial[first] += max(0.0, _BIN_ENDS[first] - from_age)
+        partial[last] += max(0.0, to_age - _BIN_ENDS[last - 1])
+        if last > first + 1:
+            self._through[first + 1] += 1
+            self._through[last] -= 1
+
+    @property
+    def exposure(self) -> list[float]:
+        """Task-seconds at risk per bin (the prior's included)."""
+        exposure = self._exposure
+        if exposure is None:
+            exposure, crossing = [], 0
+            for index in range(BIN_COUNT):
+                crossing += self._through[index]
+                width = _BIN_ENDS[index] - _bin_start(index) if index < BIN_COUNT - 1 else 0.0
+                exposure.append(self._partial[index] + crossing * width)
+            self._exposure = exposure
+        return exposure
+
+    def ended_at(self, age: float) -> None:
+        self._peaks = None
+        self.ended += 1
+        self.ends[_bin(age)] += 1.0
+
+    def hazard(self, age: float) -> float:
+        """Ends per second per running task at `age`, never below the peak reached at younger ages.
+
+        Past the bulk of the ends, few tasks are left and the raw estimate falls: a task already late is
+        not polled more and more rarely for it.
+        """
+        peaks = self._peaks
+        if peaks is None:
+            peaks, best = [], 0.0
+            for ends, exposure in zip(self.ends, self.exposure, strict=True):
+                best = max(best, ends / exposure)
+                peaks.append(best)
+            self._peaks = peaks
+        return peaks[_bin(age)]
+
+    def mean_hazard(self, from_age: float, to_age: float) -> float:
+        """`hazard` averaged over the ages from `from_age` to `to_age`."""
+        if to_age <= from_age:
+            return self.hazard(from_age)
+        total = 0.0
+        for index, start, end in _spans(from_age, to_age):
+            total += (end - start) * self.hazard((start + end) / 2 if index < BIN_COUNT - 1 else start)
+        return total / (to_age - from_age)
+
+    def survival_between(self, from_age: float, to_age: float) -> float:
+        """The chance that a task running at `from_age` is still running at `to_age`."""
+        total = 0.0
+        for index, start, end in _spans(from_age, to_age):
+            total += (end - start) * self.ends[index] / self.exposure[index]
+        return math.exp(-total)
 
 
 @final
@@ -222,21 +278,15 @@ class Forecaster:
     """What one client has learnt about the server's hints and its tasks' durations, and what it plans.
 
     `plan()` is the policy; everything else feeds it. Times are on the client's clock, in seconds.
-    `prior_median` None (the default) starts the durations from the scale-free prior (see `_durations.py`).
     """
 
-    def __init__(self, *, prior_median: float | None = None, prior_sigma: float = 0.5) -> None:
-        self._prior = prior(prior_median, prior_sigma)
-        self._told_median = prior_median
+    def __init__(self, *, prior_median: float, prior_sigma: float) -> None:
+        self._prior = (prior_median, prior_sigma)
         self._durations: dict[Kind, DurationModel] = {}
-        self._all = DurationModel(*self._prior)
+        self._all = DurationModel(prior_median, prior_sigma)
         self.eta_log_ratio = RunningMean(0.0, PRIOR_ETA_SPREAD)
         self.queue_share = RunningMean(PRIOR_QUEUE_SHARE, PRIOR_QUEUE_SPREAD)
-        #: Of the first polls that saw a task running, how many read a usable hint (and the same, remote).
-        self.first_reads = [0.0, 0.0]
-        self.remote_first_reads = [0.0, 0.0]
         self._progress_step = 0  # gcd of every progress value seen; 0 before any
-        self._eta_tasks = 0  # tasks that read an eta
         self.ended = 0
 
     # -- learning -------------------------------------------------------------------------------------------
@@ -249,24 +299,12 @@ class Forecaster:
     def running(self, evidence: Evidence, now: float, eta: float | None, progress: float | None) -> None:
         """A poll at `now` found the task still running with these hints."""
         self._count(evidence, now - evidence.submitted_at)
-        if evidence.seen_running_at is None:
-            self.first_reads[0] += 1
-            if (eta is not None and eta > 0) or (progress is not None and 0 < progress < 100):
-                self.first_reads[1] += 1
-        if evidence.first_eta is None and eta is not None and eta > 0:
-            # One task in EXPLORE_EVERY is read again early whatever its eta says (see `next_poll`), and only
-            # those teach how right etas are: the others are read again when their eta says they end, so
-            # those whose eta says too much are read only once they ended, and learning from the tasks read
-            # in time would learn that etas say too little, trust that, and read the others later still.
-            evidence.explores = self._eta_tasks % EXPLORE_EVERY == 0
-            self._eta_tasks += 1
         first, first_at = evidence.first_eta, evidence.first_eta_at
         if (
             eta is not None
             and first is not None
             and first_at is not None
-            and evidence.explores
-            and not evidence.calibrated
+            and evidence.eta_at == first_at  # this is the task's second eta reading: learn from it once
             and now - first_at >= _CALIBRATION_SECONDS
             and first > eta > 0
         ):
@@ -274,33 +312,27 @@ class Forecaster:
             # readings are rounded up to whole seconds: their difference is off by up to 1 (variance 1/6).
             counted = first - eta
             self.eta_log_ratio.add(math.log((now - first_at) / counted), 1 / (6 * counted * counted))
-            evidence.calibrated = True
         evidence.record(now, eta, progress)
         if progress is not None and 0 < progress < 100:
             self._progress_step = math.gcd(self._progress_step, int(progress))
 
     def ended_between(self, evidence: Evidence, seen_running_at: float | None, seen_ended_at: float) -> None:
-        """A task ended after `seen_running_at` (None: unknown) and before `seen_ended_at`: the end is learnt
-        as somewhere in between (interval-censored), not at one point."""
+        """A task ended after `seen_running_at` (None: unknown) and before `seen_ended_at`."""
         lower = seen_running_at if seen_running_at is not None else evidence.submitted_at
-        lower_age = lower - evidence.submitted_at
-        self._count(evidence, lower_age)
-        self.ended += 1
-        for model in self._models(evidence.kind):
-            model.ended_between(evidence.counted_to, seen_ended_at - evidence.submitted_at)
         end = (lower + seen_ended_at) / 2
         age = end - evidence.submitted_at
-        # An exploring task (see `running`) that ended before its second reading teaches how right its eta
-        # was by its end, as a ratio known to lie between two bounds.
-        eta, eta_at = evidence.first_eta, evidence.first_eta_at
-        if eta is not None and eta_at is not None and eta >= 2 and evidence.explores and not evidence.calibrated:
-            evidence.calibrated = True
-            said = eta - 0.5
-            low = math.log((lower - eta_at) / said) if lower > eta_at else -math.inf
-            self.eta_log_ratio.add_between(low, math.log(max(seen_ended_at - eta_at, 1e-3) / said))
+        self._count(evidence, age)
+        self.ended += 1
+        for model in self._models(evidence.kind):
+            model.ended_at(age)
         if seen_ended_at - lower > max(_PRECISE_END_SECONDS, _PRECISE_END_SHARE * age):
-            return  # the end is too vague to say when the task's progress started
+            return  # the end is too vague to say how right the hints were
+        # The first readings: the furthest from the end, so the least blurred by rounding.
+        eta, eta_at = evidence.first_eta, evidence.first_eta_at
         vagueness = (seen_ended_at - lower) ** 2 / 12  # the end is somewhere between the two polls
+        if eta is not None and eta_at is not None and eta >= 3 and end > eta_at:
+            remaining = end - eta_at
+            self.eta_log_ratio.add(math.log(remaining / (eta - 0.5)), vagueness / remaining**2 + 1 / (12 * eta * eta))
         progress, progress_at = evidence.first_progress, evidence.first_progress_at
         if progress is not None and progress_at is not None and age > 0 and progress < 90:
             share = (progress + self.progress_step / 2) / 100
@@ -323,26 +355,6 @@ class Forecaster:
             for model in self._models(evidence.kind):
                 model.count(evidence.counted_to, age)
             evidence.counted_to = age
-
-    @property
-    def hints_expected(self) -> bool:
-        """Whether a task's first poll likely reads a hint (an eta or progress): yes until shown otherwise."""
-        polls = self.first_reads[0] + self.remote_first_reads[0]
-        hinted = self.first_reads[1] + self.remote_first_reads[1]
-        return (hinted + 1) / (polls + 2) >= 0.5
-
-    def kinds(self) -> dict[Kind, DurationModel]:
-        """Every kind's duration model, and every kind's together under None."""
-        return {None: self._all, **self._durations}
-
-    def model_for_sharing(self, kind: Kind) -> DurationModel:
-        """The model of `kind` (None: all kinds'), made if new (another client learnt of it)."""
-        if kind is None:
-            return self._all
-        model = self._durations.get(kind)
-        if model is None:
-            model = self._durations[kind] = DurationModel(*self._prior)
-        return model
 
     @property
     def progress_step(self) -> int:
@@ -416,42 +428,6 @@ class Forecaster:
 
     # -- planning -------------------------------------------------------------------------------------------
 
-    def cost_of_delay(self, cost: float, evidence: Evidence, age: float, window: tuple[float, float] | None) -> float:
-        """Polls one second of delay is worth for this task: `cost` for tasks up to `DELAY_SCALE` seconds
-        long, less in proportion for longer ones (their users care about delay as a share of the wait)."""
-        typical = age
-        if window is not None:  # the earliest end the hints allow: a wide window is no promise of a long task
-            typical = max(typical, window[0] - evidence.submitted_at)
-        if self._told_median is not None:
-            typical = max(typical, self._told_median)
-        model = self.duration_model(evidence.kind)
-        if model.ended >= 8:
-            typical = max(typical, model.quantile(0.5))
-        return cost if typical <= DELAY_SCALE else cost * DELAY_SCALE / typical
-
-    def first_poll(
-        self,
-        evidence: Evidence,
-        *,
-        delay_cost: float,
-        min_interval: float,
-        max_interval: float | None,
-        jitter: float,
-        random_fraction: float,
-    ) -> float:
-        """When to poll a task first (clock time), just submitted.
-
-        Where first polls usually read a hint (and until shown otherwise), early, before all but
-        `FIRST_READ_SHARE` of tasks would have ended: the poll that reads the hint is what places the next one
-        at the finish. Without hints, when the learnt durations make it pay off, as for any later poll.
-        """
-        cost = self.cost_of_delay(delay_cost, evidence, 0.0, None)
-        gap = self.gap_without_hints(evidence.kind, 0.0, cost, min_interval, max_interval)
-        if self.hints_expected:
-            gap = min(gap, self.duration_model(evidence.kind).quantile(FIRST_READ_SHARE))
-        due = evidence.submitted_at + max(min_interval, gap) * (1.0 - jitter * random_fraction)
-        return max(evidence.submitted_at + min_interval, due)
-
     def next_poll(
         self,
         evidence: Evidence,
@@ -459,24 +435,21 @@ class Forecaster:
         *,
         delay_cost: float,
         min_interval: float,
-        max_interval: float | None,
+        max_interval: float,
         jitter: float,
         random_fraction: float,
     ) -> float:
         """When to poll the task next (clock time), having just seen it running at `now`.
 
-        Never sooner than `min_interval` from now, never later than `max_interval` (None: no fixed bound;
-        without a hint, never later than the task's age or `NO_HINT_LONGEST`, whichever is longer, and with
-        one than `WINDOW_GROWTH` times its age or `WINDOW_LONGEST`); jitter (a
-        share `jitter` of the wait, `random_fraction` in [0, 1)) only ever brings a poll earlier, and never
-        before the window opens.
+        Never sooner than `min_interval` from now, never later than `max_interval`; jitter (a share `jitter`
+        of the wait, `random_fraction` in [0, 1)) only ever brings a poll earlier, and never before the
+        window opens.
         """
         window = self.window(evidence)
+        patience = 1.0 / delay_cost
         age = now - evidence.submitted_at
-        cost = self.cost_of_delay(delay_cost, evidence, age, window)
-        patience = 1.0 / cost
         if window is None or window[1] <= now:
-            gap = self.gap_without_hints(evidence.kind, age, cost, min_interval, max_interval)
+            gap = self.gap_without_hints(evidence.kind, age, delay_cost, min_interval, max_interval)
             if window is not None:  # the hints said it would be over by now: look sooner while they may be near
                 gap = min(gap, max(patience, (now - window[1]) / 4))
             due = now + gap * (1.0 - jitter * random_fraction)
@@ -488,41 +461,26 @@ class Forecaster:
             earliest = max(now, lo)
             step = max(patience, math.sqrt(2 * (hi - earliest) * patience))
             aim = min(hi, earliest + step)
-            first_at, first = evidence.first_eta_at, evidence.first_eta
-            if evidence.explores and not evidence.calibrated and first_at is not None and first is not None:
-                # Read again early, while all but tasks whose eta says over three times too much still run,
-                # and not a jitter sooner (a reading too soon after the first would teach nothing).
-                explore = max(now, first_at + max(_CALIBRATION_SECONDS, first * EXPLORE_SHARE))
-                if explore < aim:
-                    aim = earliest = explore
             due = aim - jitter * random_fraction * (aim - earliest)
-            if max_interval is None:  # however far the hints put the end, look again within a bound
-                due = min(due, now + max(WINDOW_LONGEST, WINDOW_GROWTH * age))
-        due = max(now + min_interval, due)
-        return due if max_interval is None else min(now + max_interval, due)
+        return min(now + max_interval, max(now + min_interval, due))
 
     def gap_without_hints(
-        self, kind: Kind, age: float, delay_cost: float, min_interval: float, max_interval: float | None
+        self, kind: Kind, age: float, delay_cost: float, min_interval: float, max_interval: float
     ) -> float:
         """The wait `g` that solves `delay_cost * g**2 * h / 2 = 1`, within the bounds, where `h` is the hazard
-        averaged over the wait: a poll is worth making once the delay it saves, on average, costs as much.
-
-        The longest wait is `max_interval` if given, else the task's age or `NO_HINT_LONGEST`, whichever is
-        longer: however little is known, a task is looked at again before its age has doubled."""
+        averaged over the wait: a poll is worth making once the delay it saves, on average, costs as much."""
         model = self.duration_model(kind)
-        longest = max(NO_HINT_LONGEST, age) if max_interval is None else max_interval
-        longest = max(longest, min_interval)
 
         def excess(gap: float) -> float:
             return delay_cost * gap * gap * model.mean_hazard(age, age + gap) / 2 - 1
 
-        if excess(longest) <= 0:
-            return longest
+        if excess(max_interval) <= 0:
+            return max_interval
         if excess(min_interval) >= 0:
             return min_interval
-        low, high = min_interval, longest
-        for _ in range(24):
-            middle = math.sqrt(low * high)
+        low, high = min_interval, max_interval
+        for _ in range(20):
+            middle = (low + high) / 2
             if excess(middle) < 0:
                 low = middle
             else:

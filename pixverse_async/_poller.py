@@ -60,20 +60,15 @@ class PollPolicy:
     """When the shared poller looks at a task again, in the API's seconds (see `_forecast.py` for how).
 
     `delay_cost` is the one knob that trades polls for lateness: how many polls one second of delay (from a
-    task's end to the poll that sees it) is worth, for tasks up to 30 s long; for longer ones, a second is
-    worth less in proportion (a delay is felt as a share of the wait). With a usable hint the poller steps
-    into the window where the finish likely is (`sqrt(2 * width / cost)` at a time, at least `1 / cost`);
-    with none, it spaces polls by the learnt hazard of the task's age, more densely where many tasks of that
-    kind end. The default, 2.0, comes from `benchmarks.polling`: see the README's Performance section.
+    task's end to the poll that sees it) is worth. With a usable hint the poller steps into the window where the
+    finish likely is (`sqrt(2 * width / delay_cost)` at a time, at least `1 / delay_cost`); with none, it
+    spaces polls by the learnt hazard of the task's age, more densely where many tasks of that kind end. The
+    default, 2.0, comes from `benchmarks.polling`: see the README's Performance section.
 
-    The first poll comes `first_poll_after` seconds after a submission, or, when None (the default), early
-    while first polls read hints (an eta or progress; until shown otherwise), else when it pays off by the
-    learnt durations. Nothing needs telling: a new client starts from a scale-free prior and learns from
-    each end. `expected_duration` (None by default) is an optional hint: the median of a log-normal prior
-    (sigma `duration_spread`) to start from instead. No task is polled again sooner than
-    `min_interval` after its last poll, nor later than `max_interval` when one is given (None, the default:
-    a task with a hint is polled by its hint, one without is looked at again before its age has doubled,
-    or within 60 s). Jitter (`jitter` of the
+    The first poll comes `first_poll_after` seconds after a submission, or, when None (the default), when it
+    pays off by the learnt durations. `expected_duration` and `duration_spread` (a log-normal median and
+    sigma) are the prior a new client starts from, before any task has ended. No task is polled again
+    sooner than `min_interval` after its last poll, or later than `max_interval`. Jitter (`jitter` of the
     wait) only ever makes a poll earlier, never later than planned and never before the likely finish.
     `max_polls_per_second` caps the whole client's poll rate (a token bucket of one second's polls, applied
     with `RateLimits.polls_per_minute` and the rate learnt from 429s); `max_polls_in_flight` its concurrent
@@ -88,9 +83,9 @@ class PollPolicy:
     first_poll_after: float | None = attrs.field(default=None, validator=number(at_least=0, none_means="planned"))
     delay_cost: float = attrs.field(default=2.0, validator=number(above=0))
     min_interval: float = attrs.field(default=0.25, validator=number(above=0))
-    max_interval: float | None = attrs.field(default=None, validator=number(above=0, none_means="no fixed bound"))
+    max_interval: float = attrs.field(default=60.0, validator=number(above=0))
     jitter: float = attrs.field(default=0.1, validator=number(at_least=0, at_most=1))
-    expected_duration: float | None = attrs.field(default=None, validator=number(above=0, none_means="not told"))
+    expected_duration: float = attrs.field(default=40.0, validator=number(above=0))
     duration_spread: float = attrs.field(default=0.5, validator=number(above=0))
     max_polls_per_second: float | None = attrs.field(default=200.0, validator=number(above=0, none_means="no limit"))
     max_polls_in_flight: int = attrs.field(default=64, validator=count(at_least=1))
@@ -255,20 +250,10 @@ class Poller:
         return pending
 
     def _first_due(self, pending: PendingTask) -> float:
-        policy = self._policy
-        fixed = policy.first_poll_after
-        if self._webhooks:
-            return self._plan(pending, pending.submitted_at, self._rng.random())
-        if fixed is not None:
+        fixed = self._policy.first_poll_after
+        if fixed is not None and not self._webhooks:
             return pending.submitted_at + fixed
-        return self.forecaster.first_poll(
-            pending,
-            delay_cost=policy.delay_cost,
-            min_interval=policy.min_interval,
-            max_interval=policy.max_interval,
-            jitter=policy.jitter,
-            random_fraction=self._rng.random(),
-        )
+        return self._plan(pending, pending.submitted_at, self._rng.random())
 
     def _plan(self, pending: PendingTask, last_poll: float, random_fraction: float) -> float:
         """When to poll next, on the clock, from what the task and the forecaster know; `last_poll` is the

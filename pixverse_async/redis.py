@@ -13,7 +13,6 @@ the same account `name` (default: a hash of the API key, never the key) shares:
   (submissions not yet answered at most one more than those accepted, for all clients together, until the
   cap is known), the longest task seen (how long a lost answer's slot is held), and each pause of an
   endpoint on evidence of a rate limit (every client pauses and cuts its pace);
-- what the clients learnt of their tasks' durations and hints, pooled in one hash (`_shared_learning.py`);
 - leases: each client renews its lease (`lease` API seconds, 20 by default) every third of it while open.
   A client whose lease lapses (killed, hung, cut off) is dead to the others: its running tasks (recorded by
   task id) are adopted by the next client that talks to Redis, which polls them to their end and frees
@@ -59,12 +58,9 @@ from ._exceptions import BudgetUnavailableError, ClientClosedError, InvalidReque
 from ._redis_common import namespace, outage_wait, process_id, redis_asyncio, register_scripts, scheme_of
 from ._redis_common import shown_url as _shown
 from ._redis_script import STEP
-from ._shared_learning import exchange_forever
 
 if TYPE_CHECKING:
     import redis.asyncio
-
-    from ._forecast import Forecaster
 
 __all__ = ["DEFAULT_LEASE", "RedisBudget"]
 
@@ -156,7 +152,6 @@ class RedisBudget:
         self._restoring = False
         self._leaving = False
         self._redis: redis.asyncio.Redis | None = None
-        self._learning: Forecaster | None = None
         self._script: Any = None
         self._serving = False
         self._dirty = False
@@ -234,11 +229,6 @@ class RedisBudget:
                 {"op": "paused", "endpoint": endpoint, "seconds": seconds * self._scale}
             )
         self.limit = min(settings.max_concurrency, limits.max_running or settings.max_concurrency)
-
-    def share_learning(self, forecaster: Forecaster) -> None:
-        """Pool what the client's `forecaster` learns of its tasks with the account's other clients while the
-        budget runs (see `_shared_learning.py`); the client calls this."""
-        self._learning = forecaster
 
     async def acquire(self) -> Slot:
         """Wait for a slot of the account (one round trip when one is free) and take it."""
@@ -347,9 +337,6 @@ class RedisBudget:
             try:
                 async with anyio.create_task_group() as group:
                     await group.start(self._drive, adopt)
-                    if self._learning is not None:
-                        key, clock = self._key("learnt"), self._clock
-                        await group.start(exchange_forever, self._redis, key, self._learning, clock)
                     try:
                         yield
                     finally:

@@ -379,9 +379,7 @@ async def test_resuming_a_task_that_is_awaited_shares_its_polls_and_its_slot() -
             await anyio.wait_all_tasks_blocked()
             (resumed,) = await collect(client, [task])
         polls_of_the_task = sim.counters.polls_by_task[task.task_id]
-        # Jobs long enough to overlap whatever the real latency between two submissions (5 s jobs did only
-        # while their first polls came late).
-        later = await collect(client, jobs(4, "run 40"))
+        later = await collect(client, jobs(4, "run 5"))
     assert resumed.ok and all(r.ok for r in later)
     assert polls_of_the_task <= 4  # one record's polls (3 here); two records made 6
     # Both slots came back: two of the later jobs ran side by side, never three.

@@ -35,9 +35,9 @@ CASES: list[tuple[Callable[..., object], str, list[object]]] = [
     (RetryPolicy, "max_retry_after", [-1, math.inf, *NOT_NUMBERS]),
     (PollPolicy, "first_poll_after", [-1, math.inf, "1", True, [1], math.nan]),  # None: planned
     (PollPolicy, "min_interval", [0, -1, math.inf, *NOT_NUMBERS]),
-    (PollPolicy, "max_interval", [0, -1, math.inf, "1", True, False, [1], math.nan]),  # None: no fixed bound
+    (PollPolicy, "max_interval", [0, -1, math.inf, *NOT_NUMBERS]),
     (PollPolicy, "delay_cost", [0, -1, math.inf, *NOT_NUMBERS]),
-    (PollPolicy, "expected_duration", [0, -1, math.inf, "1", True, False, [1], math.nan]),  # None: not told
+    (PollPolicy, "expected_duration", [0, -1, math.inf, *NOT_NUMBERS]),
     (PollPolicy, "duration_spread", [0, -1, math.inf, *NOT_NUMBERS]),
     (PollPolicy, "webhook_tail", [0, -1, 1, math.inf, *NOT_NUMBERS]),
     (PollPolicy, "jitter", [-0.1, 1.01, *NOT_NUMBERS]),
