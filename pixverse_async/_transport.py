@@ -265,20 +265,7 @@ class ApiTransport:
         deadline = self.watchdog.arm()
         failure: RequestNotSent | AnswerLost | asyncio.CancelledError
         try:
-            # No redirects: following one could carry the key to another host.
-            async with self._session.request(
-                method,
-                url,
-                params=params,
-                data=data,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-                proxy=self._proxy,
-                proxy_auth=self._proxy_auth,
-            ) as response:
-                payload = await response.read()
-                return Response(status=response.status, headers=response.headers, body=payload)
+            return await self._answer(method, url, params=params, data=data, headers=headers)
         except asyncio.CancelledError as cancelled:
             failure = self._cancelled(method, path, deadline, cancelled)
         except aiohttp.ClientError as error:
@@ -301,18 +288,7 @@ class ApiTransport:
         progress = body.progress = UploadProgress(deadline, stall=self._upload_limit, read=self.watchdog.limit)
         failure: RequestNotSent | AnswerLost | asyncio.CancelledError
         try:
-            async with self._session.request(
-                method,
-                self._base_url + path,
-                data=body,
-                headers=self._json_headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-                proxy=self._proxy,
-                proxy_auth=self._proxy_auth,
-            ) as response:
-                payload = await response.read()
-                return Response(status=response.status, headers=response.headers, body=payload)
+            return await self._answer(method, self._base_url + path, data=body, headers=self._json_headers)
         except asyncio.CancelledError as cancelled:
             failure = self._cancelled(method, path, deadline, cancelled)
         except aiohttp.ClientError as error:
@@ -337,6 +313,25 @@ class ApiTransport:
             else:
                 failure = RequestNotSent(failure.error)
         raise failure
+
+    async def _answer(
+        self, method: str, url: str, *, headers: _RequestHeaders, params: Mapping[str, str] | None = None, data: Any
+    ) -> Response:
+        """One request and its whole answer; the caller turns what it raises into this library's errors."""
+        # No redirects: following one could carry the key to another host.
+        async with self._session.request(
+            method,
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            timeout=self._timeout,
+            allow_redirects=False,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
+        ) as response:
+            payload = await response.read()
+            return Response(status=response.status, headers=response.headers, body=payload)
 
     def _cancelled(
         self, method: str, path: str, deadline: RequestDeadline | None, cancelled: asyncio.CancelledError
