@@ -347,7 +347,7 @@ class ApiTransport:
         if isinstance(error, _CONNECTION_TIMEOUT):
             return RequestNotSent(APITimeoutError(f"could not connect to {self._base_url} in time"))
         if isinstance(error, aiohttp.ClientConnectorError):
-            reason = self.redact(str(error.os_error) or type(error.os_error).__name__)
+            reason = self.redact(_connect_failure(error))
             return RequestNotSent(APIConnectionError(f"could not connect to {self._base_url}: {reason}"))
         if isinstance(error, TimeoutError):  # SocketTimeoutError, and before 3.10 its ServerTimeoutError
             return AnswerLost(APITimeoutError(f"{method} {path}: no answer within the read timeout"))
@@ -509,3 +509,13 @@ class ReadTimeoutWatchdog:
             if deadline.at <= now and not deadline.expired:
                 deadline.expired = True
                 deadline.asyncio_task.cancel()
+
+
+def _connect_failure(error: aiohttp.ClientConnectorError) -> str:
+    """What went wrong connecting: the OS's words, or the certificate's (before aiohttp 3.10 a certificate
+    error has no `os_error`)."""
+    try:
+        os_error = error.os_error
+    except AttributeError:
+        return str(error) or type(error).__name__
+    return str(os_error) or type(os_error).__name__
