@@ -30,7 +30,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -44,6 +43,7 @@ from benchmarks._common import (
     goal_text,
     parse_quick_flag,
 )
+from benchmarks.scale_out import Mode
 from pixverse_async.cli.redis_journal import run_keys
 from pixverse_async.testing import CallRateLimit, Fault, RedisServer, redis_server
 
@@ -57,14 +57,6 @@ TIME_SCALE = float(os.environ.get("PIXVERSE_BENCH_TIME_SCALE", "0.25"))
 GOAL_429_PER_ROW = 0.2
 GOAL_TIME = 1.3
 _DEADLINE = 300.0  # real seconds a run may take before it counts as a hang
-
-
-@dataclass(frozen=True)
-class Mode:
-    name: str
-    eta: str = "exact"
-    progress: str = "linear"
-    options: tuple[tuple[str, Any], ...] = ()
 
 
 MODES = (
