@@ -3,6 +3,7 @@ after (a succeeded row has its file, with the size and sha256 the journal record
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -96,14 +98,10 @@ async def test_a_second_run_of_a_journal_in_use_is_refused_and_pays_nothing(
     assert sim.counters.tasks_created == 4 and set(sim.counters.tasks_created_by_prompt.values()) == {1}
 
 
-async def test_a_journal_reached_by_another_name_is_the_same_journal_and_pays_nothing_twice(
-    sim: Simulator, tmp_path: Path, frame: str
-) -> None:
-    """The lock is on the journal itself: a hard link, a symlink or `--journal` beside another `--out` reach the
-    same file, so a second run through any of them is refused while the first holds it."""
-    manifest = write_jsonl(tmp_path / "jobs.jsonl", rows("r1", prompt="hold") + rows("r2", "r3", "r4"))
-    out = tmp_path / "out"
-    journal = out / "pixverse-journal.sqlite"
+@contextlib.asynccontextmanager
+async def a_run_holding_its_journal(sim: Simulator, manifest: Path, out: Path) -> AsyncIterator[anyio.abc.Process]:
+    """A `run` of `manifest` at concurrency 1, once it has submitted its first row (a task that never ends):
+    from then on it holds its journal in `out` until it is killed."""
     args = [*COMMAND, "run", str(manifest), "--out", str(out), "--concurrency", "1"]
     args += ["--base-url", sim.base_url, "--time-scale", str(SCALE)]
     env = {**os.environ, "PIXVERSE_API_KEY": "sk-test"}
@@ -113,6 +111,18 @@ async def test_a_journal_reached_by_another_name_is_the_same_journal_and_pays_no
         with anyio.fail_after(30):
             while b"submitted row" not in await output.receive_until(b"\n", 10_000):
                 pass
+        yield first
+
+
+async def test_a_journal_reached_by_another_name_is_the_same_journal_and_pays_nothing_twice(
+    sim: Simulator, tmp_path: Path, frame: str
+) -> None:
+    """The lock is on the journal itself: a hard link, a symlink or `--journal` beside another `--out` reach the
+    same file, so a second run through any of them is refused while the first holds it."""
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", rows("r1", prompt="hold") + rows("r2", "r3", "r4"))
+    out = tmp_path / "out"
+    journal = out / "pixverse-journal.sqlite"
+    async with a_run_holding_its_journal(sim, manifest, out) as first:
         (tmp_path / "elsewhere").mkdir()
         symlinked = tmp_path / "elsewhere" / "symlinked.sqlite"
         symlinked.symlink_to(journal)
@@ -144,15 +154,7 @@ async def test_a_hard_linked_journal_is_refused_by_every_name_and_pays_nothing_t
     manifest = write_jsonl(tmp_path / "jobs.jsonl", rows("r1", prompt="hold") + rows("r2", "r3", "r4"))
     out = tmp_path / "out"
     journal = out / "pixverse-journal.sqlite"
-    args = [*COMMAND, "run", str(manifest), "--out", str(out), "--concurrency", "1"]
-    args += ["--base-url", sim.base_url, "--time-scale", str(SCALE)]
-    env = {**os.environ, "PIXVERSE_API_KEY": "sk-test"}
-    async with await anyio.open_process(args, env=env, stderr=subprocess.DEVNULL) as first:
-        assert first.stdout is not None
-        output = BufferedByteReceiveStream(first.stdout)
-        with anyio.fail_after(30):
-            while b"submitted row" not in await output.receive_until(b"\n", 10_000):
-                pass
+    async with a_run_holding_its_journal(sim, manifest, out) as first:
         hard_linked = tmp_path / "hard-linked.sqlite"
         os.link(journal, hard_linked)
         try:
