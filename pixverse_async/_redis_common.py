@@ -91,4 +91,5 @@ def namespace(prefix: str, name: str) -> str:
 
 
 def keys_of(space: str, parts: Iterable[str]) -> list[str]:
+    """The keys `space:part` of one namespace, in the order of `parts`."""
     return [f"{space}:{part}" for part in parts]

@@ -36,7 +36,7 @@ import anyio
 import attrs
 
 from .._clock import Clock, SystemClock
-from .._redis_common import namespace, outage_wait, process_id, redis_asyncio, register_scripts, shown_url
+from .._redis_common import keys_of, namespace, outage_wait, process_id, redis_asyncio, register_scripts, shown_url
 from . import redis_scripts
 from .journal import JournalError, JournalRow, Work
 from .transitions import TRANSITIONS, Record, State, another_manifest, changes
@@ -82,8 +82,7 @@ def check_run_name(name: str) -> str:
 
 def run_keys(run_name: str) -> list[str]:
     """The keys of one run, in the order the scripts take them (`KEYS[1..5]`)."""
-    space = namespace(_KEY_PREFIX, f"run:{run_name}")
-    return [f"{space}:{part}" for part in _KEY_PARTS]
+    return keys_of(namespace(_KEY_PREFIX, f"run:{run_name}"), _KEY_PARTS)
 
 
 def _stamp() -> str:
