@@ -48,6 +48,7 @@ from ._models import (
     TaskResult,
     TaskStatus,
     TextToVideo,
+    UncertainSubmission,
     Video,
     VideoRequest,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "TaskTimeoutError",
     "TextToVideo",
     "Timeouts",
+    "UncertainSubmission",
     "Video",
     "VideoExpiredError",
     "VideoHostError",

@@ -49,12 +49,14 @@ from ._models import (
     TaskResult,
     TaskStatus,
     TextToVideo,
+    UncertainSubmission,
 )
 from ._poller import Outcome, Poller, Waiter
-from ._submission import Submitter, WireShield
+from ._submission import Submitted, Submitter, WireShield
 from ._validation import check_number, task_id_problem
 
 # A job with a key of the caller's (a row id, a database key), given back on its result and events.
+_JOB_KINDS = "an ImageToVideo, a TextToVideo, a Task, an UncertainSubmission or a task id"
 KeyedJob = tuple[Hashable, Job]
 _log = logging.getLogger("pixverse_async")
 
@@ -82,7 +84,9 @@ class JobEvent:
     `progress_percent`/`eta` are set on PROGRESS, with `status` and `raw_status` (the server's word: a status
     this library does not know is `TaskStatus.UNKNOWN`, and keeps being polled); `error` on FAILED (any
     failure: task failed, timed out, rejected, uncertain) and on RETRIED (what was retried; `attempt` is the
-    try that failed). `key` is the job's key, as on its `JobResult`.
+    try that failed). `key` is the job's key, as on its `JobResult`. `webhook_token` is set on SUBMITTING with
+    webhooks on: the token the submission's webhook URL carries, for a journal to keep (see
+    `UncertainSubmission`).
     """
 
     kind: EventKind
@@ -95,6 +99,7 @@ class JobEvent:
     key: Hashable = None
     status: TaskStatus | None = None
     raw_status: str = ""
+    webhook_token: str | None = None
 
 
 EventCallback = Callable[[JobEvent], None]
@@ -341,11 +346,11 @@ class AsCompleted:
                 slot.release()
                 self._deliver(pair[1] if len(pair) == 2 else pair, None, error)  # type: ignore[arg-type]
                 return
-        elif isinstance(job, Task):
+        elif isinstance(job, Task | UncertainSubmission):
             key = job.key
         self.counts.submitting += 1
         try:
-            task_id, slot = await self._submit(job, slot, shield, key)
+            task_id, slot, announced = await self._submit(job, slot, shield, key)
         except PixVerseError as error:
             if isinstance(error, AuthenticationError | InsufficientBalanceError):
                 self._stop_error = self._stop_error or error
@@ -367,13 +372,15 @@ class AsCompleted:
         deadline = None if self._timeout is None else self._clock.now() + self._timeout
         waiter = _JobWaiter(deadline, self._timeout, run=self, job=job, task_id=task_id, key=key)
         self._running[task_id] = waiter
-        if isinstance(job, REQUEST_TYPES):
+        if isinstance(job, REQUEST_TYPES) and not announced:
             await self._poller.follow(task_id, waiter, slot=slot, kind=kind_of(job))
-        else:  # resumed: submitted earlier, so its age here says nothing about how long tasks take
+        else:  # resumed, or found by its delivery: its age here says nothing about how long tasks take
             await self._poller.follow(task_id, waiter, slot=slot, learns=False)
+            if announced:
+                self._poller.confirm(task_id)
 
-    async def _submit(self, job: Job, slot: Slot, shield: WireShield, key: Hashable) -> tuple[str, Slot]:
-        """The job's task id and the slot that stands for it; the slot is given back here on failure."""
+    async def _submit(self, job: Job, slot: Slot, shield: WireShield, key: Hashable) -> Submitted:
+        """The job's task id and the slot that stands for it (`Submitted`); the slot is given back on failure."""
         if isinstance(job, Task | str):
             task_id = job if isinstance(job, str) else job.task_id
             problem = task_id_problem(task_id) if isinstance(task_id, str) else f"a task id is a str, not {task_id!r}"
@@ -381,19 +388,17 @@ class AsCompleted:
                 slot.release()
                 raise InvalidRequestError("task", problem)
             slot.adopted(task_id)
-            return task_id, slot
+            return task_id, slot, False
+        if isinstance(job, UncertainSubmission):
+            return await self._submissions.wait_for_delivery(job.request, job.webhook_token, slot)
         try:
             if not isinstance(job, REQUEST_TYPES):
-                raise InvalidRequestError(
-                    "job",
-                    "must be an ImageToVideo, a TextToVideo, a Task, a task id or a (key, job) pair, not "
-                    f"{type(job).__name__}",
-                )
-            body = await self._submissions.request_body(job)
+                raise InvalidRequestError("job", f"must be {_JOB_KINDS} or a (key, job) pair, not {type(job).__name__}")
+            body, token = await self._submissions.request_body(job)
             if self._on_event is not None:
                 # Not through _emit: a journal that cannot record "submitting" must stop the submission.
                 try:
-                    self._on_event(JobEvent(EventKind.SUBMITTING, job, key=key))
+                    self._on_event(JobEvent(EventKind.SUBMITTING, job, key=key, webhook_token=token))
                 except Exception as error:
                     raise _SubmissionRefused(error) from error
         except BaseException:
@@ -404,7 +409,7 @@ class AsCompleted:
             self._emit(EventKind.RETRIED, job, error=error, attempt=attempt, key=key)
 
         return await self._submissions.send(
-            job, body, slot, on_retry=on_retry, shield=shield, take_slot=self._slot_for_a_taken_job
+            job, body, slot, on_retry=on_retry, shield=shield, take_slot=self._slot_for_a_taken_job, token=token
         )
 
     def _on_outcome(self, waiter: _JobWaiter, outcome: Outcome) -> None:
@@ -539,11 +544,8 @@ def _parts(item: tuple[str, _JobWaiter | tuple[Hashable, Job]]) -> tuple[str, tu
 
 def _split_keyed(pair: tuple[Any, ...]) -> tuple[Hashable, Job]:
     """`(key, job)` into its parts, or `InvalidRequestError` for a tuple that is not such a pair."""
-    if len(pair) != 2 or not isinstance(pair[1], ImageToVideo | TextToVideo | Task | str):
-        raise InvalidRequestError(
-            "job",
-            "a tuple must be a (key, job) pair whose job is an ImageToVideo, a TextToVideo, a Task or a task id",
-        )
+    if len(pair) != 2 or not isinstance(pair[1], ImageToVideo | TextToVideo | Task | UncertainSubmission | str):
+        raise InvalidRequestError("job", f"a tuple must be a (key, job) pair whose job is {_JOB_KINDS}")
     key, job = pair[0], pair[1]
     try:
         hash(key)
@@ -565,7 +567,7 @@ class _SubmissionRefused(Exception):
 def _request_of(job: Job) -> ImageToVideo | TextToVideo | None:
     if isinstance(job, REQUEST_TYPES):
         return job
-    return job.request if isinstance(job, Task) else None
+    return job.request if isinstance(job, Task | UncertainSubmission) else None
 
 
 _EXHAUSTED = object()

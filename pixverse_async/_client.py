@@ -71,7 +71,7 @@ from ._validation import (
     check_instance,
     task_id_problem,
 )
-from ._webhooks import answer_delivery
+from ._webhooks import answer_delivery, submission_tokens
 
 DEFAULT_BASE_URL = "https://api.myrouter.ai"
 DEFAULT_MAX_CONCURRENCY = 64
@@ -93,6 +93,7 @@ class _Submission:
     once the caller is gone."""
 
     request: ImageToVideo | TextToVideo
+    token: str | None
     answered: anyio.Event = attrs.field(factory=anyio.Event)
     stop: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     task: Task | None = None
@@ -287,6 +288,11 @@ class PixVerseClient:
                 await stack.enter_async_context(
                     self._shared_budget.serve(lambda task_id, slot: poller.track(task_id, slot=slot, learns=False))
                 )
+            tokens = None
+            if self.webhook_url is not None:
+                tokens = submission_tokens(
+                    self.webhook_url, clock=self.clock, poller=poller, budget=self._budget, abandoned=self._abandoned
+                )
             background = await stack.enter_async_context(anyio.create_task_group())
             await background.start(poller.run, name="pixverse-poller")
             background.start_soon(transport.watchdog.run, name="pixverse-read-timeout-watchdog")
@@ -304,6 +310,7 @@ class PixVerseClient:
                     image_as_data_uri=self.image_as_data_uri,
                     webhook_url=self.webhook_url,
                     uploads=UploadLane(self.max_upload_bytes_in_flight),
+                    tokens=tokens,
                 ),
                 background=background,
                 stack=stack.pop_all(),
@@ -357,11 +364,11 @@ class PixVerseClient:
                 "request", f"must be an ImageToVideo or a TextToVideo, not {type(request).__name__}"
             )
         state = self._state()
-        body = await state.submitter.request_body(request)
+        body, token = await state.submitter.request_body(request)
         slot = await state.submitter.take_slot()
         # Sent from the client's own task, so that the caller can be cancelled at once (by anyio or asyncio)
         # while a request already on the wire still gets its answer: see `abandoned_tasks`.
-        submission = _Submission(request)
+        submission = _Submission(request, token)
         try:
             state.background.start_soon(self._submit_for, state, body, submission, slot, name="pixverse-submit")
         except BaseException:
@@ -382,10 +389,14 @@ class PixVerseClient:
         """`submit()`'s request, holding the slot its caller took; never raises into the client's tasks."""
         try:
             with submission.stop, anyio.CancelScope() as scope:
-                task_id, slot = await state.submitter.send(
-                    submission.request, body, slot, shield=WireShield(scope=scope, stop=submission.stop)
+                task_id, slot, announced = await state.submitter.send(
+                    submission.request,
+                    body,
+                    slot,
+                    shield=WireShield(scope=scope, stop=submission.stop),
+                    token=submission.token,
                 )
-                state.poller.track(task_id, slot=slot, kind=kind_of(submission.request))
+                state.poller.track(task_id, slot=slot, kind=kind_of(submission.request), learns=not announced)
                 submission.task = Task(task_id=task_id, request=submission.request)
                 if submission.stop.cancel_called:
                     self._abandoned.append(submission.task)
@@ -512,15 +523,21 @@ class PixVerseClient:
 
     # -- webhooks -------------------------------------------------------------------------------------------
 
-    async def handle_webhook(self, body: bytes | str) -> int:
-        """Take a webhook delivery's raw body; return the HTTP status to answer.
+    async def handle_webhook(self, body: bytes | str, *, url: str | None = None) -> int:
+        """Take a webhook delivery's raw body and the URL it was posted to; return the HTTP status to answer.
 
         The payload is unsigned, so it is only a hint: for a task this client follows, it triggers one
-        task-result call, whose answer resolves `wait()`, `watch()` and `as_completed()`. Answers: 200 when
-        that confirmation was scheduled; 202 when there is nothing to do (a duplicate, a late delivery, a task
-        this client does not follow, an event that is not a task result); 400 when the body is malformed.
+        task-result call, whose answer resolves `wait()`, `watch()` and `as_completed()`. `url` (the request's
+        full URL, or just its query string) names the submission the delivery answers: each submission's webhook
+        URL carries a token of its own (`?pixverse_submission=...`), so a submission whose answer was lost
+        learns its task from its delivery (see `SubmissionUncertainError`); pass it. Answers: 200 when that
+        confirmation was scheduled or the submission found; 202 when there is nothing to do (a duplicate, a
+        late delivery, a task this client does not follow, an event that is not a task result); 400 when the
+        body is malformed; 503 when a shared budget could not take a delivery meant for a sibling client (the
+        router delivers again).
         """
-        return answer_delivery(body, self._state().poller)
+        state = self._state()
+        return await answer_delivery(body, state.poller, state.submitter.tokens, url)
 
     # -- download -------------------------------------------------------------------------------------------
 

@@ -139,14 +139,33 @@ class SubmissionUncertainError(APIError):
     request that was sent (the `ImageToVideo`; typed `object` so that the errors import no model: they sit
     below every module); `__cause__` is what went wrong. Resubmit it only if losing the possible task is
     better for you than paying for it twice.
+
+    With webhooks on, the job first waits for the delivery that names its submission (`webhook_token`, the
+    token its webhook URL carried) and raises this only when none came by the time every task of its kind
+    would have ended. `likely_created` is then what was measured: `False` when the deliveries of this client's
+    other tasks arrived so reliably that a created task's would be missing with chance at most
+    `missing_chance` (5% or less), `None` when that is unknown (no webhooks, too few deliveries measured, or
+    deliveries go missing); never `True`, a task that answers is not uncertain. The message gives the evidence.
     """
 
-    def __init__(self, request: object, cause: BaseException) -> None:
+    def __init__(
+        self,
+        request: object,
+        cause: BaseException,
+        *,
+        likely_created: bool | None = None,
+        missing_chance: float | None = None,
+        detail: str | None = None,
+        webhook_token: str | None = None,
+    ) -> None:
         super().__init__(
             f"the submission was sent but its answer was lost ({type(cause).__name__}: {cause}); "
-            "a task may have been created and billed, so it was not retried"
+            "a task may have been created and billed, so it was not retried" + (f"; {detail}" if detail else "")
         )
         self.request = request
+        self.likely_created = likely_created
+        self.missing_chance = missing_chance
+        self.webhook_token = webhook_token
 
 
 class ClientClosedError(PixVerseError, RuntimeError):

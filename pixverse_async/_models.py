@@ -18,7 +18,7 @@ import attrs
 
 from ._exceptions import InvalidRequestError, PixVerseError
 from ._images import ImageFile, ImageInput, check_image_input, image_repr
-from ._validation import check_number
+from ._validation import check_number, submission_token_problem
 
 Resolution = Literal["360p", "540p", "720p", "1080p"]
 Style = Literal["anime", "3d_animation", "clay", "comic", "cyberpunk"]
@@ -330,7 +330,34 @@ class Task:
     key: Hashable = attrs.field(default=None, kw_only=True)
 
 
-Job = ImageToVideo | TextToVideo | Task | str
+@attrs.frozen
+class UncertainSubmission:
+    """A submission whose answer was lost, named by the webhook token its URL carried
+    (`SubmissionUncertainError.webhook_token`), as an earlier run (or process) left it.
+
+    Passed to `as_completed()` of a client with webhooks on, it sends nothing: it takes a running-task slot
+    and waits for the delivery that names it, as a lost answer does (see `SubmissionUncertainError`); found,
+    its task is followed to its end, else it ends `SubmissionUncertainError` again, judged. `key` as on `Task`.
+    """
+
+    request: ImageToVideo | TextToVideo = attrs.field()
+    webhook_token: str = attrs.field()
+    key: Hashable = attrs.field(default=None, kw_only=True)
+
+    @request.validator
+    def _check_request(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, ImageToVideo | TextToVideo):
+            kind = type(value).__name__
+            raise InvalidRequestError("request", f"must be an ImageToVideo or a TextToVideo, not {kind}")
+
+    @webhook_token.validator
+    def _check_token(self, attribute: attrs.Attribute[str], value: object) -> None:
+        problem = submission_token_problem(value)
+        if problem is not None:
+            raise InvalidRequestError("webhook_token", problem)
+
+
+Job = ImageToVideo | TextToVideo | Task | UncertainSubmission | str
 
 
 @attrs.frozen

@@ -41,6 +41,7 @@ from ._exceptions import (
     TaskTimeoutError,
 )
 from ._forecast import Evidence, Forecaster, Kind
+from ._lost_answers import DeliveryRecord
 from ._models import TaskResult
 from ._retry import CallKind, RetryPolicy, Verdict, decide, is_surge
 from ._validation import check_order, count, number
@@ -142,6 +143,8 @@ class PendingTask(Evidence):
     failures: int = attrs.field(default=0, kw_only=True)
     in_flight: bool = attrs.field(default=False, kw_only=True)
     done: bool = attrs.field(default=False, kw_only=True)
+    #: A webhook delivery announced its end before a poll saw it.
+    announced: bool = attrs.field(default=False, kw_only=True)
 
 
 @final
@@ -169,6 +172,8 @@ class Poller:
         self.forecaster = Forecaster(prior_median=policy.expected_duration, prior_sigma=policy.duration_spread)
         self._keep_unclaimed = keep_unclaimed
         self._webhooks = webhooks
+        #: With webhooks: whether the deliveries of the tasks followed here arrived.
+        self.deliveries = DeliveryRecord()
         self._pending: dict[str, PendingTask] = {}
         self._heap: list[tuple[float, int, PendingTask]] = []
         self._sequence = 0
@@ -281,7 +286,9 @@ class Poller:
         """A webhook says the task ended: poll it now to confirm. False if the task is not followed here."""
         pending = self._pending.get(task_id)
         if pending is None or pending.done:
+            self.deliveries.late_delivery(task_id)
             return False
+        pending.announced = True
         now = self._clock.now()
         # The task ended just before the delivery was sent: its end is known to about now.
         pending.seen_running_at = max(pending.running_until, now)
@@ -516,7 +523,10 @@ class Poller:
         self._pending.pop(pending.task_id, None)
         if pending.learns and isinstance(outcome, TaskResult):
             forecaster = self.forecaster
-            forecaster.ended_between(pending, pending.seen_running_at, self._clock.now())
+            now = self._clock.now()
+            forecaster.ended_between(pending, pending.seen_running_at, now)
+            if self._webhooks:
+                self.deliveries.ended(pending.task_id, announced=pending.announced, now=now)
             ended = forecaster.ended
             if ended >= _REPLAN_FROM and ended & (ended - 1) == 0:  # 8, 16, 32...: the model changed a lot
                 self._replan_all()

@@ -3,7 +3,9 @@
 Submissions are billed and the API takes no idempotency key, so a submission retries only when the server
 cannot have created a task (it could not be reached, or it answered 429); when the request went out and the
 answer was lost (read timeout, reset, 5xx, a garbled 200), it raises `SubmissionUncertainError` instead of
-paying twice. A failure while a streamed body was still being sent is "not sent" (see `_upload`): retried.
+paying twice; with webhooks on, it first waits for the delivery that names the submission (see
+`_lost_answers`), and carries on with the task it names. A failure while a streamed body was still being sent
+is "not sent" (see `_upload`): retried.
 Streamed bodies wait for room in the client's `UploadLane` before they go (and before the shield).
 `submit()` and `as_completed()` both submit through a `Submitter`.
 """
@@ -22,17 +24,23 @@ from ._budget import Budget, Slot
 from ._clock import Clock
 from ._exceptions import (
     APIResponseError,
+    InvalidRequestError,
     PixVerseError,
     RateLimitError,
     SubmissionUncertainError,
 )
-from ._models import ImageToVideo, TextToVideo
+from ._forecast import kind_of
+from ._lost_answers import SubmissionTokens
+from ._models import ImageToVideo, TextToVideo, VideoRequest
 from ._protocol import submission_body, submit_path
 from ._retry import CallKind, RetryPolicy, Verdict, decide, is_surge, retry_after_of
 from ._transport import AnswerLost, ApiTransport, RequestNotSent, Response
 from ._upload import StreamedBody, UploadLane
 
 RetryCallback = Callable[[int, PixVerseError], None]
+#: What `Submitter.send` returns: the task's id, the slot that stands for it, and whether the answer was lost
+#: and the task found by its webhook delivery (it has ended: poll it now; its age here says nothing).
+Submitted = tuple[str, Slot, bool]
 
 
 @attrs.frozen
@@ -65,6 +73,7 @@ class Submitter:
         image_as_data_uri: bool,
         webhook_url: str | None,
         uploads: UploadLane,
+        tokens: SubmissionTokens | None = None,
     ) -> None:
         self._transport = transport
         self._budget = budget
@@ -79,9 +88,13 @@ class Submitter:
         self.image_as_data_uri = image_as_data_uri
         self.webhook_url = webhook_url
         self.uploads = uploads
+        #: With webhooks on: the submissions' tokens (each body's webhook URL names its submission).
+        self.tokens = tokens
 
-    async def request_body(self, request: ImageToVideo | TextToVideo) -> dict[str, Any] | StreamedBody:
-        return await submission_body(request, image_as_data_uri=self.image_as_data_uri, webhook_url=self.webhook_url)
+    async def request_body(self, request: VideoRequest) -> tuple[dict[str, Any] | StreamedBody, str | None]:
+        """The body to send, and the token its webhook URL carries (None without webhooks)."""
+        token, url = (None, self.webhook_url) if self.tokens is None else self.tokens.issue()
+        return await submission_body(request, image_as_data_uri=self.image_as_data_uri, webhook_url=url), token
 
     async def send(
         self,
@@ -92,8 +105,10 @@ class Submitter:
         on_retry: RetryCallback | None = None,
         shield: WireShield | None = None,
         take_slot: Callable[[], Awaitable[Slot]] | None = None,
-    ) -> tuple[str, Slot]:
-        """Submit holding a running-task slot; return the new task's id and the slot that now stands for it.
+        token: str | None = None,
+    ) -> Submitted:
+        """Submit holding a running-task slot; return the new task's id and the slot that now stands for it
+        (see `Submitted`). `token` is the one `request_body` gave with `body`.
 
         The slot is this call's from here on: on success it is returned, accepted, for the poller to give
         back when the task ends (a 429 gives it back and a retry takes another, hence the return); on failure
@@ -103,6 +118,7 @@ class Submitter:
         its slot with `take_slot` (by default the budget's `acquire`).
         """
         budget = self._budget
+        tokens, named = (self.tokens, token) if token else (None, "")
         path = submit_path(request)
         attempt = waits_at_the_cap = 0
         while True:
@@ -113,6 +129,8 @@ class Submitter:
                     # Before the shield: a caller who leaves while its body waits for the link sends nothing.
                     await self.uploads.enter(body)
                 await budget.submissions.wait(self._clock)
+                if tokens is not None:
+                    tokens.sending(named)
                 if shield is None:
                     on_wire = True
                     response = await self._transport.send("POST", path, body=body)
@@ -130,7 +148,9 @@ class Submitter:
                 if response.status == 200:
                     task_id = _task_id_from(response)
                     slot.accepted(task_id)
-                    return task_id, slot
+                    if tokens is not None:
+                        tokens.answered(named)
+                    return task_id, slot, False
                 error: PixVerseError = self._transport.status_error(response)
                 del response  # its body may echo the key: not a local of a frame in the traceback
                 reached_server = True
@@ -145,6 +165,8 @@ class Submitter:
                     body.release_lane()
                 # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
                 if on_wire:
+                    if tokens is not None:
+                        tokens.given_up(named, request)
                     slot.release_when_ended()
                 else:
                     slot.release()
@@ -155,8 +177,15 @@ class Submitter:
                 # uncertain: a 5xx on a POST may have created a task.
                 budget.submissions.refused(self._clock.now(), retry_after_of(error))
             if verdict is Verdict.UNCERTAIN:
+                if tokens is not None:
+                    lost = tokens.lost(named, request, slot, error, kind_of(request))
+                    del error
+                    task_id, slot = await lost.resolved()
+                    return task_id, slot, True
                 slot.release_when_ended()
                 raise SubmissionUncertainError(request, error) from error
+            if tokens is not None:
+                tokens.answered(named)  # nothing was created
             wait_for_a_slot = False
             if isinstance(error, RateLimitError):
                 wait_for_a_slot = slot.refused(error.retry_after)
@@ -178,6 +207,18 @@ class Submitter:
             if retry_after is not None or not wait_for_a_slot:
                 await self._clock.sleep(delay)
             slot = await (take_slot or budget.acquire)()
+
+    async def wait_for_delivery(self, request: VideoRequest, token: str, slot: Slot) -> Submitted:
+        """A submission sent before (by an earlier run) whose answer was lost, named by `token`: wait for its
+        delivery holding `slot`, as for an answer lost here (see `UncertainSubmission`)."""
+        if self.tokens is None:
+            slot.release()
+            raise InvalidRequestError(
+                "job", "an UncertainSubmission waits for its webhook delivery: the client needs a webhook_url"
+            )
+        cause = RuntimeError("its answer was lost before this run")
+        task_id, slot = await self.tokens.lost(token, request, slot, cause, kind_of(request)).resolved()
+        return task_id, slot, True
 
 
 def _task_id_from(response: Response) -> str:

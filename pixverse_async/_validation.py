@@ -199,3 +199,16 @@ def _number_range(above: float | None, at_least: float | None, at_most: float | 
         bounds.append(f"<= {at_most:g}")
     text = "a finite number" + (f" {' and '.join(bounds)}" if bounds else "")
     return f"{text}, or None ({none_means})" if none_means is not None else text
+
+
+#: Characters of a submission's webhook token (`_lost_answers`): a hex digest of 16 bytes.
+SUBMISSION_TOKEN_LENGTH = 32
+
+
+def submission_token_problem(token: object) -> str | None:
+    """Why `token` cannot be a submission's webhook token (one the client made), or None."""
+    if not isinstance(token, str):
+        return f"a webhook token is a str, not {type(token).__name__}"
+    if len(token) != SUBMISSION_TOKEN_LENGTH or token.strip("0123456789abcdef"):
+        return f"a webhook token is {SUBMISSION_TOKEN_LENGTH} lowercase hex digits, as the client makes them"
+    return None

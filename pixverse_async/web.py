@@ -83,7 +83,7 @@ def starlette_webhook_endpoint(
         body = await _read_at_most(request.stream(), _MAX_WEBHOOK_BYTES)
         if body is None:
             return Response(status_code=413)
-        return Response(status_code=await chosen.handle_webhook(body))
+        return Response(status_code=await chosen.handle_webhook(body, url=str(request.url)))
 
     # The annotations are strings (postponed evaluation) naming imports local to this function: FastAPI,
     # which reads them to decide what to inject, needs the real classes.
@@ -98,7 +98,7 @@ def aiohttp_webhook_handler(client: PixVerseClient) -> Callable[[web.Request], A
         body = await _read_at_most(request.content.iter_any(), _MAX_WEBHOOK_BYTES)
         if body is None:
             return web.Response(status=413)
-        return web.Response(status=await client.handle_webhook(body))
+        return web.Response(status=await client.handle_webhook(body, url=str(request.rel_url)))
 
     return handler
 

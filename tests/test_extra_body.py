@@ -93,10 +93,9 @@ async def test_extra_is_merged_with_the_webhook_and_a_clash_is_refused_before_se
                 with pytest.raises(InvalidRequestError, match="webhook_url") as info:
                     await client.submit(ImageToVideo("p", URL_IMAGE, extra_body=clash))
                 assert info.value.field == "extra_body"
-        assert sim.tasks[task.task_id].request["extra"] == {
-            "trace_id": "t-1",
-            "webhook": {"url": "https://hooks.example/pixverse"},
-        }
+        extra = sim.tasks[task.task_id].request["extra"]
+        assert extra["trace_id"] == "t-1" and set(extra) == {"trace_id", "webhook"}
+        assert extra["webhook"]["url"].startswith("https://hooks.example/pixverse?pixverse_submission=")
         assert sim.counters.submit_requests == 1
 
 

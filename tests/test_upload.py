@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -159,6 +160,12 @@ def test_the_streamed_body_is_byte_for_byte_the_json_body_with_its_exact_length(
         return  # refused before sending, as before (tested in test_extra_body)
     anyio.run(submit)
     [(body, length)] = received
+    if webhook_url is not None:
+        # The URL carries the submission's own token (random): the rest of the body is as before.
+        sent_url = json.loads(body)["extra"]["webhook"]["url"]
+        assert re.fullmatch(re.escape(webhook_url) + "&pixverse_submission=[0-9a-f]{32}", sent_url)
+        expected["extra"]["webhook"]["url"] = sent_url
+        wanted = json.dumps(expected, separators=(",", ":")).encode()
     assert body == wanted
     assert length == str(len(wanted))
 

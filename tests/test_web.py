@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -138,7 +139,9 @@ async def test_handle_webhook_confirms_once_and_ignores_duplicates_late_unknown_
         for malformed in (b"", b"{", b"[]", b'{"event_type": "ASYNC_TASK_RESULT"}', delivery("")):
             assert await client.handle_webhook(malformed) == 400
         assert sim.counters.poll_requests == 1
-    assert sim.tasks[task.task_id].request["extra"] == {"webhook": {"url": "https://me.example/hook"}}
+    url = sim.tasks[task.task_id].request["extra"]["webhook"]["url"]
+    # Each submission's URL names it: the webhook URL given, and a token of its own.
+    assert re.fullmatch(r"https://me\.example/hook\?pixverse_submission=[0-9a-f]{32}", url)
 
 
 async def test_webhook_url_must_be_http() -> None:
