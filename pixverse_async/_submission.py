@@ -169,6 +169,8 @@ class Submitter:
                         tokens.given_up(named, request)
                     slot.release_when_ended()
                 else:
+                    if tokens is not None:
+                        tokens.answered(named)  # nothing went out
                     slot.release()
                 raise
             verdict = decide(error, CallKind.BILLED, reached_server=reached_server)
