@@ -120,15 +120,19 @@ class DeliveryRecord:
         self.missed = 0
         # (when it ended, task id) of tasks whose end is younger than DELIVERY_RETRY_SPAN, oldest first.
         self._ended: deque[tuple[float, str]] = deque()
-        # Of those, the ones whose delivery has not come: task id -> still awaited.
+        # The same tasks: task id -> its delivery is still awaited.
         self._awaiting: dict[str, bool] = {}
 
     def ended(self, task_id: str, *, announced: bool, now: float) -> None:
         """A task followed here ended; `announced`: its delivery came first."""
         self._ended.append((now, task_id))
-        if not announced:
-            self._awaiting[task_id] = True
+        self._awaiting[task_id] = not announced
         self._settle(now)
+
+    def ended_here(self, task_id: str) -> bool:
+        """Whether `task_id` is a task followed here that ended within `DELIVERY_RETRY_SPAN`: a delivery for
+        it is a late one or a repeat, nobody else's."""
+        return task_id in self._awaiting
 
     def late_delivery(self, task_id: str) -> None:
         """A delivery came for a task after a poll saw it end."""

@@ -44,6 +44,8 @@ async def answer_delivery(body: bytes | str, poller: Poller, tokens: SubmissionT
     if poller.confirm(hint.task_id):
         return 200
     if token is not None and tokens is not None and tokens.exchange is not None:
+        if poller.deliveries.ended_here(hint.task_id):
+            return 202  # late, or a repeat: this client's task, no sibling's
         try:
             await tokens.exchange.offer_delivery(token, hint.task_id)
         except Exception as error:  # the router delivers again later: say so rather than drop it

@@ -50,6 +50,7 @@ class Front:
     def __init__(self) -> None:
         self.target: PixVerseClient | None = None
         self.statuses: list[int] = []
+        self.received: list[tuple[bytes, str]] = []  # (body, URL) of each delivery
         self.hold_after_refusal = False
         self._held: anyio.Event | None = None
 
@@ -62,7 +63,9 @@ class Front:
             await self._held.wait()
         if self.target is None:
             return web.Response(status=503)
-        status = await self.target.handle_webhook(await request.read(), url=str(request.url))
+        body = await request.read()
+        self.received.append((body, str(request.url)))
+        status = await self.target.handle_webhook(body, url=str(request.url))
         self.statuses.append(status)
         if status >= 300 and self.hold_after_refusal:
             self._held = anyio.Event()
@@ -207,6 +210,23 @@ async def test_deliveries_of_tasks_another_client_follows_reach_it_so_its_judgem
     assert sim.counters.tasks_created == 40
     assert (second_budget.deliveries_offered, first_budget.deliveries_taken) == (30, 30)
     assert (first_budget.deliveries_offered, second_budget.deliveries_taken) == (0, 0)
+
+
+async def test_a_late_or_repeated_delivery_of_a_task_the_client_followed_is_left_for_nobody(
+    redis_server: RedisServer,
+) -> None:
+    front = Front()
+    async with simulator(duration=5.0) as sim, front_url(front) as hook_url:
+        first, first_budget = shared_client(sim, redis_server, hook_url)
+        second, _ = shared_client(sim, redis_server, hook_url)
+        async with first, second:
+            front.target = first
+            [result] = await run_all(first, jobs(1))
+            [(body, url)] = front.received
+            # The router delivers it again after the client saw the task end: nothing for a sibling.
+            again = await first.handle_webhook(body, url=url)
+    assert result.ok and front.statuses == [200]
+    assert again == 202 and first_budget.deliveries_offered == 0
 
 
 async def test_with_redis_down_a_lost_answer_still_waits_and_its_refused_delivery_is_taken_when_sent_again(
