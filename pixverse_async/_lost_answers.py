@@ -18,9 +18,10 @@ key), and the router calls that URL, query included, when the task ends, with th
   to their end arrived at all (`DeliveryRecord`). `False` only when a created task's delivery would be missing
   with chance at most `NOT_CREATED_BELOW` (Laplace's estimate, over at least `MIN_DELIVERY_EVIDENCE` tasks);
   otherwise `None`: where deliveries go missing, a missing one proves nothing.
-- A token this client does not know (a sibling process's submission) is offered to the shared budget's
-  `DeliveryExchange`, if it has one, so that the worker waiting for it finds it; the waiting worker looks there
-  every `EXCHANGE_LOOKUP_EVERY` seconds.
+- A delivery this client cannot place (a sibling process's submission or task) is offered to the shared
+  budget's `DeliveryExchange`, if it has one, which passes it on to the client it belongs to as it comes
+  (`hear_deliveries`); a waiting lost answer also looks there every `EXCHANGE_LOOKUP_EVERY` seconds, for
+  what it did not hear.
 - A submission given up while its request was out (the caller left) or judged keeps its token for
   `DELIVERY_RETRY_SPAN` more: a delivery for it means a billed task exists, and it is reported
   (`on_orphan_found`: the client's `abandoned_tasks` and a warning) rather than dropped.
@@ -53,6 +54,9 @@ TOKEN_PARAMETER = "pixverse_submission"
 DELIVERY_RETRY_SPAN = 75.0
 #: How many of its kind's p99 duration a lost answer waits for its delivery (queueing varies).
 WAIT_FACTOR = 2.0
+#: The longest p99 duration a lost answer's wait rests on, and so the longest it waits (API seconds).
+LONGEST_P99 = 4 * LOST_ANSWER_HOLD
+LONGEST_WAIT = WAIT_FACTOR * LONGEST_P99 + DELIVERY_RETRY_SPAN
 #: Tasks of a kind seen ending before their p99 duration is trusted over `LOST_ANSWER_HOLD`.
 MIN_ENDS = 8
 #: Tasks whose delivery was awaited before a missing delivery is taken as evidence.
@@ -77,6 +81,11 @@ class DeliveryExchange(Protocol):
 
     async def find_delivery(self, token: str) -> str | None:
         """The task id another client received for `token`, if any."""
+        ...
+
+    def hear_deliveries(self, take: Callable[[str, str], bool]) -> None:
+        """From now on, call `take(token, task_id)` with each delivery another client offers, as it comes
+        (`take` says whether it was this client's); what is missed is still found by `find_delivery`."""
         ...
 
 
@@ -111,15 +120,19 @@ class DeliveryRecord:
         self.missed = 0
         # (when it ended, task id) of tasks whose end is younger than DELIVERY_RETRY_SPAN, oldest first.
         self._ended: deque[tuple[float, str]] = deque()
-        # Of those, the ones whose delivery has not come: task id -> still awaited.
+        # The same tasks: task id -> its delivery is still awaited.
         self._awaiting: dict[str, bool] = {}
 
     def ended(self, task_id: str, *, announced: bool, now: float) -> None:
         """A task followed here ended; `announced`: its delivery came first."""
         self._ended.append((now, task_id))
-        if not announced:
-            self._awaiting[task_id] = True
+        self._awaiting[task_id] = not announced
         self._settle(now)
+
+    def ended_here(self, task_id: str) -> bool:
+        """Whether `task_id` is a task followed here that ended within `DELIVERY_RETRY_SPAN`: a delivery for
+        it is a late one or a repeat, nobody else's."""
+        return task_id in self._awaiting
 
     def late_delivery(self, task_id: str) -> None:
         """A delivery came for a task after a poll saw it end."""
@@ -233,7 +246,7 @@ class SubmissionTokens:
         forecaster = self.forecaster
         if forecaster.duration_model(kind).ended < MIN_ENDS:
             return LOST_ANSWER_HOLD + DELIVERY_RETRY_SPAN, None
-        p99 = forecaster.webhook_fallback(kind, 0.0, 0.01, 4 * LOST_ANSWER_HOLD)
+        p99 = forecaster.webhook_fallback(kind, 0.0, 0.01, LONGEST_P99)
         return WAIT_FACTOR * p99 + DELIVERY_RETRY_SPAN, p99
 
     def judgement(self) -> tuple[bool | None, float | None, str]:

@@ -2,7 +2,8 @@
 
 A delivery's URL may name the submission it answers (`_lost_answers.TOKEN_PARAMETER`): a token of this
 client's goes to its submission first (one whose answer was lost learns its task that way), its task id
-second; a token nobody here knows is left in the shared budget's exchange for a sibling client, if any.
+second; a delivery neither places is left in the shared budget's exchange for a sibling client, if any, and
+the deliveries siblings leave there are placed here the same way (`take_sibling_delivery`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ async def answer_delivery(body: bytes | str, poller: Poller, tokens: SubmissionT
     if poller.confirm(hint.task_id):
         return 200
     if token is not None and tokens is not None and tokens.exchange is not None:
+        if poller.deliveries.ended_here(hint.task_id):
+            return 202  # late, or a repeat: this client's task, no sibling's
         try:
             await tokens.exchange.offer_delivery(token, hint.task_id)
         except Exception as error:  # the router delivers again later: say so rather than drop it
@@ -57,14 +60,27 @@ def submission_tokens(
 ) -> SubmissionTokens:
     """The tokens of an open client's submissions; a task found for a submission given up on is appended to
     `abandoned` (the client's `abandoned_tasks`) and followed to its end."""
-    return SubmissionTokens(
+    exchange = budget if isinstance(budget, DeliveryExchange) else None
+    tokens = SubmissionTokens(
         webhook_url,
         clock=clock,
         forecaster=poller.forecaster,
         record=poller.deliveries,
-        exchange=budget if isinstance(budget, DeliveryExchange) else None,
+        exchange=exchange,
         on_orphan_found=functools.partial(_follow_found_orphan, poller, abandoned),
     )
+    if exchange is not None:
+        exchange.hear_deliveries(functools.partial(take_sibling_delivery, poller, tokens))
+    return tokens
+
+
+def take_sibling_delivery(poller: Poller, tokens: SubmissionTokens, token: str, task_id: str) -> bool:
+    """A terminal delivery a sibling client received and could not place: True if it is this client's (its
+    submission's, or a task it follows, which is polled at once to confirm, as a delivery here would be)."""
+    if tokens.received(token, task_id):
+        poller.confirm(task_id)
+        return True
+    return poller.confirm(task_id)
 
 
 def _follow_found_orphan(poller: Poller, abandoned: list[Task], task_id: str, request: object) -> None:

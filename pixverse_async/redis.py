@@ -18,7 +18,9 @@ the same account `name` (default: a hash of the API key, never the key) shares:
   task id) are adopted by the next client that talks to Redis, which polls them to their end and frees
   their slots then; a slot it held for a submission whose answer it never heard is held as a lost answer
   (the longest task seen, 600 s before any ended). A slot is never freed while its task may still run.
-  A client that closes hands its running tasks over at once the same way.
+  A client that closes hands its running tasks over at once the same way;
+- webhook deliveries (`_redis_deliveries`): one a client cannot place is left in Redis and published, for
+  the client whose submission or task it is (a lost answer in one worker found by a delivery to another).
 
 Each operation is one atomic Lua script (registered once, run by EVALSHA; Redis 6.2 or later): reports of
 the slots (accepted, refused, released...) are queued by the synchronous slot methods and sent by the
@@ -44,7 +46,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -57,6 +59,7 @@ from ._clock import Clock, ScaledClock, SystemClock
 from ._exceptions import BudgetUnavailableError, ClientClosedError, InvalidRequestError
 from ._redis_common import namespace, outage_wait, process_id, redis_asyncio, register_scripts, scheme_of
 from ._redis_common import shown_url as _shown
+from ._redis_deliveries import DELIVERIES_CHANNEL, KEPT_API_SECONDS, DeliveryPost
 from ._redis_script import STEP
 
 if TYPE_CHECKING:
@@ -108,7 +111,8 @@ class RedisBudget:
     (default: a hash of the client's API key); `lease` (API seconds) is how long a client that stops renewing
     keeps its slots before another adopts its tasks; `give_up_after` (API seconds) how long submissions wait
     for an unreachable Redis before they raise `BudgetUnavailableError`; `prefix` starts every key. One
-    `RedisBudget` per client: clients share through Redis, not through the object.
+    `RedisBudget` per client: clients share through Redis, not through the object. It is the client's
+    `_lost_answers.DeliveryExchange`: `offer_delivery`, `find_delivery`, `hear_deliveries`.
     """
 
     def __init__(
@@ -139,7 +143,10 @@ class RedisBudget:
         self.round_trips = 0
         #: Tasks adopted from clients whose lease lapsed.
         self.adopted_tasks = 0
+        #: Webhook deliveries left for other clients, and deliveries they left that this one took as they came.
+        self.deliveries_offered = self.deliveries_taken = 0
         self._client_id = process_id()
+        self._deliveries = DeliveryPost(self._client_id, url, self._redis_module, call_timeout=CALL_TIMEOUT)
         self._outage_rng = random.Random()  # jitter of the waits for an unreachable Redis
         self._settings: BudgetSettings | None = None
         self._scale = 1.0
@@ -304,6 +311,25 @@ class RedisBudget:
             self._running += 1
         self._queue({"op": "abandoned", "slot": slot.token})
 
+    # -- the DeliveryExchange of `_lost_answers` (see `_redis_deliveries`) ----------------------------------
+
+    async def offer_delivery(self, token: str, task_id: str) -> None:
+        """Leave a delivery for the client whose submission `token` names: kept, and published to all."""
+        kept_for = KEPT_API_SECONDS * self._scale
+        await self._deliveries.offer(self._redis if self._serving else None, self._key(""), token, task_id, kept_for)
+        self.round_trips += 1
+        self.deliveries_offered += 1
+
+    async def find_delivery(self, token: str) -> str | None:
+        """The task id another client left for `token`, if any."""
+        found = await self._deliveries.find(self._redis if self._serving else None, self._key(""), token)
+        self.round_trips += 1
+        return found
+
+    def hear_deliveries(self, take: Callable[[str, str], bool]) -> None:
+        """Give `take(token, task_id)` each delivery another client leaves, as it comes."""
+        self._deliveries.take = take
+
     # -- the budget's own task -----------------------------------------------------------------------------
 
     @property
@@ -407,7 +433,9 @@ class RedisBudget:
             self._sleeper.cancel()
 
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Wake this budget when another client frees a slot (while some wait) or hands its tasks over."""
+        """Wake this budget when another client frees a slot (while some wait) or hands its tasks over; take
+        the webhook deliveries other clients leave."""
+        deliveries = self._key(DELIVERIES_CHANNEL)
         started = False
         failures = 0
         while True:
@@ -416,7 +444,7 @@ class RedisBudget:
             try:
                 try:
                     with anyio.fail_after(CALL_TIMEOUT):
-                        await pubsub.subscribe(self._key("changed"))
+                        await pubsub.subscribe(self._key("changed"), deliveries)
                     failures = 0
                     if not started:
                         started = True
@@ -425,7 +453,9 @@ class RedisBudget:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CALL_TIMEOUT)
                         if message is None:
                             continue
-                        if message.get("data") == "lapse" or self._waiters:
+                        if message.get("channel") == deliveries:
+                            self.deliveries_taken += self._deliveries.heard(message.get("data"))
+                        elif message.get("data") == "lapse" or self._waiters:
                             self._next_event = -math.inf if message.get("data") == "lapse" else self._next_event
                             self._poke()
                 except (OSError, TimeoutError, self._redis_module.RedisError):

@@ -1,4 +1,6 @@
-"""The example web service in two worker processes (uvicorn each) sharing one budget through Redis."""
+"""The example web service in two worker processes (uvicorn each) sharing one budget through Redis; with
+webhooks, behind one URL (a front in the test, as a load balancer is, that forwards each delivery to the worker
+the test chooses)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import aiohttp
 import anyio
 import anyio.abc
 import pytest
+from aiohttp import web
 
-from pixverse_async.testing import RedisServer, Simulator
+from pixverse_async.testing import Fault, RedisServer, Simulator
 
 from .test_web import read_events, start
 
@@ -25,6 +28,8 @@ SCALE = 0.02
 KEY = "sk-test"
 MAX_CONCURRENCY = 2
 STARTUP_DEADLINE = 60.0  # real seconds: a worker process imports FastAPI and uvicorn on a loaded machine
+# The front forwards to another process: give the chain more than the API's 5 s (0.1 real s) to answer.
+ROOMY_WEBHOOK_TIMEOUT = 1000.0
 
 
 def free_port() -> int:
@@ -42,7 +47,9 @@ async def answers(url: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_worker(sim: Simulator, redis_url: str | None) -> AsyncIterator[str]:
+async def uvicorn_worker(
+    sim: Simulator, redis_url: str | None, *, webhook_url: str | None = None
+) -> AsyncIterator[str]:
     port = free_port()
     environment = {
         **os.environ,
@@ -53,6 +60,8 @@ async def uvicorn_worker(sim: Simulator, redis_url: str | None) -> AsyncIterator
     }
     if redis_url is not None:
         environment["PIXVERSE_REDIS_URL"] = redis_url
+    if webhook_url is not None:
+        environment["PIXVERSE_WEBHOOK_URL"] = webhook_url
     command = [sys.executable, "-m", "uvicorn", "examples.fastapi_service:app", "--port", str(port)]
     process = await anyio.open_process([*command, "--log-level", "warning"], cwd=ROOT, env=environment)
     url = f"http://127.0.0.1:{port}"
@@ -98,3 +107,52 @@ async def test_two_workers_share_max_concurrency_and_stream_each_others_generati
     assert all(data["status"] == "SUCCEED" for _, data in endings)
     assert sim.counters.tasks_created == 6 and set(sim.counters.tasks_created_by_prompt.values()) == {1}
     assert sim.counters.max_running_by_key[KEY] == MAX_CONCURRENCY
+
+
+@contextlib.asynccontextmanager
+async def webhook_front(
+    session: aiohttp.ClientSession, targets: list[str], forwarded: list[tuple[str, int]]
+) -> AsyncIterator[str]:
+    """The service's one webhook URL: forwards each delivery, query and all, to the worker `targets[-1]` and
+    answers as it did, keeping (worker, status) in `forwarded`; yields the URL."""
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if not targets:
+            return web.Response(status=503)
+        target = targets[-1]
+        url = f"{target}/webhooks/pixverse?{request.query_string}"
+        async with session.post(url, data=await request.read(), headers={"Content-Type": "application/json"}) as answer:
+            forwarded.append((target, answer.status))
+            return web.Response(status=answer.status)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    app = web.Application()
+    app.router.add_post("/webhooks/pixverse", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.SockSite(runner, listener).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/webhooks/pixverse"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_lost_answer_in_one_worker_is_resolved_by_its_delivery_to_the_other(redis_server: RedisServer) -> None:
+    forwarded: list[tuple[str, int]] = []
+    targets: list[str] = []
+    async with (
+        Simulator(api_keys=(KEY,), time_scale=SCALE, duration=10.0, webhook_timeout=ROOMY_WEBHOOK_TIMEOUT) as sim,
+        aiohttp.ClientSession() as session,
+        webhook_front(session, targets, forwarded) as hook_url,
+        uvicorn_worker(sim, redis_server.url, webhook_url=hook_url) as first,
+        uvicorn_worker(sim, redis_server.url, webhook_url=hook_url) as second,
+    ):
+        targets.append(second)  # every delivery lands on the worker that did not submit
+        sim.inject(Fault("submit", "reset"))  # the task is created, the first worker's answer lost
+        with anyio.fail_after(STARTUP_DEADLINE):
+            # Answered once the first worker learns its task from the delivery the second received.
+            task_id = await start(session, first, "lost on the first worker")
+    assert task_id in sim.tasks
+    assert sim.counters.tasks_created == sim.counters.submit_requests == 1
+    assert forwarded == [(second, 200)]
