@@ -47,12 +47,30 @@ CREATE TABLE IF NOT EXISTS rows (
     size INTEGER,
     sha256 TEXT,
     reason TEXT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    webhook_token TEXT,
+    sent_at REAL,
+    likely_created INTEGER
 )
 """
 _META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 # Columns that journals of earlier versions may lack, added (empty) when such a journal is opened.
-_LATER_COLUMNS = {"task_id": "TEXT", "file": "TEXT", "size": "INTEGER", "sha256": "TEXT", "reason": "TEXT"}
+_LATER_COLUMNS = {
+    "task_id": "TEXT",
+    "file": "TEXT",
+    "size": "INTEGER",
+    "sha256": "TEXT",
+    "reason": "TEXT",
+    "webhook_token": "TEXT",
+    "sent_at": "REAL",
+    "likely_created": "INTEGER",
+}
+_ROW_COLUMNS = "key, line, fingerprint, state, task_id, file, size, sha256, reason, updated_at, webhook_token, sent_at,"
+_ROW_COLUMNS += " likely_created"
+
+
+def _verdict(value: object) -> bool | None:
+    return None if value is None else bool(value)  # SQLite keeps it as 0 or 1
 
 
 @attrs.frozen
@@ -67,6 +85,11 @@ class JournalRow:
     sha256: str | None = None
     reason: str | None = None
     updated_at: str = ""
+    #: The token the submission's webhook URL carried, and when it was sent (wall-clock seconds).
+    webhook_token: str | None = None
+    sent_at: float | None = None
+    #: An uncertain row's verdict: False when judged not created, None when unknown.
+    likely_created: bool | None = attrs.field(default=None, converter=_verdict)
 
 
 @final
@@ -97,10 +120,7 @@ class Journal:
         self._db.close()
 
     def rows(self) -> list[JournalRow]:
-        cursor = self._db.execute(
-            "SELECT key, line, fingerprint, state, task_id, file, size, sha256, reason, updated_at"
-            " FROM rows ORDER BY line"
-        )
+        cursor = self._db.execute(f"SELECT {_ROW_COLUMNS} FROM rows ORDER BY line")
         return [JournalRow(*values) for values in cursor]
 
     def __iter__(self) -> Iterator[JournalRow]:
@@ -126,8 +146,8 @@ class Journal:
     def reset(self, key: str, fingerprint: str) -> None:
         self.apply(key, "reset", fingerprint=fingerprint)
 
-    def submitting(self, key: str) -> None:
-        self.apply(key, "submitting")
+    def submitting(self, key: str, webhook_token: str | None, sent_at: float) -> None:
+        self.apply(key, "submitting", webhook_token=webhook_token, sent_at=sent_at)
 
     def submitted(self, key: str, task_id: str) -> None:
         self.apply(key, "submitted", task_id=task_id)
@@ -144,8 +164,8 @@ class Journal:
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
         self.apply(key, "failed", reason=reason, task_id=task_id or None)
 
-    def uncertain(self, key: str, reason: str) -> None:
-        self.apply(key, "uncertain", reason=reason)
+    def uncertain(self, key: str, reason: str, likely_created: bool | None = None) -> None:
+        self.apply(key, "uncertain", reason=reason, likely_created=likely_created)
 
     def apply(self, key: str, record: Record, **given: Any) -> None:
         state, columns = changes(record, **given)
@@ -303,13 +323,17 @@ class RunJournal(Protocol):
 
     def add(self, key: str, line: int, fingerprint: str) -> None: ...
     def reset(self, key: str, fingerprint: str) -> None: ...
-    def submitting(self, key: str) -> None: ...
+    def submitting(self, key: str, webhook_token: str | None, sent_at: float) -> None:
+        """Before the request goes out: the token its webhook URL carries (None without webhooks) and when
+        (wall-clock seconds)."""
+        ...
+
     def submitted(self, key: str, task_id: str) -> None: ...
     def succeeded(self, key: str, file: str, size: int, sha256: str) -> None: ...
     def refetch(self, key: str, reason: str) -> None: ...
     def not_downloaded(self, key: str, reason: str) -> None: ...
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None: ...
-    def uncertain(self, key: str, reason: str) -> None: ...
+    def uncertain(self, key: str, reason: str, likely_created: bool | None = None) -> None: ...
 
     def release(self, key: str) -> None:
         """This run is done with the row for now (its task is left running, for a rerun)."""
@@ -383,8 +407,8 @@ class SQLiteJournal:
     def reset(self, key: str, fingerprint: str) -> None:
         self._db.reset(key, fingerprint)
 
-    def submitting(self, key: str) -> None:
-        self._db.submitting(key)
+    def submitting(self, key: str, webhook_token: str | None, sent_at: float) -> None:
+        self._db.submitting(key, webhook_token, sent_at)
 
     def submitted(self, key: str, task_id: str) -> None:
         self._db.submitted(key, task_id)
@@ -401,8 +425,8 @@ class SQLiteJournal:
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
         self._db.failed(key, reason, task_id)
 
-    def uncertain(self, key: str, reason: str) -> None:
-        self._db.uncertain(key, reason)
+    def uncertain(self, key: str, reason: str, likely_created: bool | None = None) -> None:
+        self._db.uncertain(key, reason, likely_created)
 
     def release(self, key: str) -> None:
         pass  # the row stays `submitted`: the next run polls it

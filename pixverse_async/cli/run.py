@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import secrets
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -286,7 +287,7 @@ class ManifestRun:
     def _on_event(self, event: JobEvent) -> None:
         key = str(event.key)
         if event.kind is EventKind.SUBMITTING:
-            self.journal.submitting(key)
+            self.journal.submitting(key, event.webhook_token, time.time())
         elif event.kind is EventKind.SUBMITTED and event.task_id is not None:
             if isinstance(event.request, str):  # resumed: already journaled as submitted
                 self.display.refresh()
