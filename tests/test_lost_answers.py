@@ -270,6 +270,21 @@ async def test_a_resumed_run_waits_for_a_lost_delivery_only_until_its_kind_is_le
     assert ended_at[0] - started < 600  # 675 s if the deadline were kept from before anything was learnt
 
 
+async def test_a_resumed_task_whose_delivery_went_to_an_earlier_run_is_polled_at_once() -> None:
+    # The task ended, and its delivery was answered, before this client knew of it: with webhooks on, it
+    # must not wait for a delivery (it waited for the webhook fallback, 78 s here, while nothing is learnt).
+    roomy = Simulator(api_keys=(KEY,), time_scale=0.01, webhook_timeout=ROOMY_WEBHOOK_TIMEOUT, seed=7, duration=5.0)
+    async with roomy as sim, webhooked(sim) as earlier:
+        [done] = await run_all(earlier, jobs(1))
+        async with webhooked(sim) as later:
+            resumed_at = sim.now()
+            with anyio.fail_after(30):
+                [result] = await run_all(later, [done.task_id])
+            took = sim.now() - resumed_at
+    assert result.ok and result.task_id == done.task_id
+    assert took < 40, took
+
+
 async def test_an_uncertain_submission_needs_webhooks_and_a_token_of_the_clients_making() -> None:
     with pytest.raises(ValueError, match="webhook_token"):
         UncertainSubmission(ImageToVideo("x", IMAGE), "not-a-token")
