@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS rows (
 )
 """
 _META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+# When each run's webhook receiver listened (`ListenerSpan`), for `listener.missed_delivery`.
+_LISTENERS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS listeners (started REAL PRIMARY KEY, url TEXT NOT NULL, alive REAL NOT NULL)"
+)
 # Columns that journals of earlier versions may lack, added (empty) when such a journal is opened.
 _LATER_COLUMNS = {
     "task_id": "TEXT",
@@ -92,6 +96,16 @@ class JournalRow:
     likely_created: bool | None = attrs.field(default=None, converter=_verdict)
 
 
+@attrs.frozen
+class ListenerSpan:
+    """A run's webhook receiver listened at `url` from `started` to at least `alive` (wall-clock seconds; its
+    last heartbeat)."""
+
+    url: str
+    started: float
+    alive: float
+
+
 @final
 class Journal:
     """A run's journal file. Not shared between processes: one run at a time per journal."""
@@ -105,6 +119,7 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
         self._db.execute(_META_SCHEMA)
+        self._db.execute(_LISTENERS_SCHEMA)
         present = {column[1] for column in self._db.execute("PRAGMA table_info(rows)")}
         for name, kind in _LATER_COLUMNS.items():
             if name not in present:
@@ -132,6 +147,16 @@ class Journal:
 
     def set_meta(self, name: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def listening(self, span: ListenerSpan) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO listeners (started, url, alive) VALUES (?, ?, ?)",
+            (span.started, span.url, span.alive),
+        )
+
+    def listener_spans(self) -> list[ListenerSpan]:
+        cursor = self._db.execute("SELECT url, started, alive FROM listeners ORDER BY started")
+        return [ListenerSpan(str(url), float(started), float(alive)) for url, started, alive in cursor]
 
     def add(self, key: str, line: int, fingerprint: str) -> None:
         """Record a manifest row as `todo` (a row seen before keeps its state)."""
@@ -291,10 +316,13 @@ else:
 
 @attrs.frozen
 class Work:
-    """A row a run works on: submit its request (`task_id` None), or follow its task."""
+    """A row a run works on: submit its request (`task_id` None), or follow its task; with a `webhook_token`,
+    wait for the delivery of an earlier run's submission (`UncertainSubmission`)."""
 
     key: str
     task_id: str | None = None
+    webhook_token: str | None = None
+    delivery_may_have_been_missed: bool = False
 
 
 class RunJournal(Protocol):
@@ -337,6 +365,14 @@ class RunJournal(Protocol):
 
     def release(self, key: str) -> None:
         """This run is done with the row for now (its task is left running, for a rerun)."""
+        ...
+
+    def listening(self, span: ListenerSpan) -> None:
+        """This run's webhook receiver is up (a heartbeat: the same `started`, a later `alive`)."""
+        ...
+
+    async def listener_spans(self) -> list[ListenerSpan]:
+        """When earlier runs listened for webhooks (empty if the journal keeps no such record)."""
         ...
 
     async def aclose(self, *, flush_timeout: float) -> None: ...
@@ -430,6 +466,12 @@ class SQLiteJournal:
 
     def release(self, key: str) -> None:
         pass  # the row stays `submitted`: the next run polls it
+
+    def listening(self, span: ListenerSpan) -> None:
+        self._db.listening(span)
+
+    async def listener_spans(self) -> list[ListenerSpan]:
+        return self._db.listener_spans()
 
     async def aclose(self, *, flush_timeout: float) -> None:
         self._close()

@@ -38,7 +38,7 @@ import attrs
 from .._clock import Clock, SystemClock
 from .._redis_common import keys_of, namespace, outage_wait, process_id, redis_asyncio, register_scripts, shown_url
 from . import redis_scripts
-from .journal import JournalError, JournalRow, Work
+from .journal import JournalError, JournalRow, ListenerSpan, Work
 from .transitions import TRANSITIONS, Record, State, another_manifest, changes
 from .worker_logs import ROW_FIELDS, WorkerLog, precise_stamp, row_fields, rows_from_logs
 
@@ -392,6 +392,12 @@ class RedisJournal:
             self._outbox_changed.set()
             return
         self._record(key, None, ends=True)
+
+    def listening(self, span: ListenerSpan) -> None:
+        pass  # a shared run keeps no record of its workers' receivers: a missing delivery proves nothing there
+
+    async def listener_spans(self) -> list[ListenerSpan]:
+        return []
 
     # -- the run ----------------------------------------------------------------------------------------
 
