@@ -166,11 +166,14 @@ async def test_a_resumed_row_whose_delivery_may_have_come_while_nobody_listened_
     out = tmp_path / "out"
     port = free_port()
     async with simulator(0.01, webhook_timeout=200.0) as sim:
-        sim.inject(Fault("submit", "reset", create_task=False))  # nothing is created; the client cannot know
+        # A 500 after the body was read: nothing is created, which the client cannot know. The run (one row at a
+        # time) awaits its delivery, holding its one slot, until it is killed.
+        sim.inject(Fault("submit", "server_error", create_task=False))
         await killed_once(
             run_args(manifest, out, sim, "--concurrency", "1", *webhook_options(port)),
-            lambda: sim.counters.submit_requests == 1,
+            lambda: sim.counters.submit_requests >= 1,
         )
+        assert sim.counters.submit_requests == 1 and journal_rows(out)["row0"]["state"] == "submitting"
         with sqlite3.connect(out / "pixverse-journal.sqlite") as db:  # as if the resume came 1000 s later
             db.execute("UPDATE rows SET sent_at = sent_at - 1000 WHERE sent_at IS NOT NULL")
             db.execute("UPDATE listeners SET started = started - 1000, alive = alive - 1000")
