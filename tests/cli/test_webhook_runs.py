@@ -23,7 +23,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from pixverse_async.cli.main import main
-from pixverse_async.testing import Fault, Simulator
+from pixverse_async.testing import Fault, Simulator, TaskPlan
 from tests.cli.test_cli import COMMAND, write_jsonl
 from tests.images import png
 
@@ -260,3 +260,32 @@ async def test_goal_three_kills_and_a_resume_with_webhooks_leave_no_row_unresolv
     assert resubmitted.returncode == 0, said(resubmitted)
     assert {row["state"] for row in journal_rows(out).values()} == {"succeeded"}
     assert sim.counters.tasks_created == GOAL_ROWS and max(created.values()) == 1, figures
+
+
+async def test_a_late_delivery_for_a_row_left_alone_is_journaled_all_the_same(tmp_path: Path) -> None:
+    """A row judged after a full wait is not awaited again, but a delivery naming it (a task longer than the
+    wait) still lands in the journal, written before the delivery is answered: the next run polls its task."""
+    (tmp_path / "a.png").write_bytes(png(400, 300))
+    manifest = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [{"id": "late", "prompt": "late", "image": "a.png"}, {"id": "long", "prompt": "long", "image": "a.png"}],
+    )
+    out = tmp_path / "out"
+    port = free_port()
+    durations = {"late": 300.0, "long": 600.0}  # API s: "long" keeps the second run listening past "late"'s end
+    async with simulator(0.01, webhook_timeout=200.0, plan=lambda body: TaskPlan(durations[body["prompt"]])) as sim:
+        sim.inject(Fault("submit", "slow", delay=10_000))  # "late" is created, its answer held back
+        await killed_once(
+            run_args(manifest, out, sim, "--concurrency", "1", *webhook_options(port)),
+            lambda: sim.counters.tasks_created == 1,
+        )
+        with sqlite3.connect(out / "pixverse-journal.sqlite") as db:  # as a run that judged it leaves it
+            db.execute("UPDATE rows SET state = 'uncertain', reason = 'judged: unknown' WHERE key = 'late'")
+        second = await run_cli(manifest, out, sim, *webhook_options(port))
+        late = journal_rows(out)["late"]
+        assert late["state"] == "submitted" and late["task_id"] in sim.tasks, late
+        assert "uncertain, created or not unknown, left alone" in said(second)
+        assert "row late: its webhook delivery names task" in said(second)
+        third = await run_cli(manifest, out, sim, *webhook_options(port))
+    assert third.returncode == 0, said(third)
+    assert journal_rows(out)["late"]["state"] == "succeeded" and sim.counters.tasks_created == 2
