@@ -390,7 +390,9 @@ class AsCompleted:
             slot.adopted(task_id)
             return task_id, slot, False
         if isinstance(job, UncertainSubmission):
-            return await self._submissions.wait_for_delivery(job.request, job.webhook_token, slot)
+            return await self._submissions.wait_for_delivery(
+                job.request, job.webhook_token, slot, judgeable=not job.delivery_may_have_been_missed
+            )
         try:
             if not isinstance(job, REQUEST_TYPES):
                 raise InvalidRequestError("job", f"must be {_JOB_KINDS} or a (key, job) pair, not {type(job).__name__}")

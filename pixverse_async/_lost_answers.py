@@ -201,10 +201,13 @@ class SubmissionTokens:
         """Its answer came (a task, or a refusal: nothing to wait for)."""
         self._sending.pop(token, None)
 
-    def lost(self, token: str, request: object, slot: Slot, cause: BaseException, kind: Kind) -> LostAnswer:
+    def lost(
+        self, token: str, request: object, slot: Slot, cause: BaseException, kind: Kind, *, judgeable: bool = True
+    ) -> LostAnswer:
         """Its answer was lost (`cause`): wait for its delivery, holding `slot` (see `LostAnswer.resolved`).
-        Also for a submission an earlier run sent and lost (`UncertainSubmission`)."""
-        lost = LostAnswer(self, token, request, slot, cause, kind)
+        Also for a submission an earlier run sent and lost (`UncertainSubmission`); not `judgeable`: its
+        delivery may have come while nobody listened, so a missing one proves nothing."""
+        lost = LostAnswer(self, token, request, slot, cause, kind, judgeable=judgeable)
         known = self._sending.pop(token, None)
         self._orphans.pop(token, None)
         self._lost[token] = lost
@@ -268,9 +271,18 @@ class LostAnswer:
     docstring). It holds the submission's running-task slot until `resolved()` returns or raises."""
 
     def __init__(
-        self, tokens: SubmissionTokens, token: str, request: object, slot: Slot, cause: BaseException, kind: Kind
+        self,
+        tokens: SubmissionTokens,
+        token: str,
+        request: object,
+        slot: Slot,
+        cause: BaseException,
+        kind: Kind,
+        *,
+        judgeable: bool = True,
     ) -> None:
         self._tokens = tokens
+        self._judgeable = judgeable
         self.token = token
         self.request = request
         self._slot = slot
@@ -288,19 +300,21 @@ class LostAnswer:
     async def resolved(self) -> tuple[str, Slot]:
         """The task's id and the slot, which now stands for it (adopted), once its delivery came; raises
         `SubmissionUncertainError` (judged, see `SubmissionUncertainError.likely_created`) when none came by
-        the deadline. Cancelled, it gives the slot back once the task could have ended."""
+        the deadline. Cancelled, it gives the slot back once the task could have ended.
+
+        The deadline is looked at again every `EXCHANGE_LOOKUP_EVERY` seconds: a run that has learnt nothing
+        yet (a resumed one) waits `LOST_ANSWER_HOLD` only until the durations of its kind are learnt."""
         tokens, clock = self._tokens, self._tokens.clock
         wait, p99 = tokens.horizon(self._kind)
-        deadline = self._lost_at + wait
         try:
-            while self.task_id is None and (now := clock.now()) < deadline:
+            while self.task_id is None and (now := clock.now()) < self._lost_at + wait:
                 exchange = tokens.exchange
-                step = deadline - now if exchange is None else min(deadline - now, EXCHANGE_LOOKUP_EVERY)
-                await _wait_or_sleep(self._found, clock, step)
+                await _wait_or_sleep(self._found, clock, min(self._lost_at + wait - now, EXCHANGE_LOOKUP_EVERY))
                 if self.task_id is None and exchange is not None:
                     found = await _looked_up(exchange, self.token)
                     if found is not None:
                         self.found(found)
+                wait, p99 = tokens.horizon(self._kind)
         except BaseException:
             tokens.given_up(self.token, self.request)
             self._slot.release_when_ended()
@@ -311,7 +325,7 @@ class LostAnswer:
             return self.task_id, self._slot
         tokens.given_up(self.token, self.request)
         self._slot.release()
-        likely_created, missing, evidence = tokens.judgement()
+        likely_created, missing, evidence = tokens.judgement() if self._judgeable else _UNJUDGEABLE
         learnt = f"the learnt p99 duration of its kind is {p99:.0f} s" if p99 is not None else "no duration learnt yet"
         verdict = "likely not created" if likely_created is False else "created or not, unknown"
         detail = (
@@ -326,6 +340,13 @@ class LostAnswer:
             detail=detail,
             webhook_token=self.token,
         ) from self._cause
+
+
+_UNJUDGEABLE: tuple[None, None, str] = (
+    None,
+    None,
+    "its delivery may have been sent while nobody listened (before this client), so a missing one proves nothing",
+)
 
 
 async def _wait_or_sleep(event: anyio.Event, clock: Clock, seconds: float) -> None:

@@ -338,11 +338,16 @@ class UncertainSubmission:
     Passed to `as_completed()` of a client with webhooks on, it sends nothing: it takes a running-task slot
     and waits for the delivery that names it, as a lost answer does (see `SubmissionUncertainError`); found,
     its task is followed to its end, else it ends `SubmissionUncertainError` again, judged. `key` as on `Task`.
+
+    `delivery_may_have_been_missed`: nobody may have listened at the webhook URL for part of the time since
+    the submission was sent (the earlier run was killed, the receiver was down), so its delivery may have come
+    and gone: it is still awaited, but a missing one proves nothing, and `likely_created` stays `None`.
     """
 
     request: ImageToVideo | TextToVideo = attrs.field()
     webhook_token: str = attrs.field()
     key: Hashable = attrs.field(default=None, kw_only=True)
+    delivery_may_have_been_missed: bool = attrs.field(default=False, kw_only=True)
 
     @request.validator
     def _check_request(self, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -355,6 +360,11 @@ class UncertainSubmission:
         problem = submission_token_problem(value)
         if problem is not None:
             raise InvalidRequestError("webhook_token", problem)
+
+    @delivery_may_have_been_missed.validator
+    def _check_missed(self, attribute: attrs.Attribute[bool], value: object) -> None:
+        if not isinstance(value, bool):
+            raise InvalidRequestError("delivery_may_have_been_missed", f"must be a bool, not {value!r}")
 
 
 Job = ImageToVideo | TextToVideo | Task | UncertainSubmission | str

@@ -227,7 +227,9 @@ class Poller:
         pending = self._add(task_id, now, slot, kind)
         pending.learns = learns
         pending.waiters = (waiter,)
-        first = self._first_due(pending)
+        # Submitted elsewhere (a resumed task): polled now, as `track` does; with webhooks on, its delivery may
+        # have gone to an earlier run long ago.
+        first = self._first_due(pending) if learns else now
         if waiter.deadline is not None:
             first = min(first, waiter.deadline)
         if first > now or not self._may_start_poll(now):

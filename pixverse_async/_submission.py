@@ -210,16 +210,20 @@ class Submitter:
                 await self._clock.sleep(delay)
             slot = await (take_slot or budget.acquire)()
 
-    async def wait_for_delivery(self, request: VideoRequest, token: str, slot: Slot) -> Submitted:
+    async def wait_for_delivery(
+        self, request: VideoRequest, token: str, slot: Slot, *, judgeable: bool = True
+    ) -> Submitted:
         """A submission sent before (by an earlier run) whose answer was lost, named by `token`: wait for its
-        delivery holding `slot`, as for an answer lost here (see `UncertainSubmission`)."""
+        delivery holding `slot`, as for an answer lost here (see `UncertainSubmission`); not `judgeable`, its
+        `SubmissionUncertainError` says `likely_created=None` whatever was measured."""
         if self.tokens is None:
             slot.release()
             raise InvalidRequestError(
                 "job", "an UncertainSubmission waits for its webhook delivery: the client needs a webhook_url"
             )
         cause = RuntimeError("its answer was lost before this run")
-        task_id, slot = await self.tokens.lost(token, request, slot, cause, kind_of(request)).resolved()
+        lost = self.tokens.lost(token, request, slot, cause, kind_of(request), judgeable=judgeable)
+        task_id, slot = await lost.resolved()
         return task_id, slot, True
 
 

@@ -223,6 +223,68 @@ async def test_an_uncertain_submission_left_by_an_earlier_run_is_resumed_by_its_
     assert sim.counters.tasks_created == sim.counters.submit_requests == 1
 
 
+async def test_an_uncertain_submission_whose_delivery_may_have_been_missed_is_never_judged_not_created() -> None:
+    # 30 reliable deliveries would judge a submission without one "not created" (as the first shows); one
+    # whose delivery may have come while nobody listened (an earlier run killed) stays unknown.
+    never_sent = ImageToVideo("left by a killed run", IMAGE)
+    async with simulator(duration=5.0) as sim, webhooked(sim) as client:
+        warm = await run_all(client, jobs(30, "warm"))
+        with anyio.fail_after(60):
+            judged, unheard = await run_all(
+                client,
+                [
+                    UncertainSubmission(never_sent, "0" * 32, key="heard"),
+                    UncertainSubmission(never_sent, "1" * 32, key="unheard", delivery_may_have_been_missed=True),
+                ],
+            )
+    assert all(result.ok for result in warm)
+    results = {result.key: result.error for result in (judged, unheard)}
+    assert isinstance(results["heard"], SubmissionUncertainError) and results["heard"].likely_created is False
+    missed = results["unheard"]
+    assert isinstance(missed, SubmissionUncertainError)
+    assert missed.likely_created is None and missed.missing_chance is None
+    assert "may have been sent while nobody listened" in str(missed) and "unknown" in str(missed)
+    assert sim.counters.submit_requests == 30
+    with pytest.raises(ValueError, match="delivery_may_have_been_missed"):
+        UncertainSubmission(never_sent, "0" * 32, delivery_may_have_been_missed=1)  # type: ignore[arg-type]
+
+
+async def test_a_resumed_run_waits_for_a_lost_delivery_only_until_its_kind_is_learnt() -> None:
+    # A fresh client knows no duration: the wait starts at LOST_ANSWER_HOLD (600 s) plus the retry span, and
+    # shrinks to twice the learnt p99 plus that span once 8 tasks of the kind have ended. (Taken
+    # after the 20 others, while they run: taken first, it would hold the slow start's one slot meanwhile.)
+    async with simulator(duration=5.0) as sim, webhooked(sim, max_concurrency=32) as client:
+        started = sim.now()
+        ended_at: list[float] = []
+
+        def note_end(event: JobEvent) -> None:
+            if event.kind is EventKind.FAILED:
+                ended_at.append(sim.now())
+
+        resumed = UncertainSubmission(ImageToVideo("warm 0", IMAGE), "0" * 32, key="resumed")
+        with anyio.fail_after(60):
+            results = await run_all(client, [*jobs(20, "warm"), resumed], on_event=note_end)
+    [uncertain] = [result for result in results if result.key == "resumed"]
+    assert isinstance(uncertain.error, SubmissionUncertainError)
+    assert "learnt p99 duration of its kind is" in str(uncertain.error)
+    assert ended_at[0] - started < 600  # 675 s if the deadline were kept from before anything was learnt
+
+
+async def test_a_resumed_task_whose_delivery_went_to_an_earlier_run_is_polled_at_once() -> None:
+    # The task ended, and its delivery was answered, before this client knew of it: with webhooks on, it
+    # must not wait for a delivery (it waited for the webhook fallback, 78 s here, while nothing is learnt).
+    roomy = Simulator(api_keys=(KEY,), time_scale=0.01, webhook_timeout=ROOMY_WEBHOOK_TIMEOUT, seed=7, duration=5.0)
+    async with roomy as sim, webhooked(sim) as earlier:
+        [done] = await run_all(earlier, jobs(1))
+        async with webhooked(sim) as later:
+            resumed_at = sim.now()
+            with anyio.fail_after(30):
+                [result] = await run_all(later, [done.task_id])
+            took = sim.now() - resumed_at
+    assert result.ok and result.task_id == done.task_id
+    assert took < 40, took
+
+
 async def test_an_uncertain_submission_needs_webhooks_and_a_token_of_the_clients_making() -> None:
     with pytest.raises(ValueError, match="webhook_token"):
         UncertainSubmission(ImageToVideo("x", IMAGE), "not-a-token")

@@ -47,12 +47,34 @@ CREATE TABLE IF NOT EXISTS rows (
     size INTEGER,
     sha256 TEXT,
     reason TEXT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    webhook_token TEXT,
+    sent_at REAL,
+    likely_created INTEGER
 )
 """
 _META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+# When each run's webhook receiver listened (`ListenerSpan`), for `listener.missed_delivery`.
+_LISTENERS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS listeners (started REAL PRIMARY KEY, url TEXT NOT NULL, alive REAL NOT NULL)"
+)
 # Columns that journals of earlier versions may lack, added (empty) when such a journal is opened.
-_LATER_COLUMNS = {"task_id": "TEXT", "file": "TEXT", "size": "INTEGER", "sha256": "TEXT", "reason": "TEXT"}
+_LATER_COLUMNS = {
+    "task_id": "TEXT",
+    "file": "TEXT",
+    "size": "INTEGER",
+    "sha256": "TEXT",
+    "reason": "TEXT",
+    "webhook_token": "TEXT",
+    "sent_at": "REAL",
+    "likely_created": "INTEGER",
+}
+_ROW_COLUMNS = "key, line, fingerprint, state, task_id, file, size, sha256, reason, updated_at, webhook_token, sent_at,"
+_ROW_COLUMNS += " likely_created"
+
+
+def _verdict(value: object) -> bool | None:
+    return None if value is None else bool(value)  # SQLite keeps it as 0 or 1
 
 
 @attrs.frozen
@@ -67,6 +89,21 @@ class JournalRow:
     sha256: str | None = None
     reason: str | None = None
     updated_at: str = ""
+    #: The token the submission's webhook URL carried, and when it was sent (wall-clock seconds).
+    webhook_token: str | None = None
+    sent_at: float | None = None
+    #: An uncertain row's verdict: False when judged not created, None when unknown.
+    likely_created: bool | None = attrs.field(default=None, converter=_verdict)
+
+
+@attrs.frozen
+class ListenerSpan:
+    """A run's webhook receiver listened at `url` from `started` to at least `alive` (wall-clock seconds; its
+    last heartbeat)."""
+
+    url: str
+    started: float
+    alive: float
 
 
 @final
@@ -82,6 +119,7 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
         self._db.execute(_META_SCHEMA)
+        self._db.execute(_LISTENERS_SCHEMA)
         present = {column[1] for column in self._db.execute("PRAGMA table_info(rows)")}
         for name, kind in _LATER_COLUMNS.items():
             if name not in present:
@@ -97,10 +135,7 @@ class Journal:
         self._db.close()
 
     def rows(self) -> list[JournalRow]:
-        cursor = self._db.execute(
-            "SELECT key, line, fingerprint, state, task_id, file, size, sha256, reason, updated_at"
-            " FROM rows ORDER BY line"
-        )
+        cursor = self._db.execute(f"SELECT {_ROW_COLUMNS} FROM rows ORDER BY line")
         return [JournalRow(*values) for values in cursor]
 
     def __iter__(self) -> Iterator[JournalRow]:
@@ -112,6 +147,16 @@ class Journal:
 
     def set_meta(self, name: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def listening(self, span: ListenerSpan) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO listeners (started, url, alive) VALUES (?, ?, ?)",
+            (span.started, span.url, span.alive),
+        )
+
+    def listener_spans(self) -> list[ListenerSpan]:
+        cursor = self._db.execute("SELECT url, started, alive FROM listeners ORDER BY started")
+        return [ListenerSpan(str(url), float(started), float(alive)) for url, started, alive in cursor]
 
     def add(self, key: str, line: int, fingerprint: str) -> None:
         """Record a manifest row as `todo` (a row seen before keeps its state)."""
@@ -126,8 +171,8 @@ class Journal:
     def reset(self, key: str, fingerprint: str) -> None:
         self.apply(key, "reset", fingerprint=fingerprint)
 
-    def submitting(self, key: str) -> None:
-        self.apply(key, "submitting")
+    def submitting(self, key: str, webhook_token: str | None, sent_at: float) -> None:
+        self.apply(key, "submitting", webhook_token=webhook_token, sent_at=sent_at)
 
     def submitted(self, key: str, task_id: str) -> None:
         self.apply(key, "submitted", task_id=task_id)
@@ -144,8 +189,8 @@ class Journal:
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
         self.apply(key, "failed", reason=reason, task_id=task_id or None)
 
-    def uncertain(self, key: str, reason: str) -> None:
-        self.apply(key, "uncertain", reason=reason)
+    def uncertain(self, key: str, reason: str, likely_created: bool | None = None) -> None:
+        self.apply(key, "uncertain", reason=reason, likely_created=likely_created)
 
     def apply(self, key: str, record: Record, **given: Any) -> None:
         state, columns = changes(record, **given)
@@ -271,10 +316,13 @@ else:
 
 @attrs.frozen
 class Work:
-    """A row a run works on: submit its request (`task_id` None), or follow its task."""
+    """A row a run works on: submit its request (`task_id` None), or follow its task; with a `webhook_token`,
+    wait for the delivery of an earlier run's submission (`UncertainSubmission`)."""
 
     key: str
     task_id: str | None = None
+    webhook_token: str | None = None
+    delivery_may_have_been_missed: bool = False
 
 
 class RunJournal(Protocol):
@@ -303,16 +351,28 @@ class RunJournal(Protocol):
 
     def add(self, key: str, line: int, fingerprint: str) -> None: ...
     def reset(self, key: str, fingerprint: str) -> None: ...
-    def submitting(self, key: str) -> None: ...
+    def submitting(self, key: str, webhook_token: str | None, sent_at: float) -> None:
+        """Before the request goes out: the token its webhook URL carries (None without webhooks) and when
+        (wall-clock seconds)."""
+        ...
+
     def submitted(self, key: str, task_id: str) -> None: ...
     def succeeded(self, key: str, file: str, size: int, sha256: str) -> None: ...
     def refetch(self, key: str, reason: str) -> None: ...
     def not_downloaded(self, key: str, reason: str) -> None: ...
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None: ...
-    def uncertain(self, key: str, reason: str) -> None: ...
+    def uncertain(self, key: str, reason: str, likely_created: bool | None = None) -> None: ...
 
     def release(self, key: str) -> None:
         """This run is done with the row for now (its task is left running, for a rerun)."""
+        ...
+
+    def listening(self, span: ListenerSpan) -> None:
+        """This run's webhook receiver is up (a heartbeat: the same `started`, a later `alive`)."""
+        ...
+
+    async def listener_spans(self) -> list[ListenerSpan]:
+        """When earlier runs listened for webhooks (empty if the journal keeps no such record)."""
         ...
 
     async def aclose(self, *, flush_timeout: float) -> None: ...
@@ -383,8 +443,8 @@ class SQLiteJournal:
     def reset(self, key: str, fingerprint: str) -> None:
         self._db.reset(key, fingerprint)
 
-    def submitting(self, key: str) -> None:
-        self._db.submitting(key)
+    def submitting(self, key: str, webhook_token: str | None, sent_at: float) -> None:
+        self._db.submitting(key, webhook_token, sent_at)
 
     def submitted(self, key: str, task_id: str) -> None:
         self._db.submitted(key, task_id)
@@ -401,11 +461,17 @@ class SQLiteJournal:
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
         self._db.failed(key, reason, task_id)
 
-    def uncertain(self, key: str, reason: str) -> None:
-        self._db.uncertain(key, reason)
+    def uncertain(self, key: str, reason: str, likely_created: bool | None = None) -> None:
+        self._db.uncertain(key, reason, likely_created)
 
     def release(self, key: str) -> None:
         pass  # the row stays `submitted`: the next run polls it
+
+    def listening(self, span: ListenerSpan) -> None:
+        self._db.listening(span)
+
+    async def listener_spans(self) -> list[ListenerSpan]:
+        return self._db.listener_spans()
 
     async def aclose(self, *, flush_timeout: float) -> None:
         self._close()

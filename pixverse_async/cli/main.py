@@ -21,6 +21,7 @@ from .._convert import unstructure
 from .._exceptions import BudgetUnavailableError, PixVerseError
 from .._redis_common import is_redis_url, shown_url
 from .journal import Journal, JournalError
+from .listener import parse_listen_address
 from .manifest import ManifestError
 from .redis_journal import DEFAULT_CLAIM_LEASE_REAL_SECONDS, OUTAGE_LEASES, check_run_name, redis_module
 from .run import DEFAULT_JOURNAL_NAME, RunAborted, RunOptions
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     run = command("run", "make the videos of a manifest, resumably (API key from $PIXVERSE_API_KEY)")
+    run.set_defaults(command_parser=run)  # for the errors found once every option is read
     run.add_argument("manifest", type=Path, help="a .jsonl or .csv file, one job a row")
     run.add_argument("--out", type=Path, required=True, help="folder for the videos (and, by default, the journal)")
     run.add_argument("--concurrency", type=_whole_number(1), default=16, help="tasks running at once (default 16)")
@@ -103,7 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--base-url", type=_base_url, help="API base URL (default: $PIXVERSE_BASE_URL, else https://api.myrouter.ai)"
     )
-    run.add_argument("--resubmit-uncertain", action="store_true", help="submit again rows whose answer was lost")
+    run.add_argument(
+        "--resubmit-uncertain",
+        action="store_true",
+        help="submit again the uncertain rows (answer lost) judged not created from the webhook deliveries; rows"
+        " whose creation is unknown are left alone and reported",
+    )
+    run.add_argument(
+        "--resubmit-unknown-may-pay-twice",
+        action="store_true",
+        help="submit again every uncertain row, those whose task may exist too: each of those may be PAID TWICE",
+    )
+    run.add_argument(
+        "--webhook-url",
+        type=_base_url,
+        metavar="URL",
+        help="receive each task's result by webhook at this public URL (the API calls it; a lost answer is then"
+        " found by its delivery); needs --webhook-listen",
+    )
+    run.add_argument(
+        "--webhook-listen",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="where this run serves --webhook-url's path while it runs (behind a tunnel or a reverse proxy, the"
+        " local address the URL reaches)",
+    )
     run.add_argument("--retry-failed", action="store_true", help="submit again rows whose task failed")
     run.add_argument(
         "--dry-run",
@@ -240,6 +266,24 @@ def _base_url(text: str) -> str:
     return text
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _check_webhook_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Both webhook options or neither: a URL nobody here listens at would hand the deliveries to nobody."""
+    if args.webhook_url is not None and args.webhook_listen is None:
+        parser.error(
+            "--webhook-url: needs --webhook-listen HOST:PORT: this run receives the deliveries itself (nothing"
+            " else would hand them to it)"
+        )
+    if args.webhook_listen is not None and args.webhook_url is None:
+        parser.error("--webhook-listen: needs --webhook-url URL, the public address the API posts to")
+
+
 def _journal(text: str) -> Path | str:
     """A journal file, or the redis:// URL of a shared run (kept as text)."""
     if is_redis_url(text):
@@ -264,6 +308,8 @@ def _api_key(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        _check_webhook_options(args.command_parser, args)
     try:
         if args.command == "run":
             return _run(args)
@@ -304,10 +350,14 @@ def _run(args: argparse.Namespace) -> int:
         journal_url=args.journal if shared else None,
         lease=args.lease,
         run_name=args.run_name,
+        resubmit_unknown=args.resubmit_unknown_may_pay_twice,
+        webhook_url=args.webhook_url,
+        webhook_listen=args.webhook_listen,
+        time_scale=args.time_scale or 1.0,
     )
     clock = ScaledClock(args.time_scale) if args.time_scale else None
     if args.dry_run:
-        from .run import dry_run
+        from .dry_run import dry_run
 
         # The client is built (so its options are checked as a run checks them) but never opened: nothing is
         # sent, and a dry run works without a key (a stand-in that goes nowhere) and without a network.
@@ -319,7 +369,13 @@ def _run(args: argparse.Namespace) -> int:
     budget = None
     if shared and not args.local_budget:
         budget = _shared_budget(args.journal, lease=args.lease, time_scale=args.time_scale or 1.0)
-    client = PixVerseClient(base_url=args.base_url, max_concurrency=options.concurrency, clock=clock, budget=budget)
+    client = PixVerseClient(
+        base_url=args.base_url,
+        max_concurrency=options.concurrency,
+        clock=clock,
+        budget=budget,
+        webhook_url=args.webhook_url,
+    )
 
     async def go() -> int:
         async with contextlib.AsyncExitStack() as stack:
@@ -381,9 +437,17 @@ def _status(path: Path | str, *, as_json: bool, run_name: str | None) -> int:
             journal.close()
     if as_json:
         from .manifest import row_kind
-        from .progress import row_outcome
+        from .progress import row_outcome, row_verdict
 
-        shown = [{**unstructure(row), "kind": row_kind(row.fingerprint), "outcome": row_outcome(row)} for row in rows]
+        shown = [
+            {
+                **unstructure(row),
+                "kind": row_kind(row.fingerprint),
+                "outcome": row_outcome(row),
+                "verdict": row_verdict(row),
+            }
+            for row in rows
+        ]
         print(json.dumps(shown, indent=2))
         return 0
     from .progress import console_for, status_table

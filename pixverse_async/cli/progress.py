@@ -37,6 +37,13 @@ def row_outcome(row: JournalRow) -> str:
     return row.state
 
 
+def row_verdict(row: JournalRow) -> str | None:
+    """An uncertain row's verdict: `not created` (judged from the webhook deliveries) or `unknown`."""
+    if row.state != "uncertain":
+        return None
+    return "not created" if row.likely_created is False else "unknown"
+
+
 @final
 @attrs.define
 class RunProgress:
@@ -214,7 +221,8 @@ def problems_table(entries: Iterable[JournalRow]) -> Table | None:
     table.add_column("state")
     table.add_column("detail", overflow="fold", ratio=1)
     for entry in problems:
-        table.add_row(entry.key, str(entry.line), entry.state, escape(entry.reason or entry.task_id or ""))
+        state = entry.state if (verdict := row_verdict(entry)) is None else f"{entry.state} ({verdict})"
+        table.add_row(entry.key, str(entry.line), state, escape(entry.reason or entry.task_id or ""))
     return table
 
 
@@ -230,7 +238,7 @@ def status_table(rows: Sequence[JournalRow]) -> Table:
     table.add_column("detail", overflow="fold", ratio=1)
     for row in rows:
         detail = row.reason or row.file  # why a row is not done (a submitted one may say), else its file
-        table.add_row(
-            row.key, str(row.line), row_kind(row.fingerprint), row_outcome(row), row.task_id or "", escape(detail or "")
-        )
+        verdict = row_verdict(row)
+        state = row_outcome(row) if verdict is None else f"{row_outcome(row)} ({verdict})"
+        table.add_row(row.key, str(row.line), row_kind(row.fingerprint), state, row.task_id or "", escape(detail or ""))
     return table

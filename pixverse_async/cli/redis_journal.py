@@ -38,7 +38,7 @@ import attrs
 from .._clock import Clock, SystemClock
 from .._redis_common import keys_of, namespace, outage_wait, process_id, redis_asyncio, register_scripts, shown_url
 from . import redis_scripts
-from .journal import JournalError, JournalRow, Work
+from .journal import JournalError, JournalRow, ListenerSpan, Work
 from .transitions import TRANSITIONS, Record, State, another_manifest, changes
 from .worker_logs import ROW_FIELDS, WorkerLog, precise_stamp, row_fields, rows_from_logs
 
@@ -349,7 +349,7 @@ class RedisJournal:
     def reset(self, key: str, fingerprint: str) -> None:
         self._apply(key, "reset", fingerprint=fingerprint)
 
-    def submitting(self, key: str) -> None:
+    def submitting(self, key: str, webhook_token: str | None, sent_at: float) -> None:
         # Redis marked the row `submitting` when this worker claimed it; the log says the request goes out.
         # A worker whose lease may have lapsed (it stalled, or lost Redis) may have lost the row to a worker
         # that read in its log that it was never sent: it stops rather than send it too. A healthy worker
@@ -360,8 +360,11 @@ class RedisJournal:
                 f"row {key}: not sent, this worker's lease may have lapsed (renewed {renewed:.1f} s ago, lease"
                 f" {self._lease:g} s); it stops taking rows"
             )
-        self._write_log(key, op="sending")
+        state, fields = changes("submitting", webhook_token=webhook_token, sent_at=sent_at)
+        self._write_log(key, op="sending", **fields)
         self._held[key] = True
+        self._outbox.append(self._op(key, state, fields))
+        self._outbox_changed.set()
 
     def submitted(self, key: str, task_id: str) -> None:
         self._apply(key, "submitted", task_id=task_id)
@@ -378,8 +381,8 @@ class RedisJournal:
     def failed(self, key: str, reason: str, task_id: str | None = None) -> None:
         self._apply(key, "failed", reason=reason, task_id=task_id or None)
 
-    def uncertain(self, key: str, reason: str) -> None:
-        self._apply(key, "uncertain", reason=reason)
+    def uncertain(self, key: str, reason: str, likely_created: bool | None = None) -> None:
+        self._apply(key, "uncertain", reason=reason, likely_created=likely_created)
 
     def release(self, key: str) -> None:
         if self._held.get(key) is False:  # claimed to submit, never sent: to do again, by anyone
@@ -389,6 +392,12 @@ class RedisJournal:
             self._outbox_changed.set()
             return
         self._record(key, None, ends=True)
+
+    def listening(self, span: ListenerSpan) -> None:
+        pass  # a shared run keeps no record of its workers' receivers: a missing delivery proves nothing there
+
+    async def listener_spans(self) -> list[ListenerSpan]:
+        return []
 
     # -- the run ----------------------------------------------------------------------------------------
 

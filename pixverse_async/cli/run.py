@@ -6,8 +6,11 @@ and checks that the journal belongs to this manifest. Then the journal decides e
 rows whose file is there with the size and sha256 the journal recorded are skipped (a missing or changed file is
 fetched again through task-result), `submitted` rows are polled by task id, `submitting` rows (the process died
 while the request was out) become `uncertain`, and `uncertain` and `failed` rows are reported and left alone
-unless `--resubmit-uncertain` / `--retry-failed` is given. `plan_rows` decides that
-without writing anything, so that `run --dry-run` shares it; a run then writes its decisions to the journal.
+unless `--resubmit-uncertain` (rows judged not created only), `--resubmit-unknown-may-pay-twice` (every
+uncertain row) or `--retry-failed` is given. With `--webhook-url`, an uncertain row whose submission carried a
+webhook token is awaited instead (`UncertainSubmission`): its late delivery resolves it (see `listener`).
+`plan_rows` decides that without writing anything, so that `run --dry-run` shares it; a run then writes its
+decisions to the journal.
 
 The journal is a `RunJournal`: the SQLite file, or a run shared by many processes through Redis
 (`redis_journal`), where each worker plans the rows no other worker holds and then takes its rows one at a
@@ -17,10 +20,11 @@ time from the whole run's queue, within the run's `--concurrency`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import secrets
 import sys
-from collections import Counter
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO, final
@@ -28,7 +32,6 @@ from typing import TYPE_CHECKING, Literal, TextIO, final
 import anyio
 import attrs
 from rich.console import Console, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from .._bulk import EventKind, JobEvent, KeyedJob
@@ -45,20 +48,19 @@ from .._exceptions import (
     SubmissionUncertainError,
     VideoExpiredError,
 )
-from .._models import JobResult
+from .._models import JobResult, UncertainSubmission
 from .journal import (
-    Journal,
     JournalError,
     JournalRow,
+    ListenerSpan,
     RunJournal,
     SQLiteJournal,
     Work,
-    check_manifest_identity,
 )
+from .listener import WebhookListener, missed_delivery
 from .manifest import ManifestRow, read_manifest
 from .progress import Display, PlainDisplay, RunProgress, console_for, display_for, problems_table, summary_table
 from .redis_journal import DEFAULT_CLAIM_LEASE_REAL_SECONDS, default_run_name
-from .transitions import another_manifest, same_manifest
 
 if TYPE_CHECKING:
     from .redis_journal import RedisJournal
@@ -95,6 +97,13 @@ class RunOptions:
     lease: float = DEFAULT_CLAIM_LEASE_REAL_SECONDS
     # The run's name in Redis (None: the manifest's file name).
     run_name: str | None = None
+    # Resubmit every uncertain row, those whose creation is unknown too (they may be paid twice).
+    resubmit_unknown: bool = False
+    # `--webhook-url` and `--webhook-listen` (host, port): the run's own webhook receiver.
+    webhook_url: str | None = None
+    webhook_listen: tuple[str, int] | None = None
+    # `--time-scale`: real seconds per API second (to read the journal's wall-clock times in API seconds).
+    time_scale: float = 1.0
 
     @property
     def journal_path(self) -> Path:
@@ -105,7 +114,7 @@ class RunOptions:
         return self.run_name or default_run_name(self.manifest)
 
 
-Action = Literal["submit", "poll", "fetch_again", "done", "uncertain", "failed"]
+Action = Literal["submit", "poll", "fetch_again", "done", "await", "uncertain", "failed"]
 
 
 @attrs.frozen
@@ -119,10 +128,36 @@ class RowPlan:
     # The journal says `submitting`: the process died while the request was out. It becomes `uncertain`.
     was_submitting: bool = False
     reason: str | None = None
+    # An uncertain row's verdict (False: judged not created; None: unknown).
+    likely_created: bool | None = None
+    # `await`: the token its delivery names, and why that delivery may have come while no run listened.
+    webhook_token: str | None = None
+    missed: str | None = None
 
 
-def plan_rows(rows: Sequence[ManifestRow], journal_rows: Iterable[JournalRow], options: RunOptions) -> list[RowPlan]:
+@attrs.frozen
+class Listening:
+    """This run's webhook receiver (`url`, up since `since`, wall clock) and the earlier runs' (`spans`)."""
+
+    url: str
+    since: float
+    spans: Sequence[ListenerSpan]
+    time_scale: float
+
+    def missed(self, entry: JournalRow) -> str | None:
+        return missed_delivery(
+            entry.sent_at, self.url, self.spans, listening_since=self.since, time_scale=self.time_scale
+        )
+
+
+def plan_rows(
+    rows: Sequence[ManifestRow],
+    journal_rows: Iterable[JournalRow],
+    options: RunOptions,
+    listening: Listening | None = None,
+) -> list[RowPlan]:
     """Decide every row's fate from the journal, as `run` and `run --dry-run` both do; changes nothing.
+    `listening`: webhooks are on (uncertain rows with a token are awaited).
 
     Raises `RunAborted` when a row that was paid for changed in the manifest since."""
     entries = {entry.key: entry for entry in journal_rows}
@@ -136,10 +171,10 @@ def plan_rows(rows: Sequence[ManifestRow], journal_rows: Iterable[JournalRow], o
     ]
     if changed:
         raise RunAborted("\n".join(changed))
-    return [_plan_row(row, entries.get(row.key), options) for row in rows]
+    return [_plan_row(row, entries.get(row.key), options, listening) for row in rows]
 
 
-def _plan_row(row: ManifestRow, entry: JournalRow | None, options: RunOptions) -> RowPlan:
+def _plan_row(row: ManifestRow, entry: JournalRow | None, options: RunOptions, listening: Listening | None) -> RowPlan:
     if entry is None:
         return RowPlan(row, "submit", in_journal=False)
     if entry.fingerprint != row.fingerprint or entry.state == "todo":
@@ -148,8 +183,17 @@ def _plan_row(row: ManifestRow, entry: JournalRow | None, options: RunOptions) -
     if was_submitting or entry.state == "uncertain":
         # Died while the request was out, or the answer was lost: the task may exist. Never guess.
         reason = _DIED_SUBMITTING if was_submitting else entry.reason
-        action: Action = "submit" if options.resubmit_uncertain else "uncertain"
-        return RowPlan(row, action, was_submitting=was_submitting, reason=reason)
+        verdict = None if was_submitting else entry.likely_created
+        plan = functools.partial(RowPlan, row, was_submitting=was_submitting, reason=reason, likely_created=verdict)
+        if options.resubmit_unknown or (options.resubmit_uncertain and verdict is False):
+            return plan("submit")
+        # Its delivery is awaited unless a run awaited it to the end already (and judged it).
+        unjudged = was_submitting or entry.reason == _DIED_SUBMITTING
+        if listening is not None and entry.webhook_token and unjudged:
+            missed = listening.missed(entry)
+            if not missed or "another URL" not in missed:
+                return plan("await", webhook_token=entry.webhook_token, missed=missed)
+        return plan("uncertain")
     if entry.state == "failed":
         return RowPlan(row, "submit" if options.retry_failed else "failed", reason=entry.reason)
     if entry.state == "succeeded":
@@ -162,6 +206,12 @@ def _plan_row(row: ManifestRow, entry: JournalRow | None, options: RunOptions) -
 
 
 _DIED_SUBMITTING = "the run stopped while this row's submission was being sent"
+
+
+def left_alone(plan: RowPlan) -> str:
+    if plan.likely_created is False:
+        return "judged not created, left alone (--resubmit-uncertain resubmits it)"
+    return "created or not unknown, left alone (--resubmit-unknown-may-pay-twice resubmits it, and may pay twice)"
 
 
 def _file_problem(path: Path, entry: JournalRow) -> str | None:
@@ -193,6 +243,13 @@ class ManifestRun:
         self.journal: RunJournal = (
             SQLiteJournal(options.journal_path) if options.journal_url is None else self._redis_journal()
         )
+        self.listener: WebhookListener | None = None
+        # Rows without a task id whose submission carried a webhook token: token -> row key (see `_delivered`),
+        # and back.
+        self._awaited: dict[str, str] = {}
+        self._token_of: dict[str, str] = {}
+        # Rows whose task a delivery named (row key -> task id).
+        self._found: dict[str, str] = {}
 
     def _redis_journal(self) -> RedisJournal:
         from .redis_journal import RedisJournal
@@ -208,28 +265,42 @@ class ManifestRun:
         )
 
     async def aclose(self) -> None:
-        await self.journal.aclose(flush_timeout=2 * self.options.lease)
+        try:
+            if self.listener is not None:
+                await self.listener.aclose()
+        finally:
+            await self.journal.aclose(flush_timeout=2 * self.options.lease)
 
     async def plan(self) -> list[Work]:
-        """Join the journal (refusing another manifest's), bring it up to date with the manifest and list the
-        work: rows to submit, tasks to follow. A shared run plans the rows no other worker holds."""
+        """Join the journal (refusing another manifest's), start the webhook receiver if asked, bring the
+        journal up to date with the manifest and list the work: rows to submit, tasks to follow, deliveries to
+        await. A shared run plans the rows no other worker holds."""
         manifest_path, manifest_rows = manifest_identity(self.options.manifest, self.rows)
         try:
             entries = await self.journal.join(manifest_path, manifest_rows, self.rows)
         except JournalError as error:
             raise RunAborted(str(error)) from None
+        listening = await self._listen()
         rows = self.rows
         if self.shared:
             free = {entry.key for entry in entries}
             rows = [row for row in self.rows if row.key in free]
         work: list[Work] = []
-        for plan in plan_rows(rows, entries, self.options):
+        awaiting: list[Work] = []
+        tokens = {entry.key: entry.webhook_token for entry in entries if entry.state in ("submitting", "uncertain")}
+        for plan in plan_rows(rows, entries, self.options, None if self.shared else listening):
             row = plan.row
             if not plan.in_journal:
                 self.journal.add(row.key, row.line, row.fingerprint)
             if plan.was_submitting:
                 self.journal.uncertain(row.key, _DIED_SUBMITTING)
-            if plan.action == "submit":
+            if plan.action != "submit" and (token := tokens.get(row.key)):
+                self._await(token, row.key)  # a late delivery still names its task
+            if plan.action == "await" and plan.webhook_token is not None:
+                awaiting.append(Work(row.key, None, plan.webhook_token, plan.missed is not None))
+                missed = f"; {plan.missed}, so if none comes it stays unknown" if plan.missed else ""
+                self.display.log(f"row {row.key} (line {row.line}): uncertain, awaiting its webhook delivery{missed}")
+            elif plan.action == "submit":
                 self.journal.reset(row.key, row.fingerprint)
                 work.append(Work(row.key))
             elif plan.action in ("poll", "fetch_again"):
@@ -244,10 +315,55 @@ class ManifestRun:
             else:
                 self.progress.left_alone += 1
                 if plan.action == "uncertain":
-                    self.display.log(f"row {row.key} (line {row.line}): uncertain, left alone (--resubmit-uncertain)")
+                    self.display.log(f"row {row.key} (line {row.line}): uncertain, {left_alone(plan)}")
         if self.shared:  # the rows this worker takes are counted as it takes them
             self.progress.total = self.progress.already_done + self.progress.left_alone
-        return work
+        # Each awaited row holds a running-task slot while it waits, which the slow start grows only as tasks are
+        # accepted: taken first, they would hold its first slots meanwhile. After twice as many other rows, the
+        # window has room for them, and the waits run beside the work.
+        later = 2 * len(awaiting)
+        return work[:later] + awaiting + work[later:]
+
+    async def _listen(self) -> Listening | None:
+        """Start the webhook receiver (before anything is sent; a port in use aborts the run)."""
+        options = self.options
+        if options.webhook_url is None or options.webhook_listen is None:
+            return None
+        spans = await self.journal.listener_spans()
+        host, port = options.webhook_listen
+        self.listener = WebhookListener(
+            self.client,
+            self.journal,
+            url=options.webhook_url,
+            host=host,
+            port=port,
+            time_scale=options.time_scale,
+            on_delivery=self._delivered,
+        )
+        try:
+            since = await self.listener.start()
+        except OSError as error:
+            self.listener = None
+            reason = error.strerror or error
+            raise RunAborted(
+                f"--webhook-listen {host}:{port}: cannot listen there ({reason}); nothing was sent"
+            ) from None
+        self.display.log(f"listening for webhook deliveries on {host}:{port} ({options.webhook_url})")
+        return Listening(options.webhook_url, since, spans, options.time_scale)
+
+    def _await(self, token: str, key: str) -> None:
+        self._awaited[token] = key
+        self._token_of[key] = token
+
+    def _delivered(self, token: str, task_id: str) -> None:
+        """A delivery named a row's token: its task exists. Journaled before the delivery is answered."""
+        key = self._awaited.pop(token, None)
+        if key is None:
+            return
+        self._token_of.pop(key, None)
+        self._found[key] = task_id
+        self.journal.submitted(key, task_id)
+        self.display.log(f"row {key}: its webhook delivery names task {task_id}")
 
     async def _jobs(self, work: Sequence[Work]) -> AsyncIterator[KeyedJob]:
         async for item in self.journal.work(work):
@@ -257,6 +373,18 @@ class ManifestRun:
                 continue
             if self.shared:
                 self.progress.total += 1
+            if item.webhook_token is not None:
+                found = self._found.get(item.key)  # its delivery came while it waited its turn
+                yield (
+                    item.key,
+                    found
+                    or UncertainSubmission(
+                        row.request,
+                        item.webhook_token,
+                        delivery_may_have_been_missed=item.delivery_may_have_been_missed,
+                    ),
+                )
+                continue
             yield (item.key, row.request if item.task_id is None else item.task_id)
 
     async def execute(self, *, live: bool = True) -> None:
@@ -265,6 +393,8 @@ class ManifestRun:
         try:
             async with anyio.create_task_group() as beside:
                 beside.start_soon(self.journal.keep_alive)
+                if self.listener is not None:
+                    beside.start_soon(self.listener.keep_alive)
                 async with (
                     anyio.create_task_group() as downloads,
                     self.client.as_completed(self._jobs(work), on_event=self._on_event) as results,
@@ -286,11 +416,14 @@ class ManifestRun:
     def _on_event(self, event: JobEvent) -> None:
         key = str(event.key)
         if event.kind is EventKind.SUBMITTING:
-            self.journal.submitting(key)
+            self.journal.submitting(key, event.webhook_token, time.time())
+            if event.webhook_token is not None:
+                self._await(event.webhook_token, key)
         elif event.kind is EventKind.SUBMITTED and event.task_id is not None:
-            if isinstance(event.request, str):  # resumed: already journaled as submitted
+            if isinstance(event.request, str) or self._found.get(key) == event.task_id:  # already journaled
                 self.display.refresh()
                 return
+            self._awaited.pop(self._token_of.pop(key, ""), None)
             self.journal.submitted(key, event.task_id)
             self.display.log(f"submitted row {key} as task {event.task_id}")
         elif event.kind is EventKind.RETRIED:
@@ -309,8 +442,12 @@ class ManifestRun:
                 self.display.log(f"row {key}: task {result.task_id} not finished ({error}); rerun to resume")
                 return
         elif isinstance(error, SubmissionUncertainError):
-            self.journal.uncertain(key, str(error))
-            self.display.log(f"row {key}: UNCERTAIN, a task may have been created: {error}")
+            if key in self._found:  # its delivery came once the job had given up: the task is journaled
+                self.display.log(f"row {key}: task {self._found[key]} found by its late delivery; rerun to fetch it")
+                return
+            self.journal.uncertain(key, str(error), error.likely_created)
+            verdict = "judged not created" if error.likely_created is False else "a task may have been created"
+            self.display.log(f"row {key}: UNCERTAIN, {verdict}: {error}")
             return
         elif isinstance(error, _NOTHING_CREATED):
             # The API created nothing: the row stays to do for the next run.
@@ -411,83 +548,3 @@ async def run_manifest(
     finally:
         with anyio.CancelScope(shield=True):  # what this worker learnt is written even when it is cancelled
             await run.aclose()
-
-
-def dry_run(options: RunOptions, *, base_url: str, has_key: bool, stream: TextIO = sys.stdout) -> int:
-    """`run --dry-run`: check the manifest and the journal as a run would, say what it would do, send nothing.
-
-    The journal is read, never written (nor created); `out` is not created either."""
-    rows = read_manifest(options.manifest)
-    identity = manifest_path, manifest_rows = manifest_identity(options.manifest, rows)
-    entries: list[JournalRow] = []
-    if options.journal_url is not None:
-        from .._redis_common import shown_url
-        from .redis_journal import read_run
-
-        where = f"{shown_url(options.journal_url)} (run {options.shared_run_name})"
-        entries, meta = anyio.run(read_run, options.journal_url, options.shared_run_name)
-        known_path = meta.get("manifest_path")
-        if known_path is not None and not same_manifest(known_path, meta.get("manifest_rows"), *identity):
-            hint = "name this manifest's run with --run-name, or use another database"
-            raise RunAborted(another_manifest(where, known_path, hint=hint))
-        exists = bool(meta)
-    else:
-        where, exists = str(options.journal_path), options.journal_path.is_file()
-        if exists:
-            journal = Journal.open_existing(options.journal_path)
-            try:
-                check_manifest_identity(journal, manifest_path, manifest_rows)  # refused as the run would
-                entries = journal.rows()
-            except JournalError as error:
-                raise RunAborted(str(error)) from None
-            finally:
-                journal.close()
-    plans = plan_rows(rows, entries, options)
-    console = console_for(stream)
-    journal_note = "" if exists else ", not created yet"
-    console.print(
-        Text(
-            f"dry run: nothing was sent. {len(rows)} rows in {options.manifest}; journal {where}"
-            f"{journal_note}; API {base_url}",
-            overflow="fold",
-        )
-    )
-    console.print(plan_table(plans))
-    for plan in plans:
-        if plan.action == "uncertain":
-            console.print(
-                Text(
-                    f"row {plan.row.key} (line {plan.row.line}): uncertain, left alone: {plan.reason}", overflow="fold"
-                )
-            )
-    if not has_key:
-        console.print("note: no API key ($PIXVERSE_API_KEY): the real run needs one (a dry run does not)")
-    return 0
-
-
-def plan_table(plans: Sequence[RowPlan]) -> Table:
-    """What a run would do, by action; the rows to submit by resolution and fast mode."""
-    by_action = Counter(plan.action for plan in plans)
-    table = Table(title="what the run would do", title_justify="left")
-    table.add_column("action", overflow="fold")
-    table.add_column("rows", justify="right")
-    table.add_row("submit (paid)", str(by_action["submit"]))
-    by_kind = Counter(
-        (plan.row.request.resolution, plan.row.request.fast_mode) for plan in plans if plan.action == "submit"
-    )
-    for (resolution, fast_mode), count in sorted(by_kind.items()):
-        table.add_row(f"  {resolution}{', fast mode' if fast_mode else ''}", str(count))
-    for action, label in _ACTION_LABELS.items():
-        if by_action[action]:
-            table.add_row(label, str(by_action[action]))
-    table.add_row("total", str(len(plans)), style="bold")
-    return table
-
-
-_ACTION_LABELS: dict[Action, str] = {
-    "poll": "poll (submitted earlier)",
-    "fetch_again": "fetch again (file missing)",
-    "done": "already done",
-    "uncertain": "left alone: uncertain (--resubmit-uncertain)",
-    "failed": "left alone: failed (--retry-failed)",
-}

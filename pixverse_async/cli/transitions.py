@@ -21,7 +21,20 @@ import attrs
 
 State = Literal["todo", "submitting", "submitted", "succeeded", "failed", "uncertain"]
 #: A row's fields besides its key, line and state, as both journals keep them.
-FIELDS: Final = ("fingerprint", "task_id", "file", "size", "sha256", "reason")
+#: `webhook_token` and `sent_at` (wall-clock seconds) are a submission's, written before it is sent: with
+#: webhooks on, a resumed run matches a late delivery by its token; `likely_created` is an uncertain row's
+#: verdict (False: judged not created; None: unknown).
+FIELDS: Final = (
+    "fingerprint",
+    "task_id",
+    "file",
+    "size",
+    "sha256",
+    "reason",
+    "webhook_token",
+    "sent_at",
+    "likely_created",
+)
 Record = Literal["reset", "submitting", "submitted", "succeeded", "refetch", "not_downloaded", "failed", "uncertain"]
 
 
@@ -36,17 +49,23 @@ class Transition:
 
 TRANSITIONS: Final[Mapping[Record, Transition]] = {
     # Start again from `todo` (a changed row never paid for, one the user retries, one the API refused).
-    "reset": Transition("todo", sets=("fingerprint",), clears=("task_id", "reason"), ends=True),
-    # Written (and synced) before the request goes out.
-    "submitting": Transition("submitting"),
-    "submitted": Transition("submitted", sets=("task_id",)),
+    "reset": Transition(
+        "todo",
+        sets=("fingerprint",),
+        clears=("task_id", "reason", "webhook_token", "sent_at", "likely_created"),
+        ends=True,
+    ),
+    # Written (and synced) before the request goes out, with the token its webhook URL carries (or None).
+    "submitting": Transition("submitting", sets=("webhook_token", "sent_at")),
+    # The task id: from the answer, or from a webhook delivery naming the submission's token.
+    "submitted": Transition("submitted", sets=("task_id",), clears=("likely_created",)),
     "succeeded": Transition("succeeded", sets=("file", "size", "sha256"), clears=("reason",), ends=True),
     # A succeeded row whose file is gone or changed: back to `submitted`, to fetch its video again.
     "refetch": Transition("submitted", sets=("reason",), clears=("file", "size", "sha256")),
     # A submitted row whose video could not be fetched this time (the task is still ours).
     "not_downloaded": Transition("submitted", sets=("reason",), ends=True),
     "failed": Transition("failed", sets=("reason",), sets_if_given=("task_id",), ends=True),
-    "uncertain": Transition("uncertain", sets=("reason",), ends=True),
+    "uncertain": Transition("uncertain", sets=("reason", "likely_created"), ends=True),
 }
 
 

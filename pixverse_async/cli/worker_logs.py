@@ -77,6 +77,7 @@ def rows_from_logs(out: Path, manifest_path: str, manifest_rows: str) -> dict[st
         if record.get("op") in ("claimed", "sending"):
             row.update(state="uncertain", reason="Redis lost the run while this row's submission may have been sent")
             row.pop("task_id", None)
+            row.update(row_fields(record))  # the token and time of a submission sent
         elif record.get("state"):
             row["state"] = record["state"]
             row.update(row_fields(record))

@@ -203,6 +203,10 @@ async def test_a_kill_at_any_moment_never_pays_twice(sim: Simulator, tmp_path: P
     assert max(sim.counters.tasks_created_by_prompt.values()) == 1
     uncertain = [key for key, state in states.items() if state == "uncertain"]
     assert set(states.values()) <= {"succeeded", "uncertain"}
+    # Without webhooks, as before: a row killed on the wire is uncertain, unknown, with no token to match.
+    with sqlite3.connect(out / "pixverse-journal.sqlite") as db:
+        kept = db.execute("SELECT webhook_token, likely_created FROM rows WHERE state = 'uncertain'").fetchall()
+    assert kept == [(None, None)] * len(uncertain)
     assert done.returncode == (1 if uncertain else 0)
     assert len(list(out.glob("*.mp4"))) == 40 - len(uncertain)
 
@@ -232,8 +236,16 @@ async def test_uncertain_rows_are_left_alone_unless_asked(sim: Simulator, tmp_pa
     assert first.returncode == 1 and "uncertain" in first.stdout.lower()
     second = await cli("run", str(manifest), "--out", str(out), sim=sim)
     assert second.returncode == 1 and sim.counters.submit_requests == 1
+    # Without webhooks nothing judges the row: whether it was created is unknown, and --resubmit-uncertain
+    # (rows judged not created) leaves it alone; only the flag that accepts paying twice resubmits it.
     third = await cli("run", str(manifest), "--out", str(out), "--resubmit-uncertain", sim=sim)
-    assert third.returncode == 0 and sim.counters.tasks_created == 2 and (out / "u.mp4").exists()
+    assert third.returncode == 1 and sim.counters.submit_requests == 1
+    assert "created or not unknown, left alone" in " ".join(third.stdout.split())
+    status = await cli("status", "--journal", str(out / "pixverse-journal.sqlite"), "--json")
+    [row] = json.loads(status.stdout)
+    assert row["state"] == "uncertain" and row["verdict"] == "unknown" and row["webhook_token"] is None
+    fourth = await cli("run", str(manifest), "--out", str(out), "--resubmit-unknown-may-pay-twice", sim=sim)
+    assert fourth.returncode == 0 and sim.counters.tasks_created == 2 and (out / "u.mp4").exists()
 
 
 async def test_missing_key_and_unreachable_host_give_one_clear_line(tmp_path: Path) -> None:

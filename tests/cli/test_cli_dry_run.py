@@ -99,11 +99,11 @@ async def test_the_plan_matches_what_the_run_then_does_and_nothing_is_sent(sim: 
         "poll (submitted earlier)": 1,
         "fetch again (file missing)": 1,
         "already done": 1,
-        "left alone: uncertain (--resubmit-uncertain)": 1,
+        "left alone: uncertain (see below)": 1,
         "left alone: failed (--retry-failed)": 1,
         "total": 9,
     }, dry.stdout
-    assert "row died-sending (line 5): uncertain, left alone" in dry.stdout
+    assert "row died-sending (line 5): uncertain, created or not unknown, left alone" in " ".join(dry.stdout.split())
     assert sim.counters.submit_requests == sim.counters.poll_requests == sim.counters.video_requests == 0
     assert journal(journal_path) == before  # read, never written: `submitting` is still there
     assert not (out / "gone.mp4").exists()

@@ -62,43 +62,84 @@ async def entry_of(journal: RunJournal) -> dict[str, Any]:
         await journal._flush()  # what keep_alive does beside a run
     (entry,) = await journal.entries()
     assert isinstance(entry, JournalRow)
-    return {name: getattr(entry, name) for name in ("state", "task_id", "file", "size", "sha256", "reason")}
+    return {name: getattr(entry, name) for name in ("state", *NOTHING)}
 
 
-NOTHING = {"task_id": None, "file": None, "size": None, "sha256": None, "reason": None}
+NOTHING = {
+    "task_id": None,
+    "file": None,
+    "size": None,
+    "sha256": None,
+    "reason": None,
+    "webhook_token": None,
+    "sent_at": None,
+    "likely_created": None,
+}
+TOKEN = "5e" * 16
+SENT_AT = 1700000000.25
+SENT = ("submitting", (None, SENT_AT))
+SENT_WITH_TOKEN = ("submitting", (TOKEN, SENT_AT))
 SCENARIOS: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], dict[str, Any]]] = {
-    "submitted": ([("submitting", ()), ("submitted", ("t1",))], {"state": "submitted", "task_id": "t1"}),
+    "submitted": ([SENT, ("submitted", ("t1",))], {"state": "submitted", "task_id": "t1", "sent_at": SENT_AT}),
     "succeeded": (
         [
-            ("submitting", ()),
+            SENT,
             ("submitted", ("t1",)),
             ("not_downloaded", ("link expired",)),
             ("succeeded", ("r1.mp4", 5, "ab")),
         ],
-        {"state": "succeeded", "task_id": "t1", "file": "r1.mp4", "size": 5, "sha256": "ab"},
+        {"state": "succeeded", "task_id": "t1", "file": "r1.mp4", "size": 5, "sha256": "ab", "sent_at": SENT_AT},
     ),
     "refetched": (
-        [("submitting", ()), ("submitted", ("t1",)), ("succeeded", ("r1.mp4", 5, "ab")), ("refetch", ("file gone",))],
-        {"state": "submitted", "task_id": "t1", "reason": "file gone"},
+        [SENT, ("submitted", ("t1",)), ("succeeded", ("r1.mp4", 5, "ab")), ("refetch", ("file gone",))],
+        {"state": "submitted", "task_id": "t1", "reason": "file gone", "sent_at": SENT_AT},
     ),
     "not downloaded": (
-        [("submitting", ()), ("submitted", ("t1",)), ("not_downloaded", ("link expired",))],
-        {"state": "submitted", "task_id": "t1", "reason": "link expired"},
+        [SENT, ("submitted", ("t1",)), ("not_downloaded", ("link expired",))],
+        {"state": "submitted", "task_id": "t1", "reason": "link expired", "sent_at": SENT_AT},
     ),
     "failed, the task id kept": (
-        [("submitting", ()), ("submitted", ("t1",)), ("failed", ("moderated",))],
-        {"state": "failed", "task_id": "t1", "reason": "moderated"},
+        [SENT, ("submitted", ("t1",)), ("failed", ("moderated",))],
+        {"state": "failed", "task_id": "t1", "reason": "moderated", "sent_at": SENT_AT},
     ),
     "failed with its task id": (
-        [("submitting", ()), ("failed", ("moderated", "t2"))],
-        {"state": "failed", "task_id": "t2", "reason": "moderated"},
+        [SENT, ("failed", ("moderated", "t2"))],
+        {"state": "failed", "task_id": "t2", "reason": "moderated", "sent_at": SENT_AT},
     ),
     "uncertain": (
-        [("submitting", ()), ("uncertain", ("answer lost",))],
-        {"state": "uncertain", "reason": "answer lost"},
+        [SENT, ("uncertain", ("answer lost",))],
+        {"state": "uncertain", "reason": "answer lost", "sent_at": SENT_AT},
+    ),
+    "sent with a webhook token": (
+        [SENT_WITH_TOKEN],
+        {"state": "submitting", "webhook_token": TOKEN, "sent_at": SENT_AT},
+    ),
+    "uncertain, judged not created": (
+        [SENT_WITH_TOKEN, ("uncertain", ("no delivery", False))],
+        {
+            "state": "uncertain",
+            "reason": "no delivery",
+            "webhook_token": TOKEN,
+            "sent_at": SENT_AT,
+            "likely_created": False,
+        },
+    ),
+    "uncertain, then found by its delivery": (
+        [SENT_WITH_TOKEN, ("uncertain", ("no delivery", False)), ("submitted", ("t1",))],
+        {
+            "state": "submitted",
+            "task_id": "t1",
+            "reason": "no delivery",
+            "webhook_token": TOKEN,
+            "sent_at": SENT_AT,
+        },
+    ),
+    "reset after an uncertain submission": (
+        [SENT_WITH_TOKEN, ("uncertain", ("no delivery", False)), ("reset", ("fp-2",))],
+        {"state": "todo"},
     ),
     "reset after a failure": (
-        [("submitting", ()), ("submitted", ("t1",)), ("failed", ("moderated",)), ("reset", ("fp-2",))],
+        [SENT, ("submitted", ("t1",)), ("failed", ("moderated",)), ("reset", ("fp-2",))],
         {"state": "todo"},
     ),
 }

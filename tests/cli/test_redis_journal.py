@@ -55,7 +55,7 @@ async def test_a_dead_workers_row_is_taken_over_by_what_its_log_says(
     claims = dead.work([])
     assert await anext(claims) == Work("only")  # Redis now says `submitting`, whatever happens next
     if what_it_did in ("sent", "answered"):
-        dead.submitting("only")
+        dead.submitting("only", None, 0.0)
     if what_it_did == "answered":
         dead.submitted("only", "task-1")  # in the log; the outbox is never written: the worker dies now
     end_lease(redis_server.url, dead.worker)
@@ -91,7 +91,7 @@ async def test_a_worker_that_stalled_past_half_its_lease_does_not_send_the_row(
         assert await anext(journal.work([])) == Work("only")
         clock.current += 16  # frozen for more than half a lease since the claim: another worker may own it now
         with pytest.raises(RedisJournalError, match="lease may have lapsed"):
-            journal.submitting("only")
+            journal.submitting("only", None, 0.0)
     finally:
         await journal.aclose(flush_timeout=5)
     (entry,) = (await read_run(redis_server.url, "jobs.jsonl"))[0]
@@ -108,7 +108,7 @@ async def test_a_worker_sends_a_row_it_has_just_claimed(redis_server: RedisServe
         await journal.join(*manifest_identity(manifest, rows), rows)
         assert await anext(journal.work([])) == Work("only")
         clock.current += 14  # less than half a lease
-        journal.submitting("only")
+        journal.submitting("only", None, 0.0)
         journal.submitted("only", "task-1")
     finally:
         await journal.aclose(flush_timeout=5)
@@ -125,7 +125,7 @@ async def test_a_run_redis_lost_is_made_again_from_the_logs_of_its_own_manifest_
     try:
         await worker.join(*manifest_identity(manifest, rows), rows)
         assert await anext(worker.work([])) == Work("only")
-        worker.submitting("only")
+        worker.submitting("only", None, 0.0)
         worker.submitted("only", "task-1")
         worker.succeeded("only", "only.mp4", 10, "0" * 64)
     finally:
