@@ -268,7 +268,10 @@ class SubmissionTokens:
 @final
 class LostAnswer:
     """One submission whose answer was lost, waiting for the delivery that names it (see the module
-    docstring). It holds the submission's running-task slot until `resolved()` returns or raises."""
+    docstring). It holds the submission's running-task slot until `resolved()` returns or raises: adopted at
+    once, as the slot of a task that may run, so that the budget's slow start counts it as it counts a lost
+    answer given back (a fresh client's first slot waiting here would otherwise keep every other job waiting).
+    """
 
     def __init__(
         self,
@@ -286,6 +289,7 @@ class LostAnswer:
         self.token = token
         self.request = request
         self._slot = slot
+        slot.adopted()
         self._cause = cause
         self._kind = kind
         self._lost_at = tokens.clock.now()
@@ -298,7 +302,7 @@ class LostAnswer:
             self._found.set()
 
     async def resolved(self) -> tuple[str, Slot]:
-        """The task's id and the slot, which now stands for it (adopted), once its delivery came; raises
+        """The task's id and the slot, which now stands for it, once its delivery came; raises
         `SubmissionUncertainError` (judged, see `SubmissionUncertainError.likely_created`) when none came by
         the deadline. Cancelled, it gives the slot back once the task could have ended.
 
@@ -321,7 +325,7 @@ class LostAnswer:
             raise
         if self.task_id is not None:
             tokens._done(self.token)
-            self._slot.adopted(self.task_id)
+            self._slot.task_id = self.task_id
             return self.task_id, self._slot
         tokens.given_up(self.token, self.request)
         self._slot.release()

@@ -27,7 +27,7 @@ from pixverse_async import (
 )
 from pixverse_async._bulk import EventKind, JobEvent
 from pixverse_async._lost_answers import TOKEN_PARAMETER, DeliveryRecord, token_of
-from pixverse_async.testing import Fault, Simulator
+from pixverse_async.testing import Fault, Simulator, TaskPlan
 from pixverse_async.web import aiohttp_webhook_handler
 from tests.helpers import KEY, SCALE, client_for
 
@@ -327,3 +327,18 @@ def test_deliveries_are_counted_missed_only_once_they_could_no_longer_come() -> 
     record.late_delivery("late")
     assert record.counts(now=10.0) == (0, 0)  # none settled yet: their deliveries may still come
     assert record.counts(now=1000.0) == (2, 1)
+
+
+async def test_a_lost_answer_waiting_on_a_fresh_clients_first_slot_does_not_stall_the_others() -> None:
+    # Until the cap is known, a client has one more slot out than tasks accepted: a first submission whose
+    # answer is lost must not keep the others waiting for its delivery (here 500 API s away).
+    def plan(body: Any) -> TaskPlan:
+        return TaskPlan(duration=500.0 if body["prompt"] == "long" else 5.0)
+
+    async with simulator(plan=plan) as sim, webhooked(sim) as client:
+        sim.inject(Fault("submit", "reset"))
+        with anyio.fail_after(60):
+            results = await run_all(client, [ImageToVideo("long", IMAGE), *jobs(5, "short")])
+    assert all(result.ok for result in results)
+    assert [result.request.prompt for result in results][-1] == "long"  # type: ignore[union-attr]
+    assert sim.counters.tasks_created == sim.counters.submit_requests == 6
