@@ -89,6 +89,7 @@ from ._clock import Clock
 from ._exceptions import ConfigurationError
 from ._retry import RetryPolicy
 from ._validation import check_count, number
+from ._wait_line import WaitLine
 
 Endpoint = Literal["submit", "task-result"]
 
@@ -482,7 +483,7 @@ class LocalBudget:
         self.max_concurrency = max_concurrency
         self._clock = clock
         self.state = CapState(max_concurrency, limits.max_running)
-        self._changed = anyio.Event()
+        self._line = WaitLine()  # a waiter per free slot is woken: see _wait_line.py
         self._sleepers: set[anyio.CancelScope] = set()
         self.submissions = Pacer(
             "submit", per_minute=limits.submits_per_minute, per_second_burst=None, retry=retry, rng=rng
@@ -531,12 +532,9 @@ class LocalBudget:
             await self._wait_changed()
 
     async def _wait_changed(self) -> None:
-        # Checked just above with nothing running in between: a set event is stale, so renew it.
-        if self._changed.is_set():
-            self._changed = anyio.Event()
         free_at = self.state.next_free_at()
         if free_at is None:
-            await self._changed.wait()
+            await self._line.wait()
             return
         with anyio.CancelScope() as scope:
             self._sleepers.add(scope)
@@ -546,8 +544,10 @@ class LocalBudget:
                 self._sleepers.discard(scope)
 
     def _notify(self) -> None:
-        # Wake every waiter; each re-checks the limit. Cheap: waiters are at most the submitters in flight.
-        self._changed.set()
+        # Wake a waiter per free slot (each re-checks the limit), every one while slots are held (to sleep until
+        # the first is freed), and every sleeper.
+        state = self.state
+        self._line.wake(None if state.held else state.limit - state.in_use)
         if self._sleepers:
             for scope in self._sleepers:
                 scope.cancel()

@@ -8,11 +8,13 @@ Leaving early (break, exception, cancellation) cancels the feeding and the waiti
 already on the wire are allowed to get their answer, so every task that was paid for is listed in
 `unfinished` (still running) or `unread` (ended, with its outcome).
 
-The submitters take turns at the input, and only the one whose turn it is holds a slot while it waits for the
-next job; a job already taken (a submission retried after a 429) goes first: no new slot is taken while it
-waits for one, and it may take the slot of the turn's holder. An input may wait a long time, even on this
-run's own jobs (a shared run's queue waits for the rows other workers hold): slots kept idle by submitters
-waiting for it would starve the retries, and the run would never end.
+The submitters wait for slots side by side, then take turns at the input (`_job_source.py`), and only the one
+whose turn it is holds a slot while it waits for the next job: one that finds the turn taken gives its slot
+back and waits for the turn without it. A job already taken (a submission retried after a 429) goes first: no
+new slot is taken while it waits for one, and it may take the slot of the turn's holder. An input may wait a
+long time, even on this run's own jobs (a shared run's queue waits for the rows other workers hold): slots
+kept idle by submitters waiting for it would starve the retries, and the run would never end. Waiting for
+slots in turns would cost a turn of the event loop per job: the slots freed together are taken together.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ._exceptions import (
     TaskFailedError,
 )
 from ._forecast import kind_of
+from ._job_source import EXHAUSTED, JobSource
 from ._models import (
     REQUEST_TYPES,
     ImageToVideo,
@@ -269,7 +272,7 @@ class AsCompleted:
         # A fixed pool of submitters, each pulling its next job itself: the submissions on the wire are
         # bounded apart from max_concurrency, and a job costs no task of its own.
         submitters = min(self._max_submissions_in_flight, self._max_concurrency)
-        jobs = _JobSource(self._jobs)
+        jobs = JobSource(self._jobs)
         try:
             with self._scope:
                 async with anyio.create_task_group() as group:
@@ -281,32 +284,52 @@ class AsCompleted:
             self._feeding_done.set()
             self._notify()
 
-    async def _submitter(self, jobs: _JobSource) -> None:
+    async def _submitter(self, jobs: JobSource) -> None:
         """Take the next job only when a running-task slot is free and the results are being read, so that
         memory stays flat however long the input."""
         backlog_limit = self._max_concurrency
         with anyio.CancelScope() as scope:
             shield = WireShield(scope=scope, stop=self._scope)
             while self._stop_error is None and not self._closed and not jobs.exhausted:
-                while len(self._ready) >= backlog_limit:
+                if len(self._ready) >= backlog_limit:
                     await self._wait_changed()
-                async with jobs.turn:
+                    continue
+                jobs.waiting_to_read.add(scope)  # the slot first, the turn after (see the module docstring)
+                try:
+                    taken = await self._slot_for_a_new_job()
+                finally:
+                    jobs.waiting_to_read.discard(scope)
+                slot: Slot | None = taken
+                try:
+                    jobs.turn.acquire_nowait()
+                except anyio.WouldBlock:
+                    # The holder of the turn waits for the input with its slot: this submitter waits for the
+                    # turn without one, so that one slot at most stays idle at the input.
+                    taken.release()
+                    slot = None
+                    await jobs.turn.acquire()
+                try:
                     if jobs.exhausted:  # found so by the submitter whose turn it was
+                        if slot is not None:
+                            slot.release()
                         return
-                    slot = await self._slot_for_a_new_job()
+                    if slot is None:
+                        slot = await self._slot_for_a_new_job()
                     if len(self._ready) >= backlog_limit or jobs.exhausted:
                         # Results landed while this submitter waited for the slot: nobody is reading them.
                         slot.release()
                         continue
                     self._slot_at_the_input = slot
-                    job: Any = _EXHAUSTED  # if the input raises: the slot is given back
+                    job: Any = EXHAUSTED  # if the input raises: the slot is given back
                     try:
                         job = await jobs.next()
                     finally:
                         kept, self._slot_at_the_input = self._slot_at_the_input, None
-                        if kept is not None and (job is _EXHAUSTED or self._stop_error is not None):
+                        if kept is not None and (job is EXHAUSTED or self._stop_error is not None):
                             kept.release()
-                if job is _EXHAUSTED or self._stop_error is not None:
+                finally:
+                    jobs.turn.release()
+                if job is EXHAUSTED or self._stop_error is not None:
                     return
                 # A retry took the slot while this submitter waited for the job: the job waits for one as a
                 # retry does.
@@ -570,29 +593,3 @@ def _request_of(job: Job) -> ImageToVideo | TextToVideo | None:
     if isinstance(job, REQUEST_TYPES):
         return job
     return job.request if isinstance(job, Task | UncertainSubmission) else None
-
-
-_EXHAUSTED = object()
-
-
-@final
-class _JobSource:
-    """The input, shared by the submitters, which read it in turns (`turn`, a lock: an async generator may not
-    be advanced by two tasks at once)."""
-
-    def __init__(self, jobs: Iterable[Job | KeyedJob] | AsyncIterable[Job | KeyedJob]) -> None:
-        self._sync = iter(jobs) if not isinstance(jobs, AsyncIterable) else None
-        self._async = aiter(jobs) if isinstance(jobs, AsyncIterable) else None
-        self.turn = anyio.Lock(fast_acquire=True)
-        self.exhausted = False
-
-    async def next(self) -> Any:
-        """The next job, or `_EXHAUSTED`; called holding `turn`."""
-        if self._sync is not None:
-            job = next(self._sync, _EXHAUSTED)
-        else:
-            assert self._async is not None
-            job = await anext(self._async, _EXHAUSTED)
-        if job is _EXHAUSTED:
-            self.exhausted = True
-        return job

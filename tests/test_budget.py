@@ -86,6 +86,46 @@ async def test_no_more_slots_than_the_limit_and_a_release_lets_the_next_one_in()
     second.release()
 
 
+async def test_a_release_wakes_the_oldest_waiter_and_one_cancelled_as_it_is_woken_passes_it_on() -> None:
+    owner = budget(1, InstantClock(), RateLimits(max_running=1))
+    held = await owner.acquire()
+    taken: list[str] = []
+    scopes: dict[str, anyio.CancelScope] = {}
+
+    async def waiter(name: str) -> None:
+        with anyio.CancelScope() as scopes[name]:
+            await owner.acquire()
+            taken.append(name)
+
+    async with anyio.create_task_group() as group:
+        for name in ("first", "second", "third"):
+            group.start_soon(waiter, name)
+            await anyio.wait_all_tasks_blocked()
+        held.release()  # one slot: the first waiter is woken, not the three
+        scopes["first"].cancel()  # before it runs: the slot it was woken for must not stay free unseen
+        await anyio.wait_all_tasks_blocked()
+        assert taken == ["second"] and owner.in_use == 1
+        scopes["third"].cancel()
+
+
+async def test_a_waiter_wakes_when_a_slot_becomes_held_and_gets_it_once_freed() -> None:
+    clock = InstantClock()
+    owner = budget(1, clock, RateLimits(max_running=1))
+    lost = await owner.acquire()
+    taken: list[float] = []
+
+    async def waiter() -> None:
+        await owner.acquire()
+        taken.append(clock.now())
+
+    with anyio.fail_after(5):  # a waiter left asleep through the hold would wait forever
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            lost.release_when_ended()  # no slot free, but one held: the waiter sleeps until it is freed
+    assert taken == [LOST_ANSWER_HOLD]
+
+
 async def test_a_slot_whose_task_may_run_is_held_for_the_longest_task_seen() -> None:
     clock = InstantClock()
     owner = budget(1, clock, RateLimits(max_running=1))

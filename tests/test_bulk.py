@@ -6,7 +6,7 @@ import contextlib
 import gc
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -31,6 +31,7 @@ from pixverse_async import (
     TaskTimeoutError,
     Timeouts,
 )
+from pixverse_async._budget import BudgetSettings, LocalBudget, Slot
 from pixverse_async.testing import Fault, ScaledClock, Simulator, TaskPlan
 from tests.helpers import KEY, SCALE, client_for, eventually, live_tasks, tiny_server
 from tests.images import png
@@ -541,3 +542,59 @@ async def test_inputs_that_wait_for_each_others_jobs_do_not_starve_retries_at_th
                         group.start_soon(worker, client)
     assert unfinished == 0 and sim.counters.tasks_created == 40
     assert sim.counters.max_running_by_key[KEY] == 5
+
+
+class CountingBudget:
+    """A shared budget that is a LocalBudget underneath, counting the slots it gives out after `ended` is set."""
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.slots_after_the_end = 0
+        self._local: LocalBudget | None = None
+
+    def bind(self, settings: BudgetSettings) -> None:
+        self._local = LocalBudget(
+            settings.max_concurrency,
+            limits=settings.limits,
+            max_polls_per_second=settings.max_polls_per_second,
+            clock=settings.clock,
+            retry=settings.retry,
+            rng=settings.rng,
+        )
+
+    @property
+    def local(self) -> LocalBudget:
+        assert self._local is not None, "bound by the client"
+        return self._local
+
+    def serve(self, adopt: object) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+    submissions = property(lambda self: self.local.submissions)
+    task_results = property(lambda self: self.local.task_results)
+    cap = property(lambda self: self.local.cap)
+    running = property(lambda self: self.local.running)
+
+    async def acquire(self) -> Slot:
+        slot = await self.local.acquire()
+        self.slots_after_the_end += self.ended
+        return slot
+
+
+async def test_submitters_waiting_for_a_slot_when_the_input_ends_take_none() -> None:
+    # Four submitters, four slots: when the last job is taken, the others wait for a slot. The input's end is
+    # found by the next submitter to get one; those still waiting are stopped, not served a slot to give back
+    # (with a shared budget, each slot is a round trip to its store).
+    budget = CountingBudget()
+
+    def inputs() -> Iterator[ImageToVideo]:
+        yield from jobs(12, "run 20")
+        budget.ended = True
+
+    async with (
+        Simulator(time_scale=SCALE, plan=plan) as sim,
+        client_for(sim, max_concurrency=4, budget=budget) as client,
+    ):
+        results = await collect(client, inputs())
+    assert all(result.ok for result in results) and len(results) == 12
+    assert budget.slots_after_the_end == 0
