@@ -374,11 +374,14 @@ def goal_notes(rows: list[Row], seeds: list[Row], jobs: int) -> list[str]:
     over = [row for row in dropped if row.paid_and_lost > GOAL_LOST_SHARE * row.jobs]
     dishonest = sum(row.dishonest for row in dropped)
     spread = sorted(row.paid_and_lost for row in seeds)
+    expected = DROP_RATE * sum(row.answers_lost for row in seeds) / len(seeds)
+    mean = sum(spread) / len(spread)
     notes.append(
         f"goal: {DROP_RATE:.0%} of deliveries lost: paid-and-lost at most {GOAL_LOST_SHARE:.2%} of jobs "
         f"({GOAL_LOST_SHARE * jobs:g}) and 0 dishonest verdicts: worst {worst} over {len(dropped)} runs, "
         f"{len(over)} over the goal; reset after creation, exact eta, seeds {seeds[0].seed}-{seeds[-1].seed}: "
-        f"{', '.join(map(str, spread))} (median {median(spread):g}); {dishonest} dishonest: "
+        f"{', '.join(map(str, spread))} (median {median(spread):g}, mean {mean:.2f} = {mean / jobs:.2%}; "
+        f"answers lost x {DROP_RATE:.0%}: {expected:.1f}); {dishonest} dishonest: "
         f"{goal_text(not over and dishonest == 0)}"
     )
     return notes
@@ -448,9 +451,10 @@ def reference_table(rows: list[Row], reference: list[Row] | str) -> Table:
             new.seconds,
             old.seconds,
         )
-    met = all(abs(ratio - 1.0) <= GOAL_CALLS_WITHIN for ratio in ratios)
+    # A cost is more calls; fewer is no cost (and run-to-run noise is about 2% either way).
+    met = all(ratio <= 1.0 + GOAL_CALLS_WITHIN for ratio in ratios)
     table.notes.append(
-        f"goal: calls per task within {GOAL_CALLS_WITHIN:.0%} of {REFERENCE_COMMIT}'s: "
+        f"goal: calls per task at most {GOAL_CALLS_WITHIN:.0%} above {REFERENCE_COMMIT}'s: "
         f"{min(ratios):.3f}x to {max(ratios):.3f}x, {goal_text(met)} (instructions per job: benchmarks/instructions.py)"
     )
     return table
