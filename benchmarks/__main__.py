@@ -12,7 +12,18 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from benchmarks import account_limit, mixed_kinds, polling, scale, scale_out, shared_runs, throughput, uploads, webhooks
+from benchmarks import (
+    account_limit,
+    lost_answers,
+    mixed_kinds,
+    polling,
+    scale,
+    scale_out,
+    shared_runs,
+    throughput,
+    uploads,
+    webhooks,
+)
 from benchmarks._common import Table
 
 BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
@@ -21,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[bool], Coroutine[Any, Any, list[Table]]]] = {
     "scale": scale.run,
     "account_limit": account_limit.run,
     "webhooks": webhooks.run,
+    "lost_answers": lost_answers.run,
     "scale_out": scale_out.run,
     "mixed_kinds": mixed_kinds.run,
     "shared_runs": shared_runs.run,

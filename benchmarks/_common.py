@@ -105,12 +105,24 @@ class ServerStats:
     peak_requests_per_second: float
     #: Webhook deliveries the receiver answered 2xx.
     webhooks_delivered: int = 0
+    #: Webhook deliveries lost on purpose (`webhook_drop_rate`): never sent.
+    webhooks_dropped: int = 0
+    #: The simulator's `faults_applied`: how many requests each fault struck ("submit:reset": ...).
+    faults_applied: Mapping[str, int] = field(default_factory=dict)
     #: The simulator's `rate_limited_by`: which limit answered each 429.
     rate_limited_by: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
         return self.submit_requests + self.poll_requests
+
+
+@dataclass(frozen=True)
+class CreatedTask:
+    """What the simulator kept of a task's submission: its prompt and the webhook URL it named (or None)."""
+
+    prompt: str
+    webhook_url: str | None
 
 
 @dataclass(frozen=True)
@@ -200,6 +212,11 @@ class SimulatorProcess:
     def stats(self) -> ServerStats:
         stats: ServerStats = self._ask("stats")
         return stats
+
+    def created_tasks(self) -> dict[str, CreatedTask]:
+        """Every task the simulator created (and billed) so far, by id: the ground truth of what was paid."""
+        tasks: dict[str, CreatedTask] = self._ask("created_tasks")
+        return tasks
 
     def task_times(self, task_ids: Iterable[str]) -> dict[str, TaskTimes]:
         """Creation and end times of these tasks (unknown ids are left out)."""
@@ -314,8 +331,14 @@ async def _serve(connection: Connection, config: SimConfig) -> None:
                         server_cpu_seconds=time.process_time() - cpu_at_reset,
                         peak_requests_per_second=peak_rate.peak,
                         webhooks_delivered=counters.webhooks_delivered,
+                        webhooks_dropped=counters.webhooks_dropped,
+                        faults_applied=dict(counters.faults_applied),
                         rate_limited_by=dict(counters.rate_limited_by),
                     )
+                )
+            elif command == "created_tasks":
+                connection.send(
+                    {task_id: CreatedTask(task.prompt, task.webhook_url) for task_id, task in sim.tasks.items()}
                 )
             elif command == "task_times":
                 tasks = sim.tasks
