@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pixverse_async import ImageToVideo, PollPolicy
-from pixverse_async._forecast import Evidence, Forecaster
+from pixverse_async._forecast import DurationModel, Evidence, Forecaster
 from pixverse_async.testing import Simulator, lognormal_durations
 from tests.helpers import client_for
 
@@ -159,3 +159,38 @@ async def test_every_hint_mode_costs_few_polls_and_no_poll_after_the_end(mode: s
     five_second_loop = sum(loop_polls) / len(loop_polls)
     assert polls_per_task <= POLL_BOUNDS.get(mode, five_second_loop)
     assert min(Counter(sim.counters.polls_by_task).values()) >= 1
+
+
+def _bisected_wait(model: DurationModel, age: float, tail: float, max_wait: float) -> float:
+    """The bisection `Forecaster.webhook_fallback` used before `DurationModel.wait_until_survival`."""
+    low, high = 0.0, max_wait
+    if model.survival_between(age, age + high) > tail:
+        return max_wait
+    for _ in range(30):
+        middle = (low + high) / 2
+        if model.survival_between(age, age + middle) > tail:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ends=st.lists(st.floats(0.5, 2000.0), max_size=40),
+    prior_median=st.floats(1.0, 600.0),
+    age=st.floats(0.0, 3000.0),
+    tail=st.floats(0.001, 0.99),
+    max_wait=st.floats(1.0, 3000.0),
+)
+def test_the_wait_until_survival_is_the_bisections_answer_computed_in_one_walk(
+    ends: list[float], prior_median: float, age: float, tail: float, max_wait: float
+) -> None:
+    model = DurationModel(prior_median, 1.0)
+    for duration in ends:
+        model.count(0.0, duration)
+        model.ended_at(duration)
+    walked = model.wait_until_survival(age, tail, max_wait)
+    assert 0.0 <= walked <= max_wait
+    # The bisection is within max_wait / 2**30 of the answer.
+    assert math.isclose(walked, _bisected_wait(model, age, tail, max_wait), rel_tol=1e-9, abs_tol=max_wait * 2**-29)
