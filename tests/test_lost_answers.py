@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ from pixverse_async._bulk import EventKind, JobEvent
 from pixverse_async._lost_answers import TOKEN_PARAMETER, DeliveryRecord, token_of
 from pixverse_async.testing import Fault, Simulator, TaskPlan
 from pixverse_async.web import aiohttp_webhook_handler
-from tests.helpers import KEY, SCALE, client_for
+from tests.helpers import KEY, SCALE, client_for, tiny_server
 
 pytestmark = pytest.mark.anyio
 # A receiver in this process has 5 ms of real time at SCALE for the API's 5 s: too little on a loaded machine.
@@ -48,17 +47,8 @@ async def receiver_for(route: Callable[[], PixVerseClient | None]) -> AsyncItera
             return web.Response(status=503)
         return await aiohttp_webhook_handler(client)(request)
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.SockSite(runner, listener).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
-    finally:
-        await runner.cleanup()
+    async with tiny_server(handle, "/hook") as base_url:
+        yield f"{base_url}/hook"
 
 
 @contextlib.asynccontextmanager

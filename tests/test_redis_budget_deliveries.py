@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -31,7 +30,7 @@ from pixverse_async._lost_answers import LONGEST_WAIT
 from pixverse_async.redis import RedisBudget
 from pixverse_async.testing import Fault, RedisServer, Simulator
 
-from .helpers import KEY, client_for
+from .helpers import KEY, client_for, tiny_server
 
 pytestmark = pytest.mark.anyio
 
@@ -74,17 +73,8 @@ class Front:
 
 @contextlib.asynccontextmanager
 async def front_url(front: Front) -> AsyncIterator[str]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    app = web.Application()
-    app.router.add_post("/hook", front.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.SockSite(runner, listener).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
-    finally:
-        await runner.cleanup()
+    async with tiny_server(front.handle, "/hook") as base_url:
+        yield f"{base_url}/hook"
 
 
 def simulator(**options: Any) -> Simulator:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from pixverse_async.testing import Fault, RedisServer, Simulator
 
+from .helpers import tiny_server
 from .test_web import read_events, start
 
 pytestmark = pytest.mark.anyio
@@ -125,17 +126,8 @@ async def webhook_front(
             forwarded.append((target, answer.status))
             return web.Response(status=answer.status)
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    app = web.Application()
-    app.router.add_post("/webhooks/pixverse", forward)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.SockSite(runner, listener).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/webhooks/pixverse"
-    finally:
-        await runner.cleanup()
+    async with tiny_server(forward, "/webhooks/pixverse") as base_url:
+        yield f"{base_url}/webhooks/pixverse"
 
 
 async def test_a_lost_answer_in_one_worker_is_resolved_by_its_delivery_to_the_other(redis_server: RedisServer) -> None:
