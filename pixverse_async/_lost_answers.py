@@ -22,9 +22,10 @@ key), and the router calls that URL, query included, when the task ends, with th
   budget's `DeliveryExchange`, if it has one, which passes it on to the client it belongs to as it comes
   (`hear_deliveries`); a waiting lost answer also looks there every `EXCHANGE_LOOKUP_EVERY` seconds, for
   what it did not hear.
-- A submission given up while its request was out (the caller left) or judged keeps its token for
-  `DELIVERY_RETRY_SPAN` more: a delivery for it means a billed task exists, and it is reported
-  (`on_orphan_found`: the client's `abandoned_tasks` and a warning) rather than dropped.
+- A submission given up while its request was out or its delivery awaited (the caller left) keeps its token
+  as long as it would have waited, and a judged one for `DELIVERY_RETRY_SPAN` more: a delivery for it means a
+  billed task exists, and it is reported (`on_orphan_found`: the client's `abandoned_tasks` and a warning)
+  rather than dropped.
 """
 
 from __future__ import annotations
@@ -107,10 +108,10 @@ class DeliveryRecord:
     """Whether the deliveries of the tasks this client followed to their end arrived (within
     `DELIVERY_RETRY_SPAN` of the end): the measure of how much a missing delivery says.
 
-    A task announced by its delivery before a poll saw it end counts as delivered at once; one first seen
-    ended by a poll waits `DELIVERY_RETRY_SPAN` for a late delivery before it counts as missed. Both wait in one
-    queue, so that the counts cover the same tasks (counting the delivered ones at once and the missed ones
-    later would make deliveries look surer than they are).
+    A task announced by its delivery before a poll saw it end is delivered; one first seen ended by a poll
+    waits `DELIVERY_RETRY_SPAN` for a late delivery, else it is missed. Both are counted only once that span has
+    passed since their end, in one queue, so that the counts cover the same tasks (counting the delivered ones
+    at once and the missed ones later would make deliveries look surer than they are).
     """
 
     __slots__ = ("_awaiting", "_ended", "delivered", "missed")
@@ -215,13 +216,16 @@ class SubmissionTokens:
             lost.found(known)
         return lost
 
-    def given_up(self, token: str, request: object) -> None:
-        """The submission was left with its request out, or judged: a delivery for it is reported."""
+    def given_up(self, token: str, request: object, *, kind: Kind = None, judged: bool = False) -> None:
+        """The submission was left with its request out, or `judged` (its wait is over): a delivery for it is
+        reported while one may still come (`DELIVERY_RETRY_SPAN` once judged; else as long as a lost answer of
+        its `kind` would wait)."""
         self._sending.pop(token, None)
         self._lost.pop(token, None)
-        self._orphans[token] = (self.clock.now() + DELIVERY_RETRY_SPAN, request)
+        now = self.clock.now()
+        keep_for = DELIVERY_RETRY_SPAN if judged else self.horizon(kind)[0]
+        self._orphans[token] = (now + keep_for, request)
         if len(self._orphans) > 64:
-            now = self.clock.now()
             for stale in [name for name, (until, _) in self._orphans.items() if until < now]:
                 del self._orphans[stale]
 
@@ -320,14 +324,14 @@ class LostAnswer:
                         self.found(found)
                 wait, p99 = tokens.horizon(self._kind)
         except BaseException:
-            tokens.given_up(self.token, self.request)
+            tokens.given_up(self.token, self.request, kind=self._kind)
             self._slot.release_when_ended()
             raise
         if self.task_id is not None:
             tokens._done(self.token)
             self._slot.task_id = self.task_id
             return self.task_id, self._slot
-        tokens.given_up(self.token, self.request)
+        tokens.given_up(self.token, self.request, judged=True)
         self._slot.release()
         likely_created, missing, evidence = tokens.judgement() if self._judgeable else _UNJUDGEABLE
         learnt = f"the learnt p99 duration of its kind is {p99:.0f} s" if p99 is not None else "no duration learnt yet"

@@ -166,7 +166,7 @@ class Submitter:
                 # Interrupted with the request out: its task may exist, so its slot stays taken meanwhile.
                 if on_wire:
                     if tokens is not None:
-                        tokens.given_up(named, request)
+                        tokens.given_up(named, request, kind=kind_of(request))
                     slot.release_when_ended()
                 else:
                     if tokens is not None:

@@ -25,8 +25,15 @@ from pixverse_async import (
     UncertainSubmission,
 )
 from pixverse_async._bulk import EventKind, JobEvent
-from pixverse_async._lost_answers import TOKEN_PARAMETER, DeliveryRecord, token_of
-from pixverse_async.testing import Fault, Simulator, TaskPlan
+from pixverse_async._forecast import Forecaster
+from pixverse_async._lost_answers import (
+    DELIVERY_RETRY_SPAN,
+    TOKEN_PARAMETER,
+    DeliveryRecord,
+    SubmissionTokens,
+    token_of,
+)
+from pixverse_async.testing import Fault, InstantClock, Simulator, TaskPlan
 from pixverse_async.web import aiohttp_webhook_handler
 from tests.helpers import KEY, SCALE, client_for, tiny_server
 
@@ -170,10 +177,11 @@ async def test_a_run_left_while_a_lost_answer_waits_reports_the_task_its_deliver
         if event.kind is EventKind.SUBMITTING and event.webhook_token is not None:
             tokens.append(event.webhook_token)
 
-    async with simulator(duration=50.0) as sim, webhooked(sim) as client:
+    # The task ends 300 API s in: long after the run was left, and after any short grace for its token.
+    async with simulator(duration=300.0) as sim, webhooked(sim) as client:
         sim.inject(Fault("submit", "reset"))
         async with client.as_completed(jobs(1), on_event=keep_token) as results:
-            with anyio.move_on_after(0.02):  # left well before the task's end (50 ms)
+            with anyio.move_on_after(0.02):  # left well before the task's end (300 ms)
                 async for _ in results:
                     pass
         assert results.unfinished == [] and client.abandoned_tasks == []
@@ -332,3 +340,27 @@ async def test_a_lost_answer_waiting_on_a_fresh_clients_first_slot_does_not_stal
     assert all(result.ok for result in results)
     assert [result.request.prompt for result in results][-1] == "long"  # type: ignore[union-attr]
     assert sim.counters.tasks_created == sim.counters.submit_requests == 6
+
+
+def test_a_token_given_up_mid_wait_is_kept_as_long_as_its_wait_would_have_lasted() -> None:
+    clock = InstantClock()
+    found: list[str] = []
+    tokens = SubmissionTokens(
+        "https://me.example/hook",
+        clock=clock,
+        forecaster=Forecaster(prior_median=40.0, prior_sigma=1.0),
+        record=DeliveryRecord(),
+        on_orphan_found=lambda task_id, request: found.append(task_id),
+    )
+    left = [tokens.issue()[0] for _ in range(70)]
+    for token in left:
+        tokens.given_up(token, None)  # the caller left while its answer was awaited
+    judged = tokens.issue()[0]
+    clock.current += 2 * DELIVERY_RETRY_SPAN
+    tokens.given_up(judged, None, judged=True)  # past 64 kept tokens: the stale ones are swept
+    clock.current += 2 * DELIVERY_RETRY_SPAN
+    tokens.given_up(tokens.issue()[0], None, judged=True)
+    # A task of an unlearnt kind may run 600 s: its delivery still names a billed task.
+    assert all(tokens.received(token, f"task {n}") for n, token in enumerate(left))
+    assert not tokens.received(judged, "judged")  # its wait was over: 75 s more, then forgotten
+    assert found == [f"task {n}" for n in range(70)]
