@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import anyio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from pixverse_async import PixVerseClient, RetryPolicy
+from pixverse_async import ImageToVideo, JobResult, PixVerseClient, RetryPolicy
 from pixverse_async.testing import ScaledClock, Simulator
 
 SCALE = 0.001  # real seconds per API second: a 40 s job takes 40 ms
@@ -57,3 +58,24 @@ def live_tasks(*, but_polls: bool = False) -> set[asyncio.Task[object]]:
         and not task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
         and not (but_polls and task.get_name().startswith("pixverse_async._poller.Poller._poll"))
     }
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server started by another process)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def url_jobs(count: int, prefix: str = "job") -> list[ImageToVideo]:
+    """`count` image jobs by URL, each prompt its own (`"<prefix> <n>"`)."""
+    return [ImageToVideo(f"{prefix} {index}", "https://example.com/a.png") for index in range(count)]
+
+
+async def run_all(
+    client: PixVerseClient, jobs: list[Any], *, deadline: float | None = None, **options: Any
+) -> list[JobResult]:
+    """Every result of `client.as_completed(jobs, **options)`, within `deadline` real seconds if given."""
+    with anyio.fail_after(deadline):
+        async with client.as_completed(jobs, **options) as results:
+            return [result async for result in results]

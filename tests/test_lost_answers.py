@@ -18,7 +18,6 @@ from aiohttp import web
 
 from pixverse_async import (
     ImageToVideo,
-    JobResult,
     PixVerseClient,
     SubmissionUncertainError,
     Timeouts,
@@ -35,7 +34,8 @@ from pixverse_async._lost_answers import (
 )
 from pixverse_async.testing import Fault, InstantClock, Simulator, TaskPlan
 from pixverse_async.web import aiohttp_webhook_handler
-from tests.helpers import KEY, SCALE, client_for, tiny_server
+from tests.helpers import KEY, SCALE, client_for, run_all, tiny_server
+from tests.helpers import url_jobs as jobs
 
 pytestmark = pytest.mark.anyio
 # A receiver in this process has 5 ms of real time at SCALE for the API's 5 s: too little on a loaded machine.
@@ -72,15 +72,6 @@ async def webhooked(sim: Simulator, **options: Any) -> AsyncIterator[PixVerseCli
 def simulator(**options: Any) -> Simulator:
     options.setdefault("duration", 20.0)
     return Simulator(api_keys=(KEY,), time_scale=SCALE, webhook_timeout=ROOMY_WEBHOOK_TIMEOUT, seed=7, **options)
-
-
-async def run_all(client: PixVerseClient, jobs: list[Any], **options: Any) -> list[JobResult]:
-    async with client.as_completed(jobs, **options) as results:
-        return [result async for result in results]
-
-
-def jobs(count: int, prefix: str = "job") -> list[ImageToVideo]:
-    return [ImageToVideo(f"{prefix} {index}", IMAGE) for index in range(count)]
 
 
 async def test_a_lost_answer_is_found_by_its_delivery_and_the_job_ends_with_its_video() -> None:

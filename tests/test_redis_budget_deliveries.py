@@ -30,7 +30,9 @@ from pixverse_async._lost_answers import LONGEST_WAIT
 from pixverse_async.redis import RedisBudget
 from pixverse_async.testing import Fault, RedisServer, Simulator
 
+from . import helpers
 from .helpers import KEY, client_for, tiny_server
+from .helpers import url_jobs as jobs
 
 pytestmark = pytest.mark.anyio
 
@@ -88,13 +90,7 @@ def shared_client(sim: Simulator, redis_server: RedisServer, hook_url: str) -> t
 
 
 async def run_all(client: PixVerseClient, jobs: list[Any], **options: Any) -> list[JobResult]:
-    with anyio.fail_after(DEADLINE):
-        async with client.as_completed(jobs, **options) as results:
-            return [result async for result in results]
-
-
-def jobs(count: int, prefix: str = "job") -> list[ImageToVideo]:
-    return [ImageToVideo(f"{prefix} {index}", IMAGE) for index in range(count)]
+    return await helpers.run_all(client, jobs, deadline=DEADLINE, **options)
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from pixverse_async.testing import Fault, RedisServer, Simulator
 
-from .helpers import tiny_server
+from .helpers import free_port, tiny_server
 from .test_web import read_events, start
 
 pytestmark = pytest.mark.anyio
@@ -31,12 +30,6 @@ MAX_CONCURRENCY = 2
 STARTUP_DEADLINE = 60.0  # real seconds: a worker process imports FastAPI and uvicorn on a loaded machine
 # The front forwards to another process: give the chain more than the API's 5 s (0.1 real s) to answer.
 ROOMY_WEBHOOK_TIMEOUT = 1000.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def answers(url: str) -> bool:

@@ -25,17 +25,12 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from pixverse_async.cli.main import main
 from pixverse_async.testing import Fault, Simulator, TaskPlan
 from tests.cli.test_cli import COMMAND, write_jsonl
+from tests.helpers import free_port
 from tests.images import png
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-test"
 GOAL_SCALE = 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def webhook_options(port: int) -> list[str]:
